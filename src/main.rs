@@ -1,1 +1,71 @@
-fn main() {}
+//! `cdp`: the operator and every data-plane role in one binary. CLI only: parse, dispatch.
+
+use std::path::PathBuf;
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cdp", version, about = "Customer-data platform and its Kubernetes operator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions of every kind as YAML, or write one file per kind.
+    Crd {
+        /// Write `<plural>.cdp.dev.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "plain")]
+        flavour: cdp_operator::operator::CrdFlavour,
+    },
+    /// Print the objects the operator would apply for the resources in a directory (no cluster needed).
+    Render {
+        /// Directory of YAML files (CustomerDataPlatform, Source, MatchingPolicy, Feed, ScalingPolicy, Secret).
+        #[arg(short = 'f', long = "filename")]
+        dir: PathBuf,
+    },
+    /// Run the operator: reconcile platforms in the cluster of the current kubeconfig or service account.
+    Operator(cdp_operator::operator::OperatorArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd { output_dir: None, .. } => {
+            print_out(&cdp_operator::operator::crd_yaml()?)
+        }
+        Command::Crd { output_dir: Some(dir), flavour } => {
+            std::fs::create_dir_all(&dir)?;
+            for (file, yaml) in cdp_operator::operator::crd_files(flavour)? {
+                std::fs::write(dir.join(&file), yaml).with_context(|| format!("writing {file}"))?;
+            }
+            Ok(())
+        }
+        Command::Render { dir } => {
+            let out = cdp_operator::operator::render_dir(&dir).with_context(|| format!("rendering {}", dir.display()))?;
+            for warning in &out.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print_out(&out.yaml)
+        }
+        Command::Operator(args) => {
+            cdp_operator::telemetry::init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(cdp_operator::operator::run(args))
+        }
+    }
+}
+
+/// Write to stdout; a closed pipe (`cdp render | head`) is a normal end, not an error.
+fn print_out(text: &str) -> Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, installing what it needs. One debug build serves every step.
+#   1. generated files (CRDs, chart CRDs) match the code
+#   2. unit and integration tests, against real SQLite and a throw-away PostgreSQL
+#   3. rendered objects and every manifest under config/ and charts/ against the official schemas
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$SECONDS
+
+scripts/test-deps.sh
+
+echo "== build"
+cargo build --locked --bins --tests
+
+echo "== generated files are up to date"
+CDP_BIN=target/debug/cdp scripts/generate.sh
+drift=$(git status --porcelain -- crds config/crd charts)
+if [ -n "$drift" ]; then
+  echo "generated files differ from the code; run scripts/generate.sh and commit:" >&2
+  echo "$drift" >&2
+  git --no-pager diff --stat -- crds config/crd charts >&2
+  exit 1
+fi
+
+echo "== tests"
+scripts/with-postgres.sh cargo test --locked --no-fail-fast
+
+echo "== manifests"
+rendered=target/rendered
+rm -rf "$rendered" && mkdir -p "$rendered"
+target/debug/cdp render -f config/samples > "$rendered/samples.yaml"
+scripts/validate-manifests.sh "$rendered"
+
+echo "== suite finished in $((SECONDS - started)) s"

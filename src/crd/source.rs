@@ -1,0 +1,132 @@
+//! `Source`: one touchpoint that sends what it learns about customers.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{CommonStatus, PlatformRef, SecretKeyRef};
+
+/// A touchpoint: how it delivers, how its fields map to canonical attributes, how it is validated.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "cdp.dev",
+    version = "v1alpha1",
+    kind = "Source",
+    namespaced,
+    doc = "A touchpoint that sends customer records to a platform.",
+    shortname = "cdpsrc",
+    status = "SourceStatus",
+    printcolumn = r#"{"name":"Platform","type":"string","jsonPath":".spec.platformRef.name"}"#,
+    printcolumn = r#"{"name":"Trust","type":"integer","jsonPath":".spec.trustRank"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    pub platform_ref: PlatformRef,
+    pub delivery: Delivery,
+    /// Field mapping from the touchpoint's payload to canonical attributes.
+    #[schemars(length(min = 1, max = 128))]
+    pub mapping: Vec<FieldMapping>,
+    /// Payload field holding the touchpoint's own record or event id (makes redelivery idempotent).
+    #[serde(default = "default_event_id_field")]
+    #[schemars(length(min = 1))]
+    pub event_id_field: String,
+    /// Payload field holding when the touchpoint observed the record (RFC 3339); intake time when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at_field: Option<String>,
+    #[serde(default)]
+    pub validation: ValidationRules,
+    /// ISO 3166-1 alpha-2 region used to read phone numbers written without a country code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Z]{2}$"))]
+    pub default_phone_region: Option<String>,
+    /// Survivorship rank: values from a higher-ranked source win in the golden profile.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub trust_rank: i32,
+}
+
+fn default_event_id_field() -> String {
+    "id".to_string()
+}
+
+/// Exactly one delivery kind.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "[has(self.http), has(self.kafka), has(self.batch)].filter(x, x).size() == 1", "message": "delivery: set exactly one of http, kafka or batch"}
+]))]
+pub struct Delivery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpDelivery>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaDelivery>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchDelivery>,
+}
+
+/// HTTP push to `POST /v1/sources/{name}/records` with a bearer key.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpDelivery {
+    /// The bearer key the touchpoint presents.
+    pub auth_secret_ref: SecretKeyRef,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaDelivery {
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub topic: String,
+    /// Secret key holding the comma-separated bootstrap servers.
+    pub bootstrap_servers_secret_ref: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
+}
+
+/// Files imported with `cdp import`; the key authenticates the importer.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchDelivery {
+    pub format: BatchFormat,
+    pub auth_secret_ref: SecretKeyRef,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchFormat {
+    Csv,
+    Ndjson,
+}
+
+/// `from` a payload field (dotted path into nested JSON) `to` a canonical attribute.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldMapping {
+    #[schemars(length(min = 1, max = 256))]
+    pub from: String,
+    /// `givenName`, `familyName`, `email`, `phone`, `birthDate`, ..., or
+    /// `identifiers.<name>`, `attributes.<name>`, `consents.<purpose>`.
+    #[schemars(regex(pattern = r"^([a-zA-Z]+|(identifiers|attributes|consents)\.[a-zA-Z][a-zA-Z0-9_-]*)$"))]
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationRules {
+    /// Canonical attributes every record must carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required: Vec<String>,
+    /// At least one of these must be present (e.g. `email`, `phone`, `identifiers.loyaltyId`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require_any_of: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    #[serde(flatten)]
+    pub common: CommonStatus,
+}

@@ -1,0 +1,742 @@
+//! The compiled matching model: prepare, block, compare, score, decide.
+//!
+//! Scoring is Fellegi–Sunter: every comparison lands on one level (or is missing when either
+//! side has no value); the level adds `log2(m/u)` bits to the match weight, which starts at the
+//! prior `log2(λ/(1−λ))`. The match probability is `2^w / (1 + 2^w)`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rphonetic::{DoubleMetaphone, Encoder};
+use serde::{Deserialize, Serialize};
+
+use crate::crd::matching::{
+    Comparator, EmailProviderRule, KeyTransform, MatchingModel,
+};
+use crate::identity::normalise::{
+    self, NormaliseFlags, days_from_civil, name_key, normalise_with,
+};
+use crate::identity::record::{CanonicalRecord, is_known_attribute};
+
+/// Why a [`MatchingModel`] cannot be compiled.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error("{place}: unknown attribute {attribute:?}")]
+    UnknownAttribute { place: String, attribute: String },
+    #[error("{place}: m and u must be in (0, 1], got m={m} u={u}")]
+    Probability { place: String, m: f64, u: f64 },
+    #[error("{place}: comparator {comparator:?} needs a threshold")]
+    MissingThreshold { place: String, comparator: Comparator },
+    #[error("{place}: threshold {threshold} out of range for {comparator:?}")]
+    Threshold { place: String, comparator: Comparator, threshold: f64 },
+    #[error("thresholds: need 0 < review < merge < 1, got review={review} merge={merge}")]
+    Thresholds { review: f64, merge: f64 },
+    #[error("priorMatchProbability must be in (0, 1), got {0}")]
+    Prior(f64),
+    #[error("blocking: at least one key is required")]
+    NoBlocking,
+    #[error("duplicate {kind} name {name:?}")]
+    Duplicate { kind: &'static str, name: String },
+    #[error("at most 64 comparisons, got {0}")]
+    TooManyComparisons(usize),
+    #[error("survivorship: unknown attribute {0:?}")]
+    SurvivorshipAttribute(String),
+}
+
+/// Address parts from finest to coarsest.
+const ADDRESS_HIERARCHY: &[&str] = &["street", "postcode", "city"];
+
+const NAME_ATTRIBUTES: &[&str] = &["givenName", "middleName", "familyName", "fullName", "city"];
+
+fn is_name_attribute(a: &str) -> bool {
+    NAME_ATTRIBUTES.contains(&a)
+}
+
+/// Precomputed features of one attribute value, built once in [`Engine::prepare`].
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Feature {
+    /// Comparison key: the normalised value, or for names the particle-free joined form.
+    pub key: Box<str>,
+    /// Double Metaphone primary code of `key` (names only).
+    pub phonetic: Box<str>,
+    /// Nickname group (the canonical given name) when the policy lists one.
+    pub nick: Option<Box<str>>,
+    /// Date as (days since epoch, year, month, day).
+    pub date: Option<(i64, i32, u32, u32)>,
+}
+
+/// A record ready for matching: normalised values plus precomputed comparison features.
+/// Built by [`Engine::prepare`]; it belongs to the engine that built it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreparedRecord {
+    pub source: String,
+    pub source_record_id: String,
+    pub observed_at_ms: i64,
+    /// Attribute → normalised value, for every attribute the record carried that normalised.
+    pub values: BTreeMap<String, String>,
+    /// Attributes whose raw value failed to normalise, with the reason (left out of `values`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<(String, String)>,
+    #[serde(skip)]
+    pub(crate) features: Vec<Option<Feature>>,
+}
+
+impl PreparedRecord {
+    pub fn get(&self, attribute: &str) -> Option<&str> {
+        self.values.get(attribute).map(String::as_str)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Level {
+    comparator: Comparator,
+    threshold: f64,
+    weight: f64,
+    label: String,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledComparison {
+    pub name: String,
+    pub slot: usize,
+    pub swapped: Option<usize>,
+    levels: Vec<Level>,
+    else_weight: f64,
+    /// Rank in the address hierarchy (street 0, postcode 1, city 2).
+    geo_rank: Option<u8>,
+}
+
+impl CompiledComparison {
+    pub fn level_count(&self) -> usize {
+        self.levels.len() + 1
+    }
+}
+
+#[derive(Clone, Debug)]
+struct CompiledKey {
+    name: String,
+    parts: Vec<(usize, KeyTransform)>,
+}
+
+/// Level a comparison landed on, for one pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LevelHit {
+    /// `None`: a side has no value. `Some(i)`: level `i`, where `levels.len()` is the else level.
+    pub level: Option<u8>,
+    pub swapped: bool,
+}
+
+/// Cheap outcome of comparing two records (no allocation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairScore {
+    /// Total match weight in bits, prior included.
+    pub weight: f64,
+    /// Index of the deterministic rule that fired.
+    pub rule: Option<usize>,
+    /// Index of the never-merge constraint violated.
+    pub forbidden: Option<usize>,
+}
+
+/// Why two records are (or are not) one person: serialisable for the API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairEvidence {
+    /// The deterministic rule that matched, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The never-merge attribute whose values differ, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forbidden_by: Option<String>,
+    pub comparisons: Vec<ComparisonEvidence>,
+    /// log2(λ / (1 − λ)).
+    pub prior_weight: f64,
+    /// Prior plus every comparison's contribution, in bits.
+    pub match_weight: f64,
+    pub probability: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComparisonEvidence {
+    pub name: String,
+    pub attribute: String,
+    /// Level label (`exact`, `jaroWinkler>=0.92`, `else`) or `missing`.
+    pub level: String,
+    /// Level index (`None` when missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level_index: Option<u8>,
+    /// True when the level was reached against the `swappedWith` attribute.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub swapped: bool,
+    /// True when agreement is implied by a finer address part (same street): not counted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implied: bool,
+    /// log2(m/u) of the level: this comparison's contribution in bits.
+    pub weight: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PairDecision {
+    Merge,
+    Review,
+    NoMatch,
+    Forbidden,
+}
+
+/// A compiled [`MatchingModel`].
+#[derive(Clone, Debug)]
+pub struct Engine {
+    model: MatchingModel,
+    slots: Vec<String>,
+    slot_of: HashMap<String, usize>,
+    keys: Vec<CompiledKey>,
+    pub(crate) comparisons: Vec<CompiledComparison>,
+    rules: Vec<(String, Vec<usize>)>,
+    never: Vec<usize>,
+    prior_weight: f64,
+    merge_weight: f64,
+    review_weight: f64,
+    nicknames: HashMap<String, String>,
+    flags: NormaliseFlags,
+    metaphone: DoubleMetaphone,
+}
+
+pub(crate) fn logit2(p: f64) -> f64 {
+    (p / (1.0 - p)).log2()
+}
+
+pub(crate) fn prob_of_weight(w: f64) -> f64 {
+    1.0 / (1.0 + (-w).exp2())
+}
+
+fn check_attr(place: &str, a: &str) -> Result<(), ModelError> {
+    if is_known_attribute(a) {
+        Ok(())
+    } else {
+        Err(ModelError::UnknownAttribute { place: place.to_string(), attribute: a.to_string() })
+    }
+}
+
+fn check_mu(place: &str, m: f64, u: f64) -> Result<(), ModelError> {
+    let ok = |p: f64| p > 0.0 && p <= 1.0 && p.is_finite();
+    if ok(m) && ok(u) { Ok(()) } else { Err(ModelError::Probability { place: place.to_string(), m, u }) }
+}
+
+impl Engine {
+    /// Compile and validate a model.
+    pub fn new(model: &MatchingModel) -> Result<Self, ModelError> {
+        let mut slots: Vec<String> = Vec::new();
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        let mut slot = |a: &str| -> usize {
+            if let Some(&i) = slot_of.get(a) {
+                return i;
+            }
+            slots.push(a.to_string());
+            slot_of.insert(a.to_string(), slots.len() - 1);
+            slots.len() - 1
+        };
+        if model.comparisons.len() > 64 {
+            return Err(ModelError::TooManyComparisons(model.comparisons.len()));
+        }
+        if model.blocking.is_empty() {
+            return Err(ModelError::NoBlocking);
+        }
+        let mut keys = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for k in &model.blocking {
+            if !seen.insert(("blocking", k.name.clone())) {
+                return Err(ModelError::Duplicate { kind: "blocking key", name: k.name.clone() });
+            }
+            let mut parts = Vec::new();
+            for p in &k.parts {
+                check_attr(&format!("blocking {}", k.name), &p.attribute)?;
+                parts.push((slot(&p.attribute), p.transform));
+            }
+            keys.push(CompiledKey { name: k.name.clone(), parts });
+        }
+        let mut comparisons = Vec::new();
+        for c in &model.comparisons {
+            let place = format!("comparison {}", c.name);
+            if !seen.insert(("comparison", c.name.clone())) {
+                return Err(ModelError::Duplicate { kind: "comparison", name: c.name.clone() });
+            }
+            check_attr(&place, &c.attribute)?;
+            let swapped = match &c.swapped_with {
+                Some(s) => {
+                    check_attr(&place, s)?;
+                    Some(slot(s))
+                }
+                None => None,
+            };
+            let mut levels = Vec::new();
+            for (i, l) in c.levels.iter().enumerate() {
+                let place = format!("{place} level {i}");
+                check_mu(&place, l.m, l.u)?;
+                let threshold = match (l.comparator, l.threshold) {
+                    (Comparator::Exact | Comparator::Phonetic | Comparator::Nickname | Comparator::DateSwappedDayMonth, t) => t.unwrap_or(0.0),
+                    (comparator, None) => return Err(ModelError::MissingThreshold { place, comparator }),
+                    (Comparator::JaroWinkler, Some(t)) if !(0.0..=1.0).contains(&t) => {
+                        return Err(ModelError::Threshold { place, comparator: l.comparator, threshold: t });
+                    }
+                    (comparator, Some(t)) if t < 0.0 || !t.is_finite() => {
+                        return Err(ModelError::Threshold { place, comparator, threshold: t });
+                    }
+                    (_, Some(t)) => t,
+                };
+                levels.push(Level {
+                    comparator: l.comparator,
+                    threshold,
+                    weight: (l.m / l.u).log2(),
+                    label: level_label(l.comparator, l.threshold),
+                });
+            }
+            check_mu(&format!("{place} elseLevel"), c.else_level.m, c.else_level.u)?;
+            comparisons.push(CompiledComparison {
+                name: c.name.clone(),
+                slot: slot(&c.attribute),
+                swapped,
+                levels,
+                else_weight: (c.else_level.m / c.else_level.u).log2(),
+                geo_rank: ADDRESS_HIERARCHY.iter().position(|a| *a == c.attribute).map(|p| p as u8),
+            });
+        }
+        let mut rules = Vec::new();
+        for r in &model.rules {
+            if !seen.insert(("rule", r.name.clone())) {
+                return Err(ModelError::Duplicate { kind: "rule", name: r.name.clone() });
+            }
+            let mut s = Vec::new();
+            for a in &r.all_equal {
+                check_attr(&format!("rule {}", r.name), a)?;
+                s.push(slot(a));
+            }
+            rules.push((r.name.clone(), s));
+        }
+        let mut never = Vec::new();
+        for n in &model.never_merge {
+            check_attr("neverMerge", &n.attribute)?;
+            never.push(slot(&n.attribute));
+        }
+        for a in model.survivorship.attributes.keys() {
+            if !is_known_attribute(a) {
+                return Err(ModelError::SurvivorshipAttribute(a.clone()));
+            }
+        }
+        let t = &model.thresholds;
+        if !(t.review > 0.0 && t.review < t.merge && t.merge < 1.0) {
+            return Err(ModelError::Thresholds { review: t.review, merge: t.merge });
+        }
+        let p = model.prior_match_probability;
+        if !(p > 0.0 && p < 1.0) {
+            return Err(ModelError::Prior(p));
+        }
+        let nicknames = model
+            .normalise
+            .nicknames
+            .iter()
+            .filter_map(|(k, v)| {
+                let k = name_key(&normalise::name(k).ok()?);
+                let v = name_key(&normalise::name(v).ok()?);
+                Some((k, v))
+            })
+            .collect();
+        Ok(Engine {
+            model: model.clone(),
+            slots,
+            slot_of,
+            keys,
+            comparisons,
+            rules,
+            never,
+            prior_weight: logit2(p),
+            merge_weight: logit2(t.merge),
+            review_weight: logit2(t.review),
+            nicknames,
+            flags: NormaliseFlags {
+                gmail: model.normalise.email_provider_rules.contains(&EmailProviderRule::Gmail),
+            },
+            metaphone: DoubleMetaphone::default(),
+        })
+    }
+
+    pub fn model(&self) -> &MatchingModel {
+        &self.model
+    }
+
+    pub fn prior_weight(&self) -> f64 {
+        self.prior_weight
+    }
+
+    pub fn merge_weight(&self) -> f64 {
+        self.merge_weight
+    }
+
+    pub fn review_weight(&self) -> f64 {
+        self.review_weight
+    }
+
+    /// Normalise every attribute and precompute what comparisons need. Values that fail to
+    /// normalise are left out and listed in `invalid` (ingest has already reported them).
+    pub fn prepare(&self, record: &CanonicalRecord, default_region: &str) -> PreparedRecord {
+        let mut values = BTreeMap::new();
+        let mut invalid = Vec::new();
+        for (attr, raw) in &record.attributes {
+            match normalise_with(attr, raw, default_region, self.flags) {
+                Ok(Some(v)) => {
+                    values.insert(attr.clone(), v);
+                }
+                Ok(None) => {}
+                Err(e) => invalid.push((attr.clone(), e.to_string())),
+            }
+        }
+        let mut p = PreparedRecord {
+            source: record.source.clone(),
+            source_record_id: record.source_record_id.clone(),
+            observed_at_ms: record.observed_at_ms,
+            values,
+            invalid,
+            features: Vec::new(),
+        };
+        self.refresh(&mut p);
+        p
+    }
+
+    /// Build a prepared record from values that are already normalised (e.g. read back from
+    /// the store). Values are normalised again (normalisers are idempotent).
+    pub fn prepare_normalised(
+        &self,
+        source: &str,
+        source_record_id: &str,
+        observed_at_ms: i64,
+        values: &BTreeMap<String, String>,
+    ) -> PreparedRecord {
+        let rec = CanonicalRecord {
+            source: source.to_string(),
+            source_record_id: source_record_id.to_string(),
+            observed_at_ms,
+            attributes: values.clone(),
+        };
+        self.prepare(&rec, "")
+    }
+
+    fn refresh(&self, p: &mut PreparedRecord) {
+        let mut features = Vec::with_capacity(self.slots.len());
+        for attr in &self.slots {
+            let v = p.values.get(attr.as_str());
+            let f = match v {
+                Some(v) => Some(self.feature(attr, v)),
+                None if attr == "fullName" => {
+                    // derived: given + family, so swapped-name keys work without a fullName field
+                    let parts: Vec<&str> = ["givenName", "familyName"]
+                        .iter()
+                        .filter_map(|a| p.values.get(*a).map(String::as_str))
+                        .collect();
+                    (!parts.is_empty()).then(|| self.feature(attr, &parts.join(" ")))
+                }
+                None => None,
+            };
+            features.push(f);
+        }
+        p.features = features;
+    }
+
+    fn feature(&self, attr: &str, v: &str) -> Feature {
+        if is_name_attribute(attr) {
+            let key = name_key(v);
+            let phonetic = self.metaphone.encode(&key);
+            let nick = self.nicknames.get(key.as_str()).map(|s| s.clone().into_boxed_str());
+            Feature { key: key.into(), phonetic: phonetic.into(), nick, date: None }
+        } else if attr == "birthDate" {
+            let date = normalise::parse_date(v).ok().map(|(y, m, d)| (days_from_civil(y, m, d), y, m, d));
+            Feature { key: v.into(), phonetic: "".into(), nick: None, date }
+        } else {
+            Feature { key: v.into(), phonetic: "".into(), nick: None, date: None }
+        }
+    }
+
+    /// Blocking keys of a record: `name:part|part`, one per policy key whose parts all have a value.
+    pub fn blocking_keys(&self, r: &PreparedRecord) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.keys.len());
+        'key: for k in &self.keys {
+            let mut s = String::with_capacity(32);
+            s.push_str(&k.name);
+            s.push(':');
+            for (i, (slot, t)) in k.parts.iter().enumerate() {
+                let Some(f) = r.features.get(*slot).and_then(Option::as_ref) else { continue 'key };
+                if i > 0 {
+                    s.push('|');
+                }
+                match t {
+                    KeyTransform::Exact => s.push_str(&f.key),
+                    KeyTransform::Phonetic => {
+                        if f.phonetic.is_empty() {
+                            let code = self.metaphone.encode(&f.key);
+                            if code.is_empty() {
+                                continue 'key;
+                            }
+                            s.push_str(&code);
+                        } else {
+                            s.push_str(&f.phonetic)
+                        }
+                    }
+                    KeyTransform::Prefix3 => s.extend(f.key.chars().take(3)),
+                    KeyTransform::Year => match f.date {
+                        Some((_, y, _, _)) => s.push_str(&y.to_string()),
+                        None => s.extend(f.key.chars().take(4)),
+                    },
+                    KeyTransform::SortedTokens => {
+                        let mut cs: Vec<char> = f.key.chars().filter(|c| !c.is_whitespace()).collect();
+                        cs.sort_unstable();
+                        s.extend(cs);
+                    }
+                }
+            }
+            out.push(s);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn level_of(&self, c: &CompiledComparison, a: &Feature, b: &Feature) -> u8 {
+        for (i, l) in c.levels.iter().enumerate() {
+            if level_matches(l.comparator, l.threshold, a, b) {
+                return i as u8;
+            }
+        }
+        c.levels.len() as u8
+    }
+
+    fn feat<'r>(r: &'r PreparedRecord, slot: usize) -> Option<&'r Feature> {
+        r.features.get(slot).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn hit(&self, c: &CompiledComparison, a: &PreparedRecord, b: &PreparedRecord) -> LevelHit {
+        let direct = match (Self::feat(a, c.slot), Self::feat(b, c.slot)) {
+            (Some(x), Some(y)) => Some(self.level_of(c, x, y)),
+            _ => None,
+        };
+        let else_level = c.levels.len() as u8;
+        if let Some(sw) = c.swapped {
+            if direct.is_none_or(|l| l == else_level) {
+                let mut best: Option<u8> = None;
+                for (x, y) in [(Self::feat(a, c.slot), Self::feat(b, sw)), (Self::feat(a, sw), Self::feat(b, c.slot))] {
+                    if let (Some(x), Some(y)) = (x, y) {
+                        let l = self.level_of(c, x, y);
+                        if l < else_level && best.is_none_or(|b| l < b) {
+                            best = Some(l);
+                        }
+                    }
+                }
+                // only count a cross match when the record really looks swapped
+                if let Some(l) = best {
+                    return LevelHit { level: Some(l), swapped: true };
+                }
+            }
+        }
+        LevelHit { level: direct, swapped: false }
+    }
+
+    pub(crate) fn level_weight(c: &CompiledComparison, level: Option<u8>) -> f64 {
+        match level {
+            None => 0.0,
+            Some(l) if (l as usize) < c.levels.len() => c.levels[l as usize].weight,
+            Some(_) => c.else_weight,
+        }
+    }
+
+    /// Never-merge check: both present and clearly different (more than one typo apart,
+    /// and for dates not a day/month swap). Returns the violated constraint.
+    pub(crate) fn forbidden(&self, a: &PreparedRecord, b: &PreparedRecord) -> Option<usize> {
+        for (i, &slot) in self.never.iter().enumerate() {
+            if let (Some(x), Some(y)) = (Self::feat(a, slot), Self::feat(b, slot)) {
+                if never_merge_differs(x, y) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the never-merge check on `attribute` alone would forbid this pair.
+    pub(crate) fn forbidden_on(&self, attribute: &str, a: &PreparedRecord, b: &PreparedRecord) -> bool {
+        let Some(slot) = self.slot(attribute) else { return false };
+        match (Self::feat(a, slot), Self::feat(b, slot)) {
+            (Some(x), Some(y)) => never_merge_differs(x, y),
+            _ => false,
+        }
+    }
+
+    fn rule_hit(&self, a: &PreparedRecord, b: &PreparedRecord) -> Option<usize> {
+        self.rules.iter().position(|(_, slots)| {
+            slots.iter().all(|&s| match (Self::feat(a, s), Self::feat(b, s)) {
+                (Some(x), Some(y)) => x.key == y.key,
+                _ => false,
+            })
+        })
+    }
+
+    /// Score a pair without building an explanation.
+    /// Visit every comparison's hit and counted weight. Address parts are nested (a street
+    /// lies in one postcode, a postcode in one city): when a finer part agrees, agreement of the
+    /// coarser parts is implied and not counted again (their disagreement still counts).
+    fn each_weight(&self, a: &PreparedRecord, b: &PreparedRecord, mut f: impl FnMut(usize, LevelHit, f64, bool)) {
+        let mut hits = [LevelHit { level: None, swapped: false }; 64];
+        let mut finest = u8::MAX;
+        for (i, c) in self.comparisons.iter().enumerate() {
+            let h = self.hit(c, a, b);
+            hits[i] = h;
+            if let Some(rank) = c.geo_rank {
+                if Self::level_weight(c, h.level) > 0.0 {
+                    finest = finest.min(rank);
+                }
+            }
+        }
+        for (i, c) in self.comparisons.iter().enumerate() {
+            let w = Self::level_weight(c, hits[i].level);
+            let implied = w > 0.0 && c.geo_rank.is_some_and(|r| r > finest);
+            f(i, hits[i], if implied { 0.0 } else { w }, implied);
+        }
+    }
+
+    /// Score a pair without building an explanation.
+    pub fn score(&self, a: &PreparedRecord, b: &PreparedRecord) -> PairScore {
+        let mut w = self.prior_weight;
+        self.each_weight(a, b, |_, _, cw, _| w += cw);
+        PairScore { weight: w, rule: self.rule_hit(a, b), forbidden: self.forbidden(a, b) }
+    }
+
+    /// Compare two records and explain the outcome.
+    pub fn compare(&self, a: &PreparedRecord, b: &PreparedRecord) -> PairEvidence {
+        let mut comparisons = Vec::with_capacity(self.comparisons.len());
+        let mut w = self.prior_weight;
+        self.each_weight(a, b, |i, hit, weight, implied| {
+            let (c, mc) = (&self.comparisons[i], &self.model.comparisons[i]);
+            w += weight;
+            let level = match hit.level {
+                None => "missing".to_string(),
+                Some(l) if (l as usize) < c.levels.len() => c.levels[l as usize].label.clone(),
+                Some(_) => "else".to_string(),
+            };
+            comparisons.push(ComparisonEvidence {
+                name: c.name.clone(),
+                attribute: mc.attribute.clone(),
+                level,
+                level_index: hit.level,
+                swapped: hit.swapped,
+                implied,
+                weight,
+            });
+        });
+        PairEvidence {
+            rule: self.rule_hit(a, b).map(|i| self.rules[i].0.clone()),
+            forbidden_by: self.forbidden(a, b).map(|i| self.slots[self.never[i]].clone()),
+            comparisons,
+            prior_weight: self.prior_weight,
+            match_weight: w,
+            probability: prob_of_weight(w),
+        }
+    }
+
+    pub fn decide(&self, e: &PairEvidence) -> PairDecision {
+        if e.forbidden_by.is_some() {
+            PairDecision::Forbidden
+        } else if e.rule.is_some() || e.match_weight >= self.merge_weight {
+            PairDecision::Merge
+        } else if e.match_weight >= self.review_weight {
+            PairDecision::Review
+        } else {
+            PairDecision::NoMatch
+        }
+    }
+
+    pub fn decide_score(&self, s: &PairScore) -> PairDecision {
+        if s.forbidden.is_some() {
+            PairDecision::Forbidden
+        } else if s.rule.is_some() || s.weight >= self.merge_weight {
+            PairDecision::Merge
+        } else if s.weight >= self.review_weight {
+            PairDecision::Review
+        } else {
+            PairDecision::NoMatch
+        }
+    }
+
+    pub fn rule_name(&self, i: usize) -> &str {
+        &self.rules[i].0
+    }
+
+    pub fn never_merge_attribute(&self, i: usize) -> &str {
+        &self.slots[self.never[i]]
+    }
+
+    pub(crate) fn slot(&self, attr: &str) -> Option<usize> {
+        self.slot_of.get(attr).copied()
+    }
+}
+
+fn level_label(c: Comparator, t: Option<f64>) -> String {
+    let name = match c {
+        Comparator::Exact => "exact",
+        Comparator::JaroWinkler => "jaroWinkler>=",
+        Comparator::Levenshtein => "levenshtein<=",
+        Comparator::DamerauLevenshtein => "damerauLevenshtein<=",
+        Comparator::Phonetic => "phonetic",
+        Comparator::Nickname => "nickname",
+        Comparator::DateWithinDays => "dateWithinDays<=",
+        Comparator::DateSwappedDayMonth => "dateSwappedDayMonth",
+    };
+    match (name.ends_with('='), t) {
+        (true, Some(t)) => format!("{name}{t}"),
+        _ => name.to_string(),
+    }
+}
+
+fn level_matches(c: Comparator, t: f64, a: &Feature, b: &Feature) -> bool {
+    match c {
+        Comparator::Exact => a.key == b.key,
+        Comparator::JaroWinkler => strsim::jaro_winkler(&a.key, &b.key) >= t,
+        Comparator::Levenshtein => bounded_levenshtein(&a.key, &b.key, t as usize),
+        Comparator::DamerauLevenshtein => damerau_within(&a.key, &b.key, t as usize),
+        Comparator::Phonetic => !a.phonetic.is_empty() && a.phonetic == b.phonetic,
+        Comparator::Nickname => {
+            let ca = a.nick.as_deref().unwrap_or(&a.key);
+            let cb = b.nick.as_deref().unwrap_or(&b.key);
+            (a.nick.is_some() || b.nick.is_some()) && ca == cb
+        }
+        Comparator::DateWithinDays => match (a.date, b.date) {
+            (Some(x), Some(y)) => (x.0 - y.0).abs() as f64 <= t,
+            _ => false,
+        },
+        Comparator::DateSwappedDayMonth => match (a.date, b.date) {
+            (Some((_, ya, ma, da)), Some((_, yb, mb, db))) => ya == yb && ma == db && da == mb && ma != da,
+            _ => false,
+        },
+    }
+}
+
+/// Never-merge "differ": not equal, not one typo apart (Damerau), not a day/month swap.
+fn never_merge_differs(x: &Feature, y: &Feature) -> bool {
+    x.key != y.key
+        && !damerau_within(&x.key, &y.key, 1)
+        && !level_matches(Comparator::DateSwappedDayMonth, 0.0, x, y)
+}
+
+fn bounded_levenshtein(a: &str, b: &str, max: usize) -> bool {
+    if a.len().abs_diff(b.len()) > max {
+        return false;
+    }
+    strsim::levenshtein(a, b) <= max
+}
+
+/// Optimal string alignment distance ≤ max (transpositions count once).
+pub(crate) fn damerau_within(a: &str, b: &str, max: usize) -> bool {
+    if a.len().abs_diff(b.len()) > max {
+        return false;
+    }
+    if a == b {
+        return true;
+    }
+    strsim::osa_distance(a, b) <= max
+}

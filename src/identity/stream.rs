@@ -1,0 +1,157 @@
+//! An in-memory streaming matcher: the same steps the real matcher takes per record
+//! (prepare → blocking keys → candidate profiles → resolve → apply → golden), with a hash map
+//! standing in for the store. Used by the accuracy benchmark and tests.
+
+use std::collections::HashMap;
+
+use crate::identity::engine::{Engine, PreparedRecord};
+use crate::identity::golden::{GoldenProfile, SourcedRecord};
+use crate::identity::resolve::{CandidateProfile, Outcome, Resolution};
+
+#[derive(Clone, Debug, Default)]
+struct Profile {
+    records: Vec<PreparedRecord>,
+    /// Caller's index of every record (the order they were pushed in).
+    members: Vec<usize>,
+    golden: GoldenProfile,
+}
+
+/// Counters of what the stream did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub records: usize,
+    pub new_profiles: usize,
+    pub joins: usize,
+    pub merges: usize,
+    pub review_items: usize,
+    pub candidate_profiles: usize,
+    pub compared_records: usize,
+}
+
+pub struct StreamMatcher<'e> {
+    engine: &'e Engine,
+    profiles: Vec<Option<Profile>>,
+    ids: Vec<String>,
+    /// merged-away profile → survivor
+    alias: Vec<usize>,
+    index: HashMap<String, Vec<u32>>,
+    trust: HashMap<String, i32>,
+    pub stats: StreamStats,
+}
+
+impl<'e> StreamMatcher<'e> {
+    pub fn new(engine: &'e Engine) -> Self {
+        StreamMatcher {
+            engine,
+            profiles: Vec::new(),
+            ids: Vec::new(),
+            alias: Vec::new(),
+            index: HashMap::new(),
+            trust: HashMap::new(),
+            stats: StreamStats::default(),
+        }
+    }
+
+    /// Trust rank of a source for survivorship (default 0).
+    pub fn set_trust_rank(&mut self, source: &str, rank: i32) {
+        self.trust.insert(source.to_string(), rank);
+    }
+
+    fn find(&self, mut p: usize) -> usize {
+        while self.alias[p] != p {
+            p = self.alias[p];
+        }
+        p
+    }
+
+    /// Resolve one record and apply the outcome. `member` is the caller's id for the record.
+    pub fn push(&mut self, record: PreparedRecord, member: usize) -> Resolution {
+        self.stats.records += 1;
+        let keys = self.engine.blocking_keys(&record);
+        let mut cand: Vec<usize> = Vec::new();
+        for k in &keys {
+            if let Some(ps) = self.index.get(k) {
+                cand.extend(ps.iter().map(|&p| self.find(p as usize)));
+            }
+        }
+        cand.sort_unstable();
+        cand.dedup();
+        self.stats.candidate_profiles += cand.len();
+        let resolution = {
+            let cands: Vec<CandidateProfile<'_>> = cand
+                .iter()
+                .map(|&p| {
+                    let prof = self.profiles[p].as_ref().expect("live profile");
+                    CandidateProfile { id: &self.ids[p], records: &prof.records }
+                })
+                .collect();
+            self.stats.compared_records += cands.iter().map(|c| c.records.len()).sum::<usize>();
+            self.engine.resolve(&record, &cands)
+        };
+        self.stats.review_items += resolution.review.len();
+        let pos = |id: &str| -> usize { id.strip_prefix('p').and_then(|s| s.parse().ok()).expect("profile id") };
+        let target = match &resolution.outcome {
+            Outcome::New => {
+                self.stats.new_profiles += 1;
+                let p = self.profiles.len();
+                self.profiles.push(Some(Profile::default()));
+                self.ids.push(format!("p{p}"));
+                self.alias.push(p);
+                p
+            }
+            Outcome::Join { profile } => {
+                self.stats.joins += 1;
+                pos(profile)
+            }
+            Outcome::Merge { survivor, absorbed } => {
+                self.stats.merges += 1;
+                let s = pos(survivor);
+                for a in absorbed {
+                    let a = pos(a);
+                    let gone = self.profiles[a].take().expect("live absorbed profile");
+                    self.alias[a] = s;
+                    let sp = self.profiles[s].as_mut().expect("live survivor");
+                    sp.records.extend(gone.records);
+                    sp.members.extend(gone.members);
+                }
+                s
+            }
+        };
+        for k in keys {
+            let v = self.index.entry(k).or_default();
+            if !v.contains(&(target as u32)) {
+                v.push(target as u32);
+            }
+        }
+        let prof = self.profiles[target].as_mut().expect("live target");
+        prof.records.push(record);
+        prof.members.push(member);
+        let sourced: Vec<SourcedRecord<'_>> = prof
+            .records
+            .iter()
+            .map(|r| SourcedRecord { record: r, trust_rank: self.trust.get(&r.source).copied().unwrap_or(0) })
+            .collect();
+        let golden = self.engine.golden(&sourced);
+        prof.golden = golden;
+        resolution
+    }
+
+    /// Final profiles as lists of the callers' record ids.
+    pub fn clusters(&self) -> Vec<Vec<usize>> {
+        self.profiles.iter().flatten().map(|p| p.members.clone()).collect()
+    }
+
+    /// Live profiles: (id, golden record, member ids).
+    pub fn profiles(&self) -> impl Iterator<Item = (&str, &GoldenProfile, &[usize])> {
+        self.profiles
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (self.ids[i].as_str(), &p.golden, p.members.as_slice())))
+    }
+
+    /// The live profile a (possibly merged-away) profile id resolves to.
+    pub fn resolve_alias(&self, id: &str) -> Option<&str> {
+        let p: usize = id.strip_prefix('p')?.parse().ok()?;
+        (p < self.alias.len()).then(|| self.ids[self.find(p)].as_str())
+    }
+}

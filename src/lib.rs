@@ -1,0 +1,7 @@
+//! cdp-operator: a Kubernetes operator and the customer-data platform it deploys.
+
+pub mod crd;
+pub mod identity;
+pub mod operator;
+pub mod pipeline;
+pub mod telemetry;

@@ -1,0 +1,478 @@
+//! The platform controller: dereference → validate → build (pure) → apply → status.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use super::apply::{self, SCALER_MANAGER};
+use super::leader::{self, LeaderConfig};
+use super::metrics::Metrics;
+use super::render::{self, RenderError, StorePassword, Workload};
+use super::status::{self, Phase};
+use crate::crd::common::{CommonStatus, condition};
+use crate::crd::platform::{CustomerDataPlatformStatus, MemberCounts};
+use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, SecretKeyRef, Source};
+use crate::pipeline::{self, Compiled, Members};
+
+/// Annotation that stops every change to a platform's objects while set to "true".
+pub const PAUSED_ANNOTATION: &str = "cdp.dev/paused";
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct OperatorArgs {
+    /// Namespaces to watch (comma-separated); all namespaces when empty.
+    #[arg(long, value_delimiter = ',', env = "CDP_WATCH_NAMESPACES")]
+    pub namespaces: Vec<String>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "cdp-system")]
+    pub leader_election_namespace: String,
+    /// Run without leader election (a single replica, or local development).
+    #[arg(long)]
+    pub no_leader_election: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+impl Error {
+    /// Metric label and event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "Conflict",
+            Error::Kube(_) => "KubeApi",
+            Error::Render(e) => e.reason(),
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub metrics: Metrics,
+    recorder: Recorder,
+    /// Consecutive failures per platform, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<CustomerDataPlatform>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter::from("cdp-operator"));
+        Self { client, metrics, recorder, failures: Mutex::default() }
+    }
+
+    async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
+        let event = Event { type_, reason: reason.to_string(), note: Some(note), action: "Reconcile".to_string(), secondary: None };
+        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(%error, reason, "could not publish event");
+        }
+    }
+}
+
+/// Run the operator until leadership is lost or a signal arrives.
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let version = client.apiserver_version().await?;
+    tracing::info!(kubernetes = %version.git_version, "connected");
+    let metrics = Metrics::default();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    // Ready means "up and connected", not "leading": a standby must be ready, or a rolling
+    // update with maxUnavailable 0 would wait forever for the old leader to step down.
+    tokio::spawn(serve_health(listener, metrics.clone()));
+
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("cdp-operator-{}", std::process::id()));
+    let leader_config = LeaderConfig {
+        namespace: args.leader_election_namespace.clone(),
+        lease_name: "cdp-operator-leader".to_string(),
+        identity,
+        lease_duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(2),
+    };
+    if !args.no_leader_election {
+        tracing::info!(lease = %leader_config.lease_name, "waiting for leadership");
+        leader::acquire(&client, &leader_config).await?;
+        tracing::info!("leading");
+    }
+    let ctx = Arc::new(Context::new(client.clone(), metrics));
+    let controllers = run_controllers(ctx, &args.namespaces);
+    if args.no_leader_election {
+        controllers.await;
+        return Ok(());
+    }
+    tokio::select! {
+        _ = controllers => Ok(()),
+        _ = leader::hold(client, leader_config) => anyhow::bail!("leadership lost; exiting so a new leader can take over"),
+    }
+}
+
+/// One controller per watched namespace (or one for all namespaces), run together.
+pub async fn run_controllers(ctx: Arc<Context>, namespaces: &[String]) {
+    let scopes: Vec<Option<&str>> =
+        if namespaces.is_empty() { vec![None] } else { namespaces.iter().map(|n| Some(n.as_str())).collect() };
+    futures::future::join_all(scopes.into_iter().map(|scope| controller(ctx.clone(), scope))).await;
+}
+
+fn scoped<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn controller(ctx: Arc<Context>, scope: Option<&str>) {
+    let client = &ctx.client;
+    let config = watcher::Config::default().any_semantic();
+    let controller = Controller::new(scoped::<CustomerDataPlatform>(client, scope), config.clone());
+    let platforms = controller.store();
+    controller
+        .owns(scoped::<Deployment>(client, scope), config.clone())
+        .owns(scoped::<StatefulSet>(client, scope), config.clone())
+        .owns(scoped::<ConfigMap>(client, scope), config.clone())
+        .owns(scoped::<Service>(client, scope), config.clone())
+        .watches(scoped::<Source>(client, scope), config.clone(), |s| platform_of(&s, &s.spec.platform_ref.name))
+        .watches(scoped::<MatchingPolicy>(client, scope), config.clone(), |p| platform_of(&p, &p.spec.platform_ref.name))
+        .watches(scoped::<Feed>(client, scope), config.clone(), |f| platform_of(&f, &f.spec.platform_ref.name))
+        .watches(scoped::<ScalingPolicy>(client, scope), config.clone(), |p| platform_of(&p, &p.spec.platform_ref.name))
+        // Secrets carry no owner link to a platform: any change in a namespace re-checks its platforms.
+        // Metadata only: the operator never caches Secret data.
+        .watches(scoped::<PartialObjectMeta<Secret>>(client, scope), config.clone(), move |secret| {
+            platforms_in(&platforms, secret.namespace())
+        })
+        .shutdown_on_signal()
+        .run(reconcile_platform, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile request failed");
+            }
+        })
+        .await;
+}
+
+fn platform_of<K: Resource>(member: &K, platform: &str) -> Option<ObjectRef<CustomerDataPlatform>> {
+    Some(ObjectRef::new(platform).within(&member.meta().namespace.clone().unwrap_or_default()))
+}
+
+fn platforms_in(store: &Store<CustomerDataPlatform>, namespace: Option<String>) -> Vec<ObjectRef<CustomerDataPlatform>> {
+    store.state().iter().filter(|p| p.namespace() == namespace).map(|p| ObjectRef::from_obj(p.as_ref())).collect()
+}
+
+fn error_policy(platform: Arc<CustomerDataPlatform>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(error.reason());
+    let attempts = {
+        let mut failures = ctx.failures.lock().expect("failure map lock");
+        let n = failures.entry(ObjectRef::from_obj(platform.as_ref())).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = Duration::from_millis(500 * 2u64.pow(attempts.min(10))).min(Duration::from_secs(300));
+    tracing::warn!(platform = %platform.name_any(), %error, attempts, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+pub async fn reconcile_platform(platform: Arc<CustomerDataPlatform>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let span = tracing::info_span!("reconcile", platform = %platform.name_any(), namespace = ?platform.namespace());
+    let result = tracing::Instrument::instrument(reconcile_inner(&platform, &ctx), span).await;
+    ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures.lock().expect("failure map lock").remove(&ObjectRef::from_obj(platform.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let namespace = platform.namespace().unwrap_or_default();
+    let name = platform.name_any();
+
+    // Dereference.
+    let members = fetch_members(client, &namespace, platform).await?;
+    // Validate.
+    let compiled = pipeline::compile(platform, &members, crate::identity::default_model());
+    update_member_statuses(ctx, &members, &compiled).await?;
+
+    if let Some(error) = compiled.platform_errors.first() {
+        let messages: Vec<String> = compiled.platform_errors.iter().map(ToString::to_string).collect();
+        let phase = Phase::Stalled { reason: error.reason().to_string(), message: messages.join("; ") };
+        write_platform_status(ctx, platform, &compiled, phase, vec![], None).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+
+    let paused = platform.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
+    if !paused {
+        // Build (pure), then apply.
+        let password = store_password(client, platform).await?;
+        let bundle = render::render(platform, &compiled.config, &compiled.hash, &password)?;
+        apply_bundle(client, platform, &bundle).await?;
+    }
+
+    // Status, from what the cluster reports.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let mut workloads = Vec::new();
+    for workload in Workload::ALL {
+        let deployment = deployments.get_opt(&workload.object_name(&name)).await?;
+        workloads.push(status::workload_status(workload.name(), deployment.as_ref()));
+    }
+    let store_ready = match platform.spec.store.external {
+        Some(_) => true,
+        None => {
+            let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+            sts.get_opt(&format!("{name}-postgres"))
+                .await?
+                .and_then(|s| s.status)
+                .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= 1)
+        }
+    };
+    let phase = status::rollout_phase(&workloads, store_ready);
+    let requeue = match phase {
+        Phase::Ready { .. } => Duration::from_secs(300),
+        _ => Duration::from_secs(15),
+    };
+    write_platform_status(ctx, platform, &compiled, phase, workloads, Some(paused)).await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// The platform's members and the Secret keys they (and the platform) reference.
+async fn fetch_members(client: &Client, namespace: &str, platform: &CustomerDataPlatform) -> Result<Members, kube::Error> {
+    async fn list<K>(client: &Client, namespace: &str, name: &str, platform_of: impl Fn(&K) -> &str) -> Result<Vec<K>, kube::Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), namespace);
+        Ok(api.list(&ListParams::default()).await?.items.into_iter().filter(|k| platform_of(k) == name).collect())
+    }
+    let name = platform.name_any();
+    let mut members = Members {
+        sources: list(client, namespace, &name, |s: &Source| &s.spec.platform_ref.name).await?,
+        matching_policies: list(client, namespace, &name, |p: &MatchingPolicy| &p.spec.platform_ref.name).await?,
+        feeds: list(client, namespace, &name, |f: &Feed| &f.spec.platform_ref.name).await?,
+        scaling_policies: list(client, namespace, &name, |p: &ScalingPolicy| &p.spec.platform_ref.name).await?,
+        secret_keys: BTreeSet::new(),
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    for secret_name in referenced_secrets(platform, &members) {
+        if let Some(secret) = secrets.get_opt(&secret_name).await? {
+            members.secret_keys.extend(pipeline::secret_keys(std::iter::once(&secret)));
+        }
+    }
+    Ok(members)
+}
+
+fn referenced_secrets(platform: &CustomerDataPlatform, members: &Members) -> BTreeSet<String> {
+    let spec = &platform.spec;
+    let platform_refs = [spec.store.external.as_ref().map(|e| &e.url_secret_ref), spec.api.tokens_secret_ref.as_ref()];
+    let source_refs = members.sources.iter().flat_map(|s| {
+        let d = &s.spec.delivery;
+        [
+            d.http.as_ref().map(|h| &h.auth_secret_ref),
+            d.kafka.as_ref().map(|k| &k.bootstrap_servers_secret_ref),
+            d.batch.as_ref().map(|b| &b.auth_secret_ref),
+        ]
+    });
+    let feed_refs = members.feeds.iter().flat_map(|f| {
+        let d = &f.spec.destination;
+        [d.webhook.as_ref().map(|w| &w.signing_secret_ref), d.kafka.as_ref().map(|k| &k.bootstrap_servers_secret_ref)]
+    });
+    platform_refs.into_iter().chain(source_refs).chain(feed_refs).flatten().map(|r: &SecretKeyRef| r.name.clone()).collect()
+}
+
+/// The generated store password is created once and never regenerated: the database was initialised with it.
+async fn store_password(client: &Client, platform: &CustomerDataPlatform) -> Result<StorePassword, kube::Error> {
+    if platform.spec.store.external.is_some() {
+        return Ok(StorePassword::Exists);
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &platform.namespace().unwrap_or_default());
+    Ok(match secrets.get_opt(&render::store_secret_name(&platform.name_any())).await? {
+        Some(_) => StorePassword::Exists,
+        None => StorePassword::Create(generate_password()),
+    })
+}
+
+fn generate_password() -> String {
+    use rand::Rng;
+    rand::rng().sample_iter(rand::distr::Alphanumeric).take(32).map(char::from).collect()
+}
+
+async fn apply_bundle(client: &Client, platform: &CustomerDataPlatform, bundle: &render::Bundle) -> Result<(), kube::Error> {
+    apply::apply(client, &bundle.service_account).await?;
+    apply::apply(client, &bundle.config_map).await?;
+    if let Some(secret) = &bundle.store_secret {
+        apply::apply(client, secret).await?;
+    }
+    if let Some(service) = &bundle.store_service {
+        apply::apply(client, service).await?;
+    }
+    if let Some(store) = &bundle.store {
+        apply::apply(client, store).await?;
+    }
+    for deployment in &bundle.deployments {
+        apply::apply(client, deployment).await?;
+    }
+    for service in &bundle.services {
+        apply::apply(client, service).await?;
+    }
+    for pdb in &bundle.disruption_budgets {
+        apply::apply(client, pdb).await?;
+    }
+    for policy in &bundle.network_policies {
+        apply::apply(client, policy).await?;
+    }
+    apply::apply(client, &bundle.api_autoscaler).await?;
+    hold_replicas_in_bounds(client, platform).await
+}
+
+/// Until load-based scaling decides otherwise, keep each scaled workload within its bounds.
+/// The scaler's own field manager owns `spec.replicas`; the main apply never sets it.
+async fn hold_replicas_in_bounds(client: &Client, platform: &CustomerDataPlatform) -> Result<(), kube::Error> {
+    let namespace = platform.namespace().unwrap_or_default();
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    for workload in Workload::SCALED {
+        let name = workload.object_name(&platform.name_any());
+        let bounds = workload.spec(platform);
+        let current = api.get_opt(&name).await?.and_then(|d| d.spec).and_then(|s| s.replicas);
+        let target = current.unwrap_or(bounds.min_replicas).clamp(bounds.min_replicas, bounds.max_replicas);
+        if current != Some(target) {
+            let patch = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": target}});
+            let params = kube::api::PatchParams::apply(SCALER_MANAGER).force();
+            api.patch(&name, &params, &kube::api::Patch::Apply(patch)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Each member's Ready/Stalled from its verdict; written only when something changed.
+async fn update_member_statuses(ctx: &Context, members: &Members, compiled: &Compiled) -> Result<(), kube::Error> {
+    for source in &members.sources {
+        update_member(ctx, source, "Source", compiled).await?;
+    }
+    for policy in &members.matching_policies {
+        update_member(ctx, policy, "MatchingPolicy", compiled).await?;
+    }
+    for feed in &members.feeds {
+        update_member(ctx, feed, "Feed", compiled).await?;
+    }
+    for policy in &members.scaling_policies {
+        update_member(ctx, policy, "ScalingPolicy", compiled).await?;
+    }
+    Ok(())
+}
+
+async fn update_member<K>(ctx: &Context, member: &K, kind: &str, compiled: &Compiled) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let name = member.name_any();
+    let phase = match compiled.verdict(kind, &name) {
+        Some(verdict) if !verdict.accepted() => {
+            let messages: Vec<String> = verdict.errors.iter().map(ToString::to_string).collect();
+            Phase::Stalled { reason: verdict.errors[0].reason().to_string(), message: messages.join("; ") }
+        }
+        _ => Phase::Ready { message: format!("in the pipeline config {}", compiled.hash) },
+    };
+    let previous = previous_status(member);
+    let generation = member.meta().generation;
+    let now = Time(jiff::Timestamp::now());
+    let status = CommonStatus { conditions: status::conditions(&previous.conditions, generation, &phase, &now), observed_generation: generation };
+    if status::same_status(&previous, &status) {
+        return Ok(());
+    }
+    if let Phase::Stalled { reason, message } = &phase {
+        ctx.event(member, EventType::Warning, reason, message.clone()).await;
+    }
+    apply::apply_status(&ctx.client, member, &status).await
+}
+
+fn previous_status<K: Serialize>(obj: &K) -> CommonStatus {
+    serde_json::to_value(obj)
+        .ok()
+        .and_then(|v| v.get("status").cloned())
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default()
+}
+
+async fn write_platform_status(
+    ctx: &Context,
+    platform: &CustomerDataPlatform,
+    compiled: &Compiled,
+    phase: Phase,
+    workloads: Vec<crate::crd::platform::WorkloadStatus>,
+    paused: Option<bool>,
+) -> Result<(), kube::Error> {
+    let previous = platform.status.clone().unwrap_or_default();
+    let generation = platform.meta().generation;
+    let now = Time(jiff::Timestamp::now());
+    let mut conditions = status::conditions(&previous.common.conditions, generation, &phase, &now);
+    if let Some(paused) = paused {
+        let message = if paused { "changes to the platform's objects are paused by the cdp.dev/paused annotation" } else { "" };
+        status::set(&mut conditions, &previous.common.conditions, condition::PAUSED, paused, if paused { "Paused" } else { "Active" }, message, generation, &now);
+    }
+    let count = |kind: &str| compiled.verdicts.iter().filter(|v| v.kind == kind && v.accepted()).count() as u32;
+    let next = CustomerDataPlatformStatus {
+        common: CommonStatus { conditions, observed_generation: generation },
+        store_endpoint: Some(match &platform.spec.store.external {
+            Some(_) => "external".to_string(),
+            None => render::store_endpoint(&platform.namespace().unwrap_or_default(), &platform.name_any()),
+        }),
+        config_hash: Some(compiled.hash.clone()),
+        workloads,
+        members: Some(MemberCounts {
+            sources: count("Source"),
+            feeds: count("Feed"),
+            matching_policies: count("MatchingPolicy"),
+            scaling_policies: count("ScalingPolicy"),
+            rejected: compiled.rejected() as u32,
+        }),
+    };
+    let unchanged = status::same_status(&previous.common, &next.common)
+        && previous.store_endpoint == next.store_endpoint
+        && previous.config_hash == next.config_hash
+        && previous.workloads == next.workloads
+        && previous.members == next.members;
+    if unchanged {
+        return Ok(());
+    }
+    let was_ready = previous.common.conditions.iter().any(|c| c.type_ == condition::READY && c.status == "True");
+    match &phase {
+        Phase::Ready { message } if !was_ready => ctx.event(platform, EventType::Normal, "Ready", message.clone()).await,
+        Phase::Stalled { reason, message } => ctx.event(platform, EventType::Warning, reason, message.clone()).await,
+        _ => {}
+    }
+    apply::apply_status(&ctx.client, platform, &next).await
+}
+
+async fn serve_health(listener: tokio::net::TcpListener, metrics: Metrics) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/metrics", get(move || async move { metrics.encode() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }));
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!(%error, "health server stopped");
+    }
+}

@@ -1,0 +1,101 @@
+//! The operator: controllers, reconcile, status. `render/` holds the pure builders.
+
+pub mod render;
+
+mod apply;
+mod controller;
+mod leader;
+mod metrics;
+mod status;
+
+pub use controller::{Context, OperatorArgs, reconcile_platform, run, run_controllers};
+pub use metrics::Metrics;
+
+use std::path::Path;
+
+use kube::ResourceExt;
+use thiserror::Error;
+
+use crate::pipeline::{self, LoadError};
+use render::StorePassword;
+
+/// Every CRD as one multi-document YAML stream, as `cdp crd` prints it.
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    let mut out = String::new();
+    for (_, yaml) in crd_files(CrdFlavour::Plain)? {
+        out.push_str("---\n");
+        out.push_str(&yaml);
+    }
+    Ok(out)
+}
+
+/// How CRD files are written: plain (kubectl, kustomize) or as Helm chart templates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrdFlavour {
+    Plain,
+    /// Behind `crds.enabled`, and kept on `helm uninstall` so customer data is never cascaded away.
+    Helm,
+}
+
+/// One `(file name, YAML)` per CRD, named `<plural>.<group>.yaml`.
+pub fn crd_files(flavour: CrdFlavour) -> Result<Vec<(String, String)>, serde_saphyr::ser::Error> {
+    crate::crd::all()
+        .into_iter()
+        .map(|mut crd| {
+            let file = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());
+            let yaml = match flavour {
+                CrdFlavour::Plain => serde_saphyr::to_string(&crd)?,
+                CrdFlavour::Helm => {
+                    crd.metadata.annotations = Some([("helm.sh/resource-policy".to_string(), "keep".to_string())].into());
+                    format!("{{{{- if .Values.crds.enabled }}}}\n{}{{{{- end }}}}\n", serde_saphyr::to_string(&crd)?)
+                }
+            };
+            Ok((file, yaml))
+        })
+        .collect()
+}
+
+#[derive(Debug, Error)]
+pub enum RenderDirError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("platform {platform}: {source}")]
+    Render { platform: String, source: render::RenderError },
+    #[error("serialising YAML: {0}")]
+    Yaml(#[from] serde_saphyr::ser::Error),
+}
+
+/// What `cdp render` prints, and the problems it found along the way.
+pub struct RenderedDir {
+    pub yaml: String,
+    pub warnings: Vec<String>,
+}
+
+/// Placeholder for the store password, which the operator generates on first apply.
+pub const PASSWORD_PLACEHOLDER: &str = "generated-by-the-operator-on-first-apply";
+
+/// Compile and render every platform found in `dir`, exactly as the operator would.
+pub fn render_dir(dir: &Path) -> Result<RenderedDir, RenderDirError> {
+    let manifests = pipeline::load_dir(dir)?;
+    let mut yaml = String::new();
+    let mut warnings: Vec<String> = manifests.ignored.iter().map(|i| format!("{i}: not a cdp.dev resource nor a Secret, ignored")).collect();
+    for platform in &manifests.platforms {
+        let compiled = pipeline::compile(platform, &manifests.members_of(platform), crate::identity::default_model());
+        for verdict in compiled.verdicts.iter().filter(|v| !v.accepted()) {
+            for error in &verdict.errors {
+                warnings.push(format!("{} {}: Stalled ({}): {error}", verdict.kind, verdict.name, error.reason()));
+            }
+        }
+        for error in &compiled.platform_errors {
+            warnings.push(format!("CustomerDataPlatform {}: Stalled ({}): {error}", platform.name_any(), error.reason()));
+        }
+        let password = StorePassword::Create(PASSWORD_PLACEHOLDER.to_string());
+        let bundle = render::render(platform, &compiled.config, &compiled.hash, &password)
+            .map_err(|source| RenderDirError::Render { platform: platform.name_any(), source })?;
+        for object in bundle.objects() {
+            yaml.push_str("---\n");
+            yaml.push_str(&serde_saphyr::to_string(&object)?);
+        }
+    }
+    Ok(RenderedDir { yaml, warnings })
+}

@@ -1,0 +1,271 @@
+//! The pure compile step: member resources → `PipelineConfig` + a verdict per member.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
+use thiserror::Error;
+
+use super::{MatchingConfig, NamedFeed, NamedScaling, NamedSource, PipelineConfig};
+use crate::crd::matching::MatchingModel;
+use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, SecretKeyRef, Source};
+use crate::identity::record::{CONSENT_PREFIX, is_known_attribute};
+
+/// The resources of one platform, as found in the cluster or in a directory.
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    pub sources: Vec<Source>,
+    pub matching_policies: Vec<MatchingPolicy>,
+    pub feeds: Vec<Feed>,
+    pub scaling_policies: Vec<ScalingPolicy>,
+    /// Secret keys that exist in the namespace.
+    pub secret_keys: BTreeSet<SecretKeyRef>,
+}
+
+/// Why a member resource was left out of the config. Each message says what to fix.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum MemberError {
+    #[error("another {kind} named {name:?} is already part of this platform; rename one of them")]
+    DuplicateName { kind: &'static str, name: String },
+    #[error("Secret {name:?} has no key {key:?} (referenced at {field}); create it or fix the reference")]
+    MissingSecret { field: String, name: String, key: String },
+    #[error("{field}: {attribute:?} is not a canonical attribute (givenName, familyName, email, phone, birthDate, ...) nor identifiers.*, attributes.* or consents.*")]
+    UnknownAttribute { field: String, attribute: String },
+    #[error("{field}: no Source of this platform maps {attribute:?}; map it in a Source or remove it here")]
+    UnmappedAttribute { field: String, attribute: String },
+    #[error("platform already uses MatchingPolicy {active:?}; a platform has one MatchingPolicy, delete or retarget this one")]
+    SecondMatchingPolicy { active: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl MemberError {
+    /// Short CamelCase reason for conditions, events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::DuplicateName { .. } => "DuplicateName",
+            Self::MissingSecret { .. } => "SecretNotFound",
+            Self::UnknownAttribute { .. } => "UnknownAttribute",
+            Self::UnmappedAttribute { .. } => "UnmappedAttribute",
+            Self::SecondMatchingPolicy { .. } => "ConflictingPolicy",
+            Self::Invalid { .. } => "InvalidSpec",
+        }
+    }
+}
+
+/// The outcome for one member resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub kind: &'static str,
+    pub name: String,
+    pub errors: Vec<MemberError>,
+}
+
+impl Verdict {
+    pub fn accepted(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compiled {
+    pub config: PipelineConfig,
+    pub hash: String,
+    pub verdicts: Vec<Verdict>,
+    /// Problems in the platform's own spec; the platform cannot run until they are fixed.
+    pub platform_errors: Vec<MemberError>,
+}
+
+impl Compiled {
+    pub fn verdict(&self, kind: &str, name: &str) -> Option<&Verdict> {
+        self.verdicts.iter().find(|v| v.kind == kind && v.name == name)
+    }
+
+    pub fn rejected(&self) -> usize {
+        self.verdicts.iter().filter(|v| !v.accepted()).count()
+    }
+}
+
+/// Compile one platform. Members must already be filtered to this platform (by `platformRef`).
+/// `default_model` applies when no MatchingPolicy is accepted.
+pub fn compile(platform: &CustomerDataPlatform, members: &Members, default_model: MatchingModel) -> Compiled {
+    let mut verdicts = Vec::new();
+
+    let sources = accept_unique(&members.sources, "Source", &mut verdicts, |source| {
+        source_errors(&source.spec, &members.secret_keys)
+    });
+    let mapped: BTreeSet<&str> =
+        sources.iter().flat_map(|s| s.spec.mapping.iter().map(|m| m.to.as_str())).collect();
+
+    let mut matching = MatchingConfig { policy: None, model: default_model };
+    for policy in accept_unique(&members.matching_policies, "MatchingPolicy", &mut verdicts, |policy| {
+        model_errors(&policy.spec.model)
+    }) {
+        match &matching.policy {
+            None => matching = MatchingConfig { policy: Some(policy.name_any()), model: policy.spec.model.clone() },
+            Some(active) => reject(&mut verdicts, "MatchingPolicy", &policy.name_any(), MemberError::SecondMatchingPolicy {
+                active: active.clone(),
+            }),
+        }
+    }
+
+    let feeds = accept_unique(&members.feeds, "Feed", &mut verdicts, |feed| {
+        feed_errors(&feed.spec, &mapped, &members.secret_keys)
+    });
+    let scaling = accept_unique(&members.scaling_policies, "ScalingPolicy", &mut verdicts, |_| Vec::new());
+
+    let config = PipelineConfig {
+        platform: platform.name_any(),
+        namespace: platform.namespace().unwrap_or_default(),
+        sources: sources.into_iter().map(|s| NamedSource { name: s.name_any(), spec: s.spec.clone() }).collect(),
+        matching,
+        feeds: feeds.into_iter().map(|f| NamedFeed { name: f.name_any(), spec: f.spec.clone() }).collect(),
+        scaling: scaling.into_iter().map(|p| NamedScaling { name: p.name_any(), spec: p.spec.clone() }).collect(),
+        api_tokens: platform.spec.api.tokens_secret_ref.clone(),
+    };
+    let hash = config.content_hash();
+    verdicts.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    Compiled { config, hash, verdicts, platform_errors: platform_errors(platform, &members.secret_keys) }
+}
+
+fn platform_errors(platform: &CustomerDataPlatform, secrets: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {
+    let spec = &platform.spec;
+    let refs = [
+        spec.store.external.as_ref().map(|e| ("spec.store.external.urlSecretRef", &e.url_secret_ref)),
+        spec.api.tokens_secret_ref.as_ref().map(|t| ("spec.api.tokensSecretRef", t)),
+    ];
+    refs.into_iter().flatten().filter_map(|(field, secret)| secret_error(field, secret, secrets)).collect()
+}
+
+/// Sort members by name, refuse duplicates and members with errors; return the accepted ones.
+fn accept_unique<'a, K: kube::Resource>(
+    items: &'a [K],
+    kind: &'static str,
+    verdicts: &mut Vec<Verdict>,
+    check: impl Fn(&K) -> Vec<MemberError>,
+) -> Vec<&'a K> {
+    let mut by_name: BTreeMap<String, Vec<&K>> = BTreeMap::new();
+    for item in items {
+        by_name.entry(item.meta().name.clone().unwrap_or_default()).or_default().push(item);
+    }
+    let mut accepted = Vec::new();
+    for (name, group) in by_name {
+        let mut errors = check(group[0]);
+        if group.len() > 1 {
+            errors.push(MemberError::DuplicateName { kind, name: name.clone() });
+        }
+        if errors.is_empty() {
+            accepted.push(group[0]);
+        }
+        verdicts.push(Verdict { kind, name, errors });
+    }
+    accepted
+}
+
+fn reject(verdicts: &mut [Verdict], kind: &str, name: &str, error: MemberError) {
+    if let Some(v) = verdicts.iter_mut().find(|v| v.kind == kind && v.name == name) {
+        v.errors.push(error);
+    }
+}
+
+fn secret_error(field: &str, secret: &SecretKeyRef, available: &BTreeSet<SecretKeyRef>) -> Option<MemberError> {
+    (!available.contains(secret)).then(|| MemberError::MissingSecret {
+        field: field.to_string(),
+        name: secret.name.clone(),
+        key: secret.key.clone(),
+    })
+}
+
+fn unknown(field: String, attribute: &str) -> Option<MemberError> {
+    (!is_known_attribute(attribute)).then(|| MemberError::UnknownAttribute { field, attribute: attribute.to_string() })
+}
+
+fn source_errors(spec: &crate::crd::SourceSpec, secrets: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {
+    let delivery = &spec.delivery;
+    let secret_refs = [
+        delivery.http.as_ref().map(|h| ("spec.delivery.http.authSecretRef", &h.auth_secret_ref)),
+        delivery.kafka.as_ref().map(|k| ("spec.delivery.kafka.bootstrapServersSecretRef", &k.bootstrap_servers_secret_ref)),
+        delivery.batch.as_ref().map(|b| ("spec.delivery.batch.authSecretRef", &b.auth_secret_ref)),
+    ];
+    let mut errors: Vec<MemberError> =
+        secret_refs.into_iter().flatten().filter_map(|(field, secret)| secret_error(field, secret, secrets)).collect();
+    errors.extend(spec.mapping.iter().enumerate().filter_map(|(i, m)| unknown(format!("spec.mapping[{i}].to"), &m.to)));
+    let mut targets = BTreeSet::new();
+    for (i, m) in spec.mapping.iter().enumerate() {
+        if !targets.insert(m.to.as_str()) {
+            errors.push(MemberError::Invalid {
+                field: format!("spec.mapping[{i}].to"),
+                message: format!("{:?} is mapped twice; map each attribute from one field", m.to),
+            });
+        }
+    }
+    let rules = &spec.validation;
+    let listed = rules.required.iter().map(|a| ("spec.validation.required", a));
+    let any_of = rules.require_any_of.iter().map(|a| ("spec.validation.requireAnyOf", a));
+    for (field, attribute) in listed.chain(any_of) {
+        if !targets.contains(attribute.as_str()) {
+            errors.push(MemberError::Invalid {
+                field: field.to_string(),
+                message: format!("{attribute:?} is required but no mapping produces it"),
+            });
+        }
+    }
+    errors
+}
+
+/// Attribute names a model refers to must exist in the vocabulary.
+fn model_errors(model: &MatchingModel) -> Vec<MemberError> {
+    let blocking = model.blocking.iter().enumerate().flat_map(|(i, key)| {
+        key.parts.iter().enumerate().map(move |(j, part)| (format!("spec.blocking[{i}].parts[{j}].attribute"), &part.attribute))
+    });
+    let comparisons = model.comparisons.iter().enumerate().flat_map(|(i, c)| {
+        std::iter::once((format!("spec.comparisons[{i}].attribute"), &c.attribute))
+            .chain(c.swapped_with.iter().map(move |s| (format!("spec.comparisons[{i}].swappedWith"), s)))
+    });
+    let rules = model.rules.iter().enumerate().flat_map(|(i, r)| {
+        r.all_equal.iter().enumerate().map(move |(j, a)| (format!("spec.rules[{i}].allEqual[{j}]"), a))
+    });
+    let never = model.never_merge.iter().enumerate().map(|(i, n)| (format!("spec.neverMerge[{i}].attribute"), &n.attribute));
+    let survivorship = model.survivorship.attributes.keys().map(|a| ("spec.survivorship.attributes".to_string(), a));
+    blocking
+        .chain(comparisons)
+        .chain(rules)
+        .chain(never)
+        .chain(survivorship)
+        .filter_map(|(field, attribute)| unknown(field, attribute))
+        .collect()
+}
+
+fn feed_errors(spec: &crate::crd::FeedSpec, mapped: &BTreeSet<&str>, secrets: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {
+    let destination = &spec.destination;
+    let secret_refs = [
+        destination.webhook.as_ref().map(|w| ("spec.destination.webhook.signingSecretRef", &w.signing_secret_ref)),
+        destination.kafka.as_ref().map(|k| ("spec.destination.kafka.bootstrapServersSecretRef", &k.bootstrap_servers_secret_ref)),
+    ];
+    let mut errors: Vec<MemberError> =
+        secret_refs.into_iter().flatten().filter_map(|(field, secret)| secret_error(field, secret, secrets)).collect();
+    for (i, attribute) in spec.attributes.iter().enumerate() {
+        let field = format!("spec.attributes[{i}]");
+        if let Some(error) = unknown(field.clone(), attribute) {
+            errors.push(error);
+        } else if !mapped.contains(attribute.as_str()) {
+            errors.push(MemberError::UnmappedAttribute { field, attribute: attribute.clone() });
+        }
+    }
+    if let Some(purpose) = &spec.required_consent {
+        let consent = format!("{CONSENT_PREFIX}{purpose}");
+        if !mapped.contains(consent.as_str()) {
+            errors.push(MemberError::UnmappedAttribute { field: "spec.requiredConsent".to_string(), attribute: consent });
+        }
+    }
+    for (i, trigger) in spec.triggers.iter().enumerate() {
+        if let Some(attribute) = trigger.field.strip_prefix("profile.") {
+            let field = format!("spec.triggers[{i}].field");
+            if let Some(error) = unknown(field.clone(), attribute) {
+                errors.push(error);
+            } else if !mapped.contains(attribute) {
+                errors.push(MemberError::UnmappedAttribute { field, attribute: attribute.to_string() });
+            }
+        }
+    }
+    errors
+}

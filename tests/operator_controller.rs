@@ -1,0 +1,253 @@
+//! The real controller, through the kube client, against the in-process API fake.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cdp_operator::crd::{CustomerDataPlatform, Feed, Source};
+use cdp_operator::operator::{Context, Metrics, run_controllers};
+use cdp_operator::pipeline::{self, PipelineConfig};
+use http::Method;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, DeleteParams};
+use kube::{Resource, ResourceExt};
+use support::fake_api::FakeApi;
+
+const NS: &str = "default";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Load the samples into the fake and start the operator's controllers on it.
+async fn start() -> (FakeApi, kube::Client, tokio::task::JoinHandle<()>) {
+    let (fake, client) = FakeApi::new();
+    let manifests = pipeline::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples")).unwrap();
+    manifests.secrets.iter().for_each(|s| {
+        fake.put(s);
+    });
+    manifests.sources.iter().for_each(|s| {
+        fake.put(s);
+    });
+    manifests.matching_policies.iter().for_each(|p| {
+        fake.put(p);
+    });
+    manifests.feeds.iter().for_each(|f| {
+        fake.put(f);
+    });
+    manifests.scaling_policies.iter().for_each(|p| {
+        fake.put(p);
+    });
+    fake.put(&manifests.platforms[0]);
+    let ctx = Arc::new(Context::new(client.clone(), Metrics::default()));
+    let task = tokio::spawn(async move { run_controllers(ctx, &[NS.to_string()]).await });
+    (fake, client, task)
+}
+
+fn platform(fake: &FakeApi) -> CustomerDataPlatform {
+    fake.get(NS, "retail").expect("platform exists")
+}
+
+fn condition(fake: &FakeApi, type_: &str) -> Option<(String, String)> {
+    let platform = platform(fake);
+    let status = platform.status?;
+    status.common.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn member_condition<K: Resource<DynamicType = ()> + serde::de::DeserializeOwned + serde::Serialize>(
+    fake: &FakeApi,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let obj: K = fake.get(NS, name)?;
+    let value = serde_json::to_value(obj).unwrap();
+    let conditions = value["status"]["conditions"].as_array()?.clone();
+    conditions.iter().find(|c| c["type"] == type_).map(|c| {
+        (c["status"].as_str().unwrap().into(), c["reason"].as_str().unwrap().into(), c["message"].as_str().unwrap().into())
+    })
+}
+
+fn pipeline_config(fake: &FakeApi) -> Option<PipelineConfig> {
+    let cm: ConfigMap = fake.get(NS, "retail-pipeline")?;
+    serde_json::from_str(cm.data?.get("pipeline.json")?).ok()
+}
+
+/// Stand in for the kubelet and the deployment/statefulset controllers from now on: every
+/// rollout the operator causes completes, as it would in a healthy cluster.
+async fn make_everything_available(fake: &FakeApi) {
+    fake.wait_until(WAIT, |f| f.get::<StatefulSet>(NS, "retail-postgres").is_some() && f.list::<Deployment>(Some(NS)).len() == 4)
+        .await;
+    let fake = fake.clone();
+    tokio::spawn(async move {
+        loop {
+            for deployment in fake.list::<Deployment>(Some(NS)) {
+                let observed = deployment.status.as_ref().and_then(|s| s.observed_generation);
+                if observed != deployment.metadata.generation {
+                    fake.mark_deployment_available(NS, &deployment.name_any());
+                }
+            }
+            let sts: StatefulSet = fake.get(NS, "retail-postgres").unwrap();
+            if sts.status.is_none() {
+                fake.modify::<StatefulSet>(NS, "retail-postgres", |sts| {
+                    sts.status = Some(serde_json::from_value(serde_json::json!({"replicas": 1, "readyReplicas": 1})).unwrap());
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+#[tokio::test]
+async fn applying_a_platform_creates_its_objects_and_reports_truthful_status() {
+    let (fake, _client, task) = start().await;
+    fake.wait_until(WAIT, |f| f.get::<Deployment>(NS, "retail-feeds").is_some() && condition(f, "Reconciling").is_some()).await;
+
+    let owner_uid = platform(&fake).uid().unwrap();
+    for (kind, name) in [("Deployment", "retail-ingest"), ("Deployment", "retail-api"), ("StatefulSet", "retail-postgres")] {
+        let owners = match kind {
+            "Deployment" => fake.get::<Deployment>(NS, name).unwrap().owner_references().to_vec(),
+            _ => fake.get::<StatefulSet>(NS, name).unwrap().owner_references().to_vec(),
+        };
+        assert_eq!(owners.len(), 1, "{name}");
+        assert_eq!((owners[0].uid.as_str(), owners[0].controller), (owner_uid.as_str(), Some(true)), "{name}");
+    }
+    assert!(fake.get::<Service>(NS, "retail-api").is_some());
+    assert!(fake.get::<NetworkPolicy>(NS, "retail-ingest").is_some());
+    assert!(fake.get::<Secret>(NS, "retail-store").is_some(), "generated store password");
+
+    // Nothing is available yet: the status says so instead of echoing what was sent.
+    assert_eq!(condition(&fake, "Ready").unwrap().0, "False");
+    assert_eq!(condition(&fake, "Reconciling").unwrap().0, "True");
+
+    make_everything_available(&fake).await;
+    fake.wait_until(WAIT, |f| condition(f, "Ready").is_some_and(|(s, _)| s == "True")).await;
+    let status = platform(&fake).status.unwrap();
+    assert_eq!(status.common.observed_generation, platform(&fake).metadata.generation);
+    assert_eq!(condition(&fake, "Reconciling").unwrap().0, "False");
+    assert_eq!(status.config_hash.as_deref(), Some(pipeline_config(&fake).unwrap().content_hash().as_str()));
+    assert!(status.workloads.iter().all(|w| w.available), "{:?}", status.workloads);
+    assert_eq!(status.members.unwrap().sources, 3);
+    // Members carry their own Ready condition.
+    assert_eq!(member_condition::<Source>(&fake, "pos", "Ready").unwrap().0, "True");
+    task.abort();
+}
+
+#[tokio::test]
+async fn scaled_replicas_are_owned_by_the_scaler_field_manager() {
+    let (fake, _client, task) = start().await;
+    fake.wait_until(WAIT, |f| f.get::<Deployment>(NS, "retail-ingest").and_then(|d| d.spec?.replicas).is_some()).await;
+    let ingest: Deployment = fake.get(NS, "retail-ingest").unwrap();
+    assert_eq!(ingest.spec.as_ref().unwrap().replicas, Some(2), "floor of the platform's ingest bounds");
+    let managers: Vec<String> = ingest.managed_fields().iter().filter_map(|m| m.manager.clone()).collect();
+    assert!(managers.contains(&"cdp-operator".to_string()) && managers.contains(&"cdp-operator-scaler".to_string()), "{managers:?}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn deleting_a_source_changes_the_pipeline_config() {
+    let (fake, client, task) = start().await;
+    let status_hash = |f: &FakeApi| platform(f).status.and_then(|s| s.config_hash);
+    fake.wait_until(WAIT, |f| pipeline_config(f).is_some_and(|c| Some(c.content_hash()) == status_hash(f))).await;
+    let before = status_hash(&fake);
+
+    Api::<Source>::namespaced(client, NS).delete("ticketing", &DeleteParams::default()).await.unwrap();
+    fake.wait_until(WAIT, |f| pipeline_config(f).is_some_and(|c| c.source("ticketing").is_none())).await;
+    fake.wait_until(WAIT, |f| status_hash(f) != before && pipeline_config(f).map(|c| c.content_hash()) == status_hash(f)).await;
+    let rolled: Deployment = fake.get(NS, "retail-ingest").unwrap();
+    let annotation = rolled.spec.unwrap().template.metadata.unwrap().annotations.unwrap()["cdp.dev/config-hash"].clone();
+    assert_eq!(Some(annotation), platform(&fake).status.and_then(|s| s.config_hash), "pods roll to the new config");
+    task.abort();
+}
+
+#[tokio::test]
+async fn feed_with_unknown_attribute_is_stalled_while_the_rest_stays_ready() {
+    let (fake, _client, task) = start().await;
+    make_everything_available(&fake).await;
+    fake.wait_until(WAIT, |f| condition(f, "Ready").is_some_and(|(s, _)| s == "True")).await;
+
+    fake.modify::<Feed>(NS, "crm", |feed| feed.spec.attributes.push("attributes.shoeSize".to_string()));
+    fake.wait_until(WAIT, |f| member_condition::<Feed>(f, "crm", "Stalled").is_some_and(|(s, _, _)| s == "True")).await;
+    let (ready, reason, message) = member_condition::<Feed>(&fake, "crm", "Ready").unwrap();
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "UnmappedAttribute"));
+    assert!(message.contains("spec.attributes[6]") && message.contains("attributes.shoeSize"), "{message}");
+    assert_eq!(member_condition::<Feed>(&fake, "sms-gateway", "Ready").unwrap().0, "True");
+    fake.wait_until(WAIT, |f| pipeline_config(f).is_some_and(|c| c.feeds.len() == 1)).await;
+    fake.wait_until(WAIT, |f| platform(f).status.and_then(|s| s.members).is_some_and(|m| m.rejected == 1)).await;
+    // One bad Feed does not take the platform down: it rolls out the config without it and is Ready.
+    assert_eq!(condition(&fake, "Stalled").unwrap().0, "False");
+    fake.wait_until(WAIT, |f| condition(f, "Ready").is_some_and(|(s, _)| s == "True")).await;
+    assert!(pipeline_config(&fake).unwrap().feeds.iter().all(|f| f.name == "sms-gateway"));
+    task.abort();
+}
+
+#[tokio::test]
+async fn pause_annotation_stops_changes() {
+    let (fake, _client, task) = start().await;
+    fake.wait_until(WAIT, |f| pipeline_config(f).is_some()).await;
+    fake.modify::<CustomerDataPlatform>(NS, "retail", |p| {
+        p.annotations_mut().insert("cdp.dev/paused".to_string(), "true".to_string());
+    });
+    fake.wait_until(WAIT, |f| condition(f, "Paused").is_some_and(|(s, _)| s == "True")).await;
+    let before = fake.get::<ConfigMap>(NS, "retail-pipeline").unwrap().resource_version();
+
+    fake.modify::<Source>(NS, "pos", |s| s.spec.trust_rank = 99);
+    // The member status follows the change (it is not a platform object) ...
+    fake.wait_until(WAIT, |f| {
+        let pos: Source = f.get(NS, "pos").unwrap();
+        pos.status.is_some_and(|s| s.common.observed_generation == pos.metadata.generation)
+    })
+    .await;
+    // ... but the platform's objects are left alone.
+    assert_eq!(fake.get::<ConfigMap>(NS, "retail-pipeline").unwrap().resource_version(), before);
+
+    fake.modify::<CustomerDataPlatform>(NS, "retail", |p| {
+        p.annotations_mut().remove("cdp.dev/paused");
+    });
+    fake.wait_until(WAIT, |f| pipeline_config(f).and_then(|c| c.source("pos").map(|s| s.spec.trust_rank)) == Some(99)).await;
+    fake.wait_until(WAIT, |f| condition(f, "Paused").is_some_and(|(s, _)| s == "False")).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn api_errors_and_conflicts_are_retried_not_fatal() {
+    let (fake, _client, task) = start().await;
+    // The first applies of the ConfigMap fail with 500s, then a status write conflicts.
+    fake.fail_next(Method::PATCH, "/configmaps/retail-pipeline", 2);
+    fake.conflict_next_update("/customerdataplatforms/retail/status");
+    fake.wait_until(WAIT, |f| pipeline_config(f).is_some()).await;
+    make_everything_available(&fake).await;
+    fake.wait_until(WAIT, |f| condition(f, "Ready").is_some_and(|(s, _)| s == "True")).await;
+    let failed_patches = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::PATCH && r.path.ends_with("/configmaps/retail-pipeline"))
+        .count();
+    assert!(failed_patches >= 3, "two failures then a success: {failed_patches}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn store_password_is_never_regenerated() {
+    let (fake, client, task) = start().await;
+    fake.wait_until(WAIT, |f| f.get::<Secret>(NS, "retail-store").is_some()).await;
+    let password = fake.get::<Secret>(NS, "retail-store").unwrap().data.unwrap()["password"].clone();
+    // Any change triggers a full reconcile; the password Secret must be left as it is.
+    Api::<Source>::namespaced(client, NS).delete("pos", &DeleteParams::default()).await.unwrap();
+    fake.wait_until(WAIT, |f| pipeline_config(f).is_some_and(|c| c.source("pos").is_none())).await;
+    assert_eq!(fake.get::<Secret>(NS, "retail-store").unwrap().data.unwrap()["password"], password);
+    task.abort();
+}
+
+#[tokio::test]
+async fn settled_platform_stops_writing() {
+    let (fake, _client, task) = start().await;
+    make_everything_available(&fake).await;
+    fake.wait_until(WAIT, |f| condition(f, "Ready").is_some_and(|(s, _)| s == "True")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = |f: &FakeApi| f.requests().iter().filter(|r| r.method != Method::GET).count();
+    let settled = writes(&fake);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(writes(&fake), settled, "no hot loop: a settled platform makes no further writes");
+    task.abort();
+}

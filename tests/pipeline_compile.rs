@@ -1,0 +1,146 @@
+//! CRs → PipelineConfig: semantic errors refuse one member with a clear message and leave the
+//! rest of the platform running.
+
+use std::path::Path;
+
+use cdp_operator::crd::{Feed, Source};
+use cdp_operator::identity::default_model;
+use cdp_operator::pipeline::{self, MemberError, Manifests};
+
+fn samples() -> Manifests {
+    pipeline::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples")).expect("samples load")
+}
+
+fn compile(manifests: &Manifests) -> pipeline::Compiled {
+    let platform = &manifests.platforms[0];
+    pipeline::compile(platform, &manifests.members_of(platform), default_model())
+}
+
+#[test]
+fn samples_compile_without_errors() {
+    let manifests = samples();
+    let compiled = compile(&manifests);
+    let refused: Vec<_> = compiled.verdicts.iter().filter(|v| !v.accepted()).collect();
+    assert!(refused.is_empty(), "samples must be valid: {refused:?}");
+    assert!(compiled.platform_errors.is_empty(), "{:?}", compiled.platform_errors);
+    let names: Vec<&str> = compiled.config.sources.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["pos", "ticketing", "webshop"]);
+    assert_eq!(compiled.config.matching.policy.as_deref(), Some("retail"));
+    assert_eq!(compiled.config.feeds.len(), 2);
+    assert_eq!(compiled.config.namespace, "default");
+}
+
+#[test]
+fn feed_with_unmapped_attribute_is_refused_alone() {
+    let mut manifests = samples();
+    let mut feed: Feed = manifests.feeds.iter().find(|f| f.metadata.name.as_deref() == Some("crm")).unwrap().clone();
+    feed.spec.attributes.push("attributes.shoeSize".to_string());
+    feed.spec.attributes.push("favouriteColour".to_string());
+    manifests.feeds.retain(|f| f.metadata.name.as_deref() != Some("crm"));
+    manifests.feeds.push(feed);
+
+    let compiled = compile(&manifests);
+    let verdict = compiled.verdict("Feed", "crm").unwrap();
+    assert_eq!(
+        verdict.errors,
+        vec![
+            MemberError::UnmappedAttribute { field: "spec.attributes[6]".into(), attribute: "attributes.shoeSize".into() },
+            MemberError::UnknownAttribute { field: "spec.attributes[7]".into(), attribute: "favouriteColour".into() },
+        ]
+    );
+    assert!(verdict.errors[0].to_string().contains("no Source of this platform maps \"attributes.shoeSize\""));
+    assert_eq!(verdict.errors[0].reason(), "UnmappedAttribute");
+    // The rest keeps running: the other feed and every source are in the config.
+    assert_eq!(compiled.config.feeds.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["sms-gateway"]);
+    assert_eq!(compiled.config.sources.len(), 3);
+    assert_eq!(compiled.rejected(), 1);
+}
+
+#[test]
+fn missing_secret_refuses_the_source() {
+    let mut manifests = samples();
+    manifests.secrets.retain(|s| s.metadata.name.as_deref() != Some("pos-intake"));
+    let compiled = compile(&manifests);
+    let verdict = compiled.verdict("Source", "pos").unwrap();
+    assert_eq!(verdict.errors.len(), 1);
+    assert_eq!(verdict.errors[0].reason(), "SecretNotFound");
+    assert!(verdict.errors[0].to_string().contains("Secret \"pos-intake\" has no key \"token\""));
+    assert!(compiled.config.source("pos").is_none());
+    // The loyalty id was mapped only by the refused source: the CRM feed that exports it is refused
+    // too, with a message naming the attribute; the SMS feed does not depend on it and stays.
+    let crm = compiled.verdict("Feed", "crm").unwrap();
+    assert_eq!(
+        crm.errors,
+        vec![MemberError::UnmappedAttribute { field: "spec.attributes[4]".into(), attribute: "identifiers.loyaltyId".into() }]
+    );
+    assert!(compiled.verdict("Feed", "sms-gateway").unwrap().accepted());
+}
+
+#[test]
+fn duplicate_source_names_are_refused() {
+    let mut manifests = samples();
+    let copy: Source = manifests.sources[0].clone();
+    manifests.sources.push(copy);
+    let compiled = compile(&manifests);
+    let name = manifests.sources[0].metadata.name.clone().unwrap();
+    let verdict = compiled.verdict("Source", &name).unwrap();
+    assert!(verdict.errors.iter().any(|e| e.reason() == "DuplicateName"), "{verdict:?}");
+}
+
+#[test]
+fn second_matching_policy_conflicts() {
+    let mut manifests = samples();
+    let mut second = manifests.matching_policies[0].clone();
+    second.metadata.name = Some("zz-experiment".into());
+    manifests.matching_policies.push(second);
+    let compiled = compile(&manifests);
+    assert!(compiled.verdict("MatchingPolicy", "retail").unwrap().accepted());
+    let refused = compiled.verdict("MatchingPolicy", "zz-experiment").unwrap();
+    assert_eq!(refused.errors, vec![MemberError::SecondMatchingPolicy { active: "retail".into() }]);
+}
+
+#[test]
+fn matching_policy_with_unknown_attribute_falls_back_to_default_model() {
+    let mut manifests = samples();
+    manifests.matching_policies[0].spec.model.comparisons[0].attribute = "emial".into();
+    let compiled = compile(&manifests);
+    let verdict = compiled.verdict("MatchingPolicy", "retail").unwrap();
+    assert_eq!(verdict.errors[0].reason(), "UnknownAttribute");
+    assert!(verdict.errors[0].to_string().contains("spec.comparisons[0].attribute"));
+    assert_eq!(compiled.config.matching.policy, None);
+    assert_eq!(compiled.config.matching.model, default_model());
+}
+
+#[test]
+fn content_hash_tracks_the_config() {
+    let manifests = samples();
+    let first = compile(&manifests);
+    assert_eq!(first.hash, compile(&manifests).hash, "same input, same hash");
+    let mut fewer = manifests.clone();
+    fewer.sources.retain(|s| s.metadata.name.as_deref() != Some("pos"));
+    let second = compile(&fewer);
+    assert_ne!(first.hash, second.hash, "deleting a Source changes the config");
+    assert!(second.config.source("pos").is_none());
+}
+
+#[test]
+fn missing_api_tokens_secret_stalls_the_platform() {
+    let mut manifests = samples();
+    manifests.secrets.retain(|s| s.metadata.name.as_deref() != Some("retail-api-tokens"));
+    let compiled = compile(&manifests);
+    assert_eq!(compiled.platform_errors.len(), 1);
+    assert!(compiled.platform_errors[0].to_string().contains("spec.api.tokensSecretRef"));
+}
+
+#[test]
+fn bad_yaml_names_the_file_and_document() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "apiVersion: cdp.dev/v1alpha1\nkind: Source\nmetadata: {name: broken}\nspec: {platformRef: {name: x}}\n",
+    )
+    .unwrap();
+    let error = pipeline::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(error.contains("a.yaml: document 0 (Source \"broken\")"), "{error}");
+    assert!(error.contains("missing field"), "{error}");
+}

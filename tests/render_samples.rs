@@ -1,0 +1,162 @@
+//! The objects rendered for the samples: snapshot, plus the properties a platform engineer relies on.
+
+use std::path::Path;
+
+use cdp_operator::identity::default_model;
+use cdp_operator::operator::render::{self, StorePassword, Workload};
+use cdp_operator::pipeline;
+use serde_json::Value;
+
+fn samples_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples")
+}
+
+fn rendered() -> Vec<Value> {
+    let manifests = pipeline::load_dir(&samples_dir()).unwrap();
+    let platform = &manifests.platforms[0];
+    let compiled = pipeline::compile(platform, &manifests.members_of(platform), default_model());
+    render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Create("pw".into()))
+        .unwrap()
+        .objects()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} not rendered"))
+}
+
+#[test]
+fn render_dir_snapshot() {
+    let out = cdp_operator::operator::render_dir(&samples_dir()).unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    insta::assert_snapshot!("samples", out.yaml);
+}
+
+#[test]
+fn every_kind_is_rendered() {
+    let objects = rendered();
+    let mut kinds: Vec<(String, String)> = objects
+        .iter()
+        .map(|o| (o["kind"].as_str().unwrap().to_string(), o["metadata"]["name"].as_str().unwrap().to_string()))
+        .collect();
+    kinds.sort();
+    let expected = [
+        ("ConfigMap", "retail-pipeline"),
+        ("Deployment", "retail-api"),
+        ("Deployment", "retail-feeds"),
+        ("Deployment", "retail-ingest"),
+        ("Deployment", "retail-matcher"),
+        ("HorizontalPodAutoscaler", "retail-api"),
+        ("NetworkPolicy", "retail-api"),
+        ("NetworkPolicy", "retail-feeds"),
+        ("NetworkPolicy", "retail-ingest"),
+        ("NetworkPolicy", "retail-matcher"),
+        ("NetworkPolicy", "retail-postgres"),
+        ("PodDisruptionBudget", "retail-api"),
+        ("PodDisruptionBudget", "retail-feeds"),
+        ("PodDisruptionBudget", "retail-ingest"),
+        ("PodDisruptionBudget", "retail-matcher"),
+        ("Secret", "retail-store"),
+        ("Service", "retail-api"),
+        ("Service", "retail-ingest"),
+        ("Service", "retail-postgres"),
+        ("ServiceAccount", "retail-cdp"),
+        ("StatefulSet", "retail-postgres"),
+    ];
+    let expected: Vec<(String, String)> = expected.iter().map(|(k, n)| (k.to_string(), n.to_string())).collect();
+    assert_eq!(kinds, expected);
+}
+
+#[test]
+fn pods_meet_the_restricted_pod_security_standard() {
+    for object in rendered().iter().filter(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet") {
+        let pod = &object["spec"]["template"]["spec"];
+        let name = &object["metadata"]["name"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        for container in pod["containers"].as_array().unwrap() {
+            let sc = &container["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}");
+            assert!(container["resources"]["requests"]["cpu"].is_string(), "{name} has requests");
+            assert!(container["resources"]["limits"]["memory"].is_string(), "{name} has a memory limit");
+        }
+    }
+}
+
+#[test]
+fn scaled_workloads_leave_replicas_to_the_scaler() {
+    let objects = rendered();
+    for workload in Workload::ALL {
+        let deployment = find(&objects, "Deployment", &workload.object_name("retail"));
+        assert!(deployment["spec"].get("replicas").is_none(), "{workload:?}: replicas belong to the scaler or the HPA");
+    }
+}
+
+#[test]
+fn probes_point_at_health_endpoints_and_config_hash_rolls_pods() {
+    let manifests = pipeline::load_dir(&samples_dir()).unwrap();
+    let platform = &manifests.platforms[0];
+    let compiled = pipeline::compile(platform, &manifests.members_of(platform), default_model());
+    let objects = rendered();
+    let ingest = find(&objects, "Deployment", "retail-ingest");
+    let container = &ingest["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["args"][0], "ingest");
+    assert_eq!(ingest["spec"]["template"]["metadata"]["annotations"]["cdp.dev/config-hash"], compiled.hash.as_str());
+    // Ingest sees exactly the source keys, not the feeds' signing keys.
+    let projected = &ingest["spec"]["template"]["spec"]["volumes"][1]["projected"]["sources"];
+    let secrets: Vec<&str> = projected.as_array().unwrap().iter().map(|s| s["secret"]["name"].as_str().unwrap()).collect();
+    assert_eq!(secrets, ["pos-intake", "ticketing-intake", "webshop-intake"]);
+    let config = find(&objects, "ConfigMap", "retail-pipeline");
+    let body: pipeline::PipelineConfig = serde_json::from_str(config["data"]["pipeline.json"].as_str().unwrap()).unwrap();
+    assert_eq!(body, compiled.config, "the ConfigMap carries the compiled config verbatim");
+}
+
+#[test]
+fn existing_store_password_is_never_regenerated() {
+    let manifests = pipeline::load_dir(&samples_dir()).unwrap();
+    let platform = &manifests.platforms[0];
+    let compiled = pipeline::compile(platform, &manifests.members_of(platform), default_model());
+    let bundle = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists).unwrap();
+    assert!(bundle.store_secret.is_none());
+    assert!(bundle.store.is_some());
+}
+
+#[test]
+fn external_store_renders_no_postgres() {
+    let manifests = pipeline::load_dir(&samples_dir()).unwrap();
+    let mut platform = manifests.platforms[0].clone();
+    platform.spec.store.in_cluster = None;
+    platform.spec.store.external = Some(serde_json::from_value(serde_json::json!({"urlSecretRef": {"name": "pg", "key": "url"}})).unwrap());
+    let compiled = pipeline::compile(&platform, &manifests.members_of(&platform), default_model());
+    let bundle = render::render(&platform, &compiled.config, &compiled.hash, &StorePassword::Create("x".into())).unwrap();
+    assert!(bundle.store.is_none() && bundle.store_service.is_none() && bundle.store_secret.is_none());
+    let env = &serde_json::to_value(&bundle.deployments[0]).unwrap()["spec"]["template"]["spec"]["containers"][0]["env"];
+    let url = env.as_array().unwrap().iter().find(|e| e["name"] == "CDP_STORE_URL").unwrap();
+    assert_eq!(url["valueFrom"]["secretKeyRef"], serde_json::json!({"name": "pg", "key": "url"}));
+}
+
+#[test]
+fn network_policies_admit_only_intake_and_api_traffic() {
+    let objects = rendered();
+    let api = find(&objects, "NetworkPolicy", "retail-api");
+    let from = api["spec"]["ingress"][0]["from"].as_array().unwrap();
+    let namespaces: Vec<&Value> = from.iter().map(|p| &p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]).collect();
+    assert!(namespaces.contains(&&Value::from("crm")) && namespaces.contains(&&Value::from("marketing")));
+    let matcher = find(&objects, "NetworkPolicy", "retail-matcher");
+    assert_eq!(matcher["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "cdp-operator");
+    let feeds = find(&objects, "NetworkPolicy", "retail-feeds");
+    let egress_ports: Vec<i64> = feeds["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].as_i64().unwrap()))
+        .collect();
+    assert!(egress_ports.contains(&443), "feeds reach their https webhooks");
+    assert!(!egress_ports.contains(&9092), "no Kafka feed, no Kafka port");
+}
