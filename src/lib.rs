@@ -4,4 +4,5 @@ pub mod crd;
 pub mod identity;
 pub mod operator;
 pub mod pipeline;
+pub mod scaling;
 pub mod telemetry;

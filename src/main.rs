@@ -32,6 +32,15 @@ enum Command {
     },
     /// Run the operator: reconcile platforms in the cluster of the current kubeconfig or service account.
     Operator(cdp_operator::operator::OperatorArgs),
+    /// Compare this scaler with HPA and KEDA emulations and a hindsight oracle on load traces.
+    Simulate {
+        /// A trace file (see benches/traces/README.md for the format).
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        trace: Option<PathBuf>,
+        /// Run every shipped trace.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -53,6 +62,18 @@ fn main() -> Result<()> {
                 eprintln!("warning: {warning}");
             }
             print_out(&out.yaml)
+        }
+        Command::Simulate { trace, .. } => {
+            let params = cdp_operator::scaling::simulate::SimParams::default();
+            let table = match trace {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    cdp_operator::scaling::simulate::simulate_text(&text, &params)
+                        .with_context(|| format!("trace {}", path.display()))?
+                }
+                None => cdp_operator::scaling::simulate::simulate_shipped(&params),
+            };
+            print_out(&table)
         }
         Command::Operator(args) => {
             cdp_operator::telemetry::init();

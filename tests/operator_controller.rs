@@ -228,6 +228,25 @@ async fn api_errors_and_conflicts_are_retried_not_fatal() {
 }
 
 #[tokio::test]
+async fn failures_are_counted_by_reason_in_metrics() {
+    let (fake, client) = FakeApi::new();
+    let manifests = pipeline::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples")).unwrap();
+    manifests.secrets.iter().for_each(|s| {
+        fake.put(s);
+    });
+    fake.put(&manifests.platforms[0]);
+    fake.fail_next(Method::PATCH, "/configmaps/retail-pipeline", 1);
+    let metrics = Metrics::default();
+    let ctx = Arc::new(Context::new(client, metrics.clone()));
+    let task = tokio::spawn(async move { run_controllers(ctx, &[NS.to_string()]).await });
+    fake.wait_until(WAIT, |f| pipeline_config(f).is_some()).await;
+    let text = metrics.encode();
+    assert!(text.contains("cdp_operator_reconcile_errors_total{reason=\"KubeApi\"} 1"), "{text}");
+    assert!(text.contains("cdp_operator_reconcile_duration_seconds_count"), "{text}");
+    task.abort();
+}
+
+#[tokio::test]
 async fn store_password_is_never_regenerated() {
     let (fake, client, task) = start().await;
     fake.wait_until(WAIT, |f| f.get::<Secret>(NS, "retail-store").is_some()).await;

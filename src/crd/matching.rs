@@ -51,13 +51,14 @@ pub struct MatchingModel {
     #[serde(default)]
     #[schemars(length(max = 32))]
     pub rules: Vec<DeterministicRule>,
-    /// Attributes that, when both sides have a value and the values differ, forbid a merge.
+    /// Attributes that, when both sides have a value and the values clearly differ, forbid a merge.
     #[serde(default)]
     #[schemars(length(max = 16))]
     pub never_merge: Vec<NeverMerge>,
-    /// Prior probability that two records compared are the same person (λ).
+    /// Prior probability that two records compared are the same person (λ), strictly between 0 and 1.
     #[serde(default = "default_prior")]
     #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(extend("exclusiveMinimum" = true, "exclusiveMaximum" = true))]
     pub prior_match_probability: f64,
     pub thresholds: Thresholds,
     /// Which value the golden profile keeps, per attribute.
@@ -87,6 +88,7 @@ pub enum EmailProviderRule {
 }
 
 /// A blocking key: the concatenation of the listed attribute transforms.
+/// `fullName` is derived from given and family name when a record has none.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockingKey {
@@ -118,7 +120,7 @@ pub enum KeyTransform {
     Prefix3,
     /// Year of a date.
     Year,
-    /// Letters of the value sorted, so swapped tokens share the key.
+    /// Letters of the value sorted (spaces ignored), so swapped tokens share the key.
     SortedTokens,
 }
 
@@ -196,6 +198,8 @@ pub struct DeterministicRule {
     pub all_equal: Vec<String>,
 }
 
+/// "Clearly differ": ids and dates more than one typo apart and not a day/month swap; names not
+/// the same even allowing for nicknames, typos, swapped given/family names, initials or prefixes.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NeverMerge {
@@ -206,7 +210,8 @@ pub struct NeverMerge {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.review < self.merge", "message": "thresholds.review must be below thresholds.merge"}
+    {"rule": "self.review < self.merge", "message": "thresholds.review must be below thresholds.merge"},
+    {"rule": "self.review > 0.0 && self.merge < 1.0", "message": "thresholds must lie strictly between 0 and 1"}
 ]))]
 pub struct Thresholds {
     /// At or above: the record joins the profile.

@@ -101,7 +101,7 @@ fn default_stabilization_seconds() -> u32 {
     {"rule": "has(self.start) == has(self.end)", "message": "start and end go together"},
     {"rule": "has(self.schedule) == has(self.durationMinutes)", "message": "schedule and durationMinutes go together"},
     {"rule": "has(self.start) != has(self.schedule)", "message": "set either start/end or schedule/durationMinutes"},
-    {"rule": "!has(self.start) || timestamp(self.start) < timestamp(self.end)", "message": "start must be before end"}
+    {"rule": "!has(self.start) || !has(self.end) || timestamp(self.start) < timestamp(self.end)", "message": "start must be before end"}
 ]))]
 pub struct PeakWindow {
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]

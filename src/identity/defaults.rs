@@ -16,15 +16,31 @@ use crate::crd::matching::{
 fn key(name: &str, parts: &[(&str, KeyTransform)]) -> BlockingKey {
     BlockingKey {
         name: name.into(),
-        parts: parts.iter().map(|(a, t)| KeyPart { attribute: (*a).into(), transform: *t }).collect(),
+        parts: parts
+            .iter()
+            .map(|(a, t)| KeyPart {
+                attribute: (*a).into(),
+                transform: *t,
+            })
+            .collect(),
     }
 }
 
 fn lvl(comparator: Comparator, threshold: Option<f64>, m: f64, u: f64) -> ComparisonLevel {
-    ComparisonLevel { comparator, threshold, m, u }
+    ComparisonLevel {
+        comparator,
+        threshold,
+        m,
+        u,
+    }
 }
 
-fn cmp(name: &str, attribute: &str, swapped_with: Option<&str>, levels: Vec<ComparisonLevel>) -> Comparison {
+fn cmp(
+    name: &str,
+    attribute: &str,
+    swapped_with: Option<&str>,
+    levels: Vec<ComparisonLevel>,
+) -> Comparison {
     // else level: what the listed levels leave over
     let m = (1.0 - levels.iter().map(|l| l.m).sum::<f64>()).max(0.001);
     let u = (1.0 - levels.iter().map(|l| l.u).sum::<f64>()).max(0.001);
@@ -39,36 +55,124 @@ fn cmp(name: &str, attribute: &str, swapped_with: Option<&str>, levels: Vec<Comp
 
 /// Common given-name short forms (English and French), nickname → canonical form.
 pub const NICKNAMES: &[(&str, &str)] = &[
-    ("abby", "abigail"), ("al", "albert"), ("alex", "alexander"), ("andy", "andrew"),
-    ("drew", "andrew"), ("tony", "anthony"), ("barb", "barbara"), ("ben", "benjamin"),
-    ("bill", "william"), ("billy", "william"), ("will", "william"), ("willy", "william"),
-    ("liam", "william"), ("bob", "robert"), ("bobby", "robert"), ("rob", "robert"),
-    ("robbie", "robert"), ("bert", "robert"), ("cathy", "catherine"), ("kate", "catherine"),
-    ("katie", "catherine"), ("kathy", "katherine"), ("chris", "christopher"),
-    ("chuck", "charles"), ("charlie", "charles"), ("dan", "daniel"), ("danny", "daniel"),
-    ("dave", "david"), ("deb", "deborah"), ("debbie", "deborah"), ("dick", "richard"),
-    ("rick", "richard"), ("rich", "richard"), ("ricky", "richard"), ("don", "donald"),
-    ("ed", "edward"), ("eddie", "edward"), ("ted", "edward"), ("ned", "edward"),
-    ("liz", "elizabeth"), ("beth", "elizabeth"), ("betty", "elizabeth"), ("lisa", "elizabeth"),
-    ("eliza", "elizabeth"), ("frank", "francis"), ("fred", "frederick"), ("gabe", "gabriel"),
-    ("greg", "gregory"), ("hank", "henry"), ("harry", "henry"), ("jack", "john"),
-    ("johnny", "john"), ("jim", "james"), ("jimmy", "james"), ("jamie", "james"),
-    ("jeff", "jeffrey"), ("jen", "jennifer"), ("jenny", "jennifer"), ("jerry", "gerald"),
-    ("joe", "joseph"), ("joey", "joseph"), ("josh", "joshua"), ("kim", "kimberly"),
-    ("larry", "lawrence"), ("len", "leonard"), ("lenny", "leonard"), ("maggie", "margaret"),
-    ("peggy", "margaret"), ("meg", "margaret"), ("marge", "margaret"), ("matt", "matthew"),
-    ("mike", "michael"), ("mikey", "michael"), ("mick", "michael"), ("nate", "nathan"),
-    ("nick", "nicholas"), ("pat", "patricia"), ("patty", "patricia"), ("trish", "patricia"),
-    ("pete", "peter"), ("phil", "phillip"), ("philip", "phillip"), ("ray", "raymond"),
-    ("ron", "ronald"), ("ronnie", "ronald"), ("sam", "samuel"), ("sammy", "samuel"),
-    ("steve", "stephen"), ("steven", "stephen"), ("stan", "stanley"), ("sue", "susan"),
-    ("susie", "susan"), ("tom", "thomas"), ("tommy", "thomas"), ("tim", "timothy"),
-    ("vicky", "victoria"), ("walt", "walter"), ("zach", "zachary"), ("jon", "jonathan"),
-    ("nathaniel", "nathan"), ("cindy", "cynthia"), ("becky", "rebecca"), ("sandy", "sandra"),
-    ("mandy", "amanda"), ("manny", "emmanuel"), ("manu", "emmanuel"), ("val", "valerie"),
-    ("jo", "josephine"), ("max", "maximilian"), ("nico", "nicolas"), ("seb", "sebastien"),
-    ("fanny", "stephanie"), ("steph", "stephanie"), ("christophe", "christopher"),
-    ("isa", "isabelle"), ("babette", "elizabeth"), ("jb", "jean baptiste"), ("jp", "jean pierre"),
+    ("abby", "abigail"),
+    ("al", "albert"),
+    ("alex", "alexander"),
+    ("andy", "andrew"),
+    ("drew", "andrew"),
+    ("tony", "anthony"),
+    ("barb", "barbara"),
+    ("ben", "benjamin"),
+    ("bill", "william"),
+    ("billy", "william"),
+    ("will", "william"),
+    ("willy", "william"),
+    ("liam", "william"),
+    ("bob", "robert"),
+    ("bobby", "robert"),
+    ("rob", "robert"),
+    ("robbie", "robert"),
+    ("bert", "robert"),
+    ("cathy", "catherine"),
+    ("kate", "catherine"),
+    ("katie", "catherine"),
+    ("kathy", "katherine"),
+    ("chris", "christopher"),
+    ("chuck", "charles"),
+    ("charlie", "charles"),
+    ("dan", "daniel"),
+    ("danny", "daniel"),
+    ("dave", "david"),
+    ("deb", "deborah"),
+    ("debbie", "deborah"),
+    ("dick", "richard"),
+    ("rick", "richard"),
+    ("rich", "richard"),
+    ("ricky", "richard"),
+    ("don", "donald"),
+    ("ed", "edward"),
+    ("eddie", "edward"),
+    ("ted", "edward"),
+    ("ned", "edward"),
+    ("liz", "elizabeth"),
+    ("beth", "elizabeth"),
+    ("betty", "elizabeth"),
+    ("lisa", "elizabeth"),
+    ("eliza", "elizabeth"),
+    ("frank", "francis"),
+    ("fred", "frederick"),
+    ("gabe", "gabriel"),
+    ("greg", "gregory"),
+    ("hank", "henry"),
+    ("harry", "henry"),
+    ("jack", "john"),
+    ("johnny", "john"),
+    ("jim", "james"),
+    ("jimmy", "james"),
+    ("jamie", "james"),
+    ("jeff", "jeffrey"),
+    ("jen", "jennifer"),
+    ("jenny", "jennifer"),
+    ("jerry", "gerald"),
+    ("joe", "joseph"),
+    ("joey", "joseph"),
+    ("josh", "joshua"),
+    ("kim", "kimberly"),
+    ("larry", "lawrence"),
+    ("len", "leonard"),
+    ("lenny", "leonard"),
+    ("maggie", "margaret"),
+    ("peggy", "margaret"),
+    ("meg", "margaret"),
+    ("marge", "margaret"),
+    ("matt", "matthew"),
+    ("mike", "michael"),
+    ("mikey", "michael"),
+    ("mick", "michael"),
+    ("nate", "nathan"),
+    ("nick", "nicholas"),
+    ("pat", "patricia"),
+    ("patty", "patricia"),
+    ("trish", "patricia"),
+    ("pete", "peter"),
+    ("phil", "phillip"),
+    ("philip", "phillip"),
+    ("ray", "raymond"),
+    ("ron", "ronald"),
+    ("ronnie", "ronald"),
+    ("sam", "samuel"),
+    ("sammy", "samuel"),
+    ("steve", "stephen"),
+    ("steven", "stephen"),
+    ("stan", "stanley"),
+    ("sue", "susan"),
+    ("susie", "susan"),
+    ("tom", "thomas"),
+    ("tommy", "thomas"),
+    ("tim", "timothy"),
+    ("vicky", "victoria"),
+    ("walt", "walter"),
+    ("zach", "zachary"),
+    ("jon", "jonathan"),
+    ("nathaniel", "nathan"),
+    ("cindy", "cynthia"),
+    ("becky", "rebecca"),
+    ("sandy", "sandra"),
+    ("mandy", "amanda"),
+    ("manny", "emmanuel"),
+    ("manu", "emmanuel"),
+    ("val", "valerie"),
+    ("jo", "josephine"),
+    ("max", "maximilian"),
+    ("nico", "nicolas"),
+    ("seb", "sebastien"),
+    ("fanny", "stephanie"),
+    ("steph", "stephanie"),
+    ("christophe", "christopher"),
+    ("isa", "isabelle"),
+    ("babette", "elizabeth"),
+    ("jb", "jean baptiste"),
+    ("jp", "jean pierre"),
 ];
 
 /// Name-like attributes, compared with exact / nickname / Jaro-Winkler levels.
@@ -89,33 +193,61 @@ pub fn default_model() -> MatchingModel {
         key("email", &[("email", Exact)]),
         key("phone", &[("phone", Exact)]),
         key("national-id", &[("nationalId", Exact)]),
-        key("family-dob", &[("familyName", Phonetic), ("birthDate", Exact)]),
-        key("given-dob", &[("givenName", Phonetic), ("birthDate", Exact)]),
-        key("family-postcode", &[("familyName", Phonetic), ("postcode", Exact)]),
+        key(
+            "family-dob",
+            &[("familyName", Phonetic), ("birthDate", Exact)],
+        ),
+        key(
+            "given-dob",
+            &[("givenName", Phonetic), ("birthDate", Exact)],
+        ),
+        key(
+            "family-postcode",
+            &[("familyName", Phonetic), ("postcode", Exact)],
+        ),
         key("full-name", &[("fullName", SortedTokens)]),
         key("given-street", &[("givenName", Prefix3), ("street", Exact)]),
         key("dob-postcode", &[("birthDate", Exact), ("postcode", Exact)]),
     ];
     let comparisons = vec![
-        cmp("given-name", "givenName", Some("familyName"), name_levels(0.01)),
-        cmp("family-name", "familyName", Some("givenName"), name_levels(0.003)),
+        cmp(
+            "given-name",
+            "givenName",
+            Some("familyName"),
+            name_levels(0.01),
+        ),
+        cmp(
+            "family-name",
+            "familyName",
+            Some("givenName"),
+            name_levels(0.003),
+        ),
         cmp(
             "middle-name",
             "middleName",
             None,
-            vec![lvl(Comparator::Exact, None, 0.85, 0.05), lvl(Comparator::JaroWinkler, Some(0.88), 0.05, 0.01)],
+            vec![
+                lvl(Comparator::Exact, None, 0.85, 0.05),
+                lvl(Comparator::JaroWinkler, Some(0.88), 0.05, 0.01),
+            ],
         ),
         cmp(
             "email",
             "email",
             None,
-            vec![lvl(Comparator::Exact, None, 0.75, 1e-5), lvl(Comparator::DamerauLevenshtein, Some(2.0), 0.05, 1e-4)],
+            vec![
+                lvl(Comparator::Exact, None, 0.75, 1e-5),
+                lvl(Comparator::DamerauLevenshtein, Some(2.0), 0.05, 1e-4),
+            ],
         ),
         cmp(
             "phone",
             "phone",
             None,
-            vec![lvl(Comparator::Exact, None, 0.75, 1e-5), lvl(Comparator::DamerauLevenshtein, Some(1.0), 0.05, 1e-4)],
+            vec![
+                lvl(Comparator::Exact, None, 0.75, 1e-5),
+                lvl(Comparator::DamerauLevenshtein, Some(1.0), 0.05, 1e-4),
+            ],
         ),
         cmp(
             "birth-date",
@@ -132,44 +264,78 @@ pub fn default_model() -> MatchingModel {
             "street",
             "street",
             None,
-            vec![lvl(Comparator::Exact, None, 0.7, 1e-3), lvl(Comparator::JaroWinkler, Some(0.9), 0.1, 5e-3)],
+            vec![
+                lvl(Comparator::Exact, None, 0.7, 1e-3),
+                lvl(Comparator::JaroWinkler, Some(0.9), 0.1, 5e-3),
+            ],
         ),
         cmp(
             "postcode",
             "postcode",
             None,
-            vec![lvl(Comparator::Exact, None, 0.75, 0.01), lvl(Comparator::DamerauLevenshtein, Some(1.0), 0.05, 0.03)],
+            vec![
+                lvl(Comparator::Exact, None, 0.75, 0.01),
+                lvl(Comparator::DamerauLevenshtein, Some(1.0), 0.05, 0.03),
+            ],
         ),
         cmp(
             "city",
             "city",
             None,
-            vec![lvl(Comparator::Exact, None, 0.8, 0.05), lvl(Comparator::JaroWinkler, Some(0.9), 0.05, 0.01)],
+            vec![
+                lvl(Comparator::Exact, None, 0.8, 0.05),
+                lvl(Comparator::JaroWinkler, Some(0.9), 0.05, 0.01),
+            ],
         ),
         cmp(
             "national-id",
             "nationalId",
             None,
-            vec![lvl(Comparator::Exact, None, 0.9, 1e-6), lvl(Comparator::DamerauLevenshtein, Some(1.0), 0.06, 1e-5)],
+            vec![
+                lvl(Comparator::Exact, None, 0.9, 1e-6),
+                lvl(Comparator::DamerauLevenshtein, Some(1.0), 0.06, 1e-5),
+            ],
         ),
     ];
     MatchingModel {
         normalise: NormaliseOptions {
             email_provider_rules: vec![],
-            nicknames: NICKNAMES.iter().map(|(a, b)| ((*a).to_string(), (*b).to_string())).collect(),
+            nicknames: NICKNAMES
+                .iter()
+                .map(|(a, b)| ((*a).to_string(), (*b).to_string()))
+                .collect(),
         },
         blocking,
         comparisons,
         rules: vec![
-            DeterministicRule { name: "email-given-name".into(), all_equal: vec!["email".into(), "givenName".into()] },
+            DeterministicRule {
+                name: "email-given-name".into(),
+                all_equal: vec!["email".into(), "givenName".into()],
+            },
             DeterministicRule {
                 name: "national-id-birth-date".into(),
                 all_equal: vec!["nationalId".into(), "birthDate".into()],
             },
         ],
-        never_merge: vec![NeverMerge { attribute: "nationalId".into() }, NeverMerge { attribute: "birthDate".into() }],
+        // A clearly different given name is a different person, however much else two
+        // records share: household members share a surname, an address, a phone and often an
+        // email, and those agreements must not outvote the one attribute that tells them apart.
+        never_merge: vec![
+            NeverMerge {
+                attribute: "nationalId".into(),
+            },
+            NeverMerge {
+                attribute: "birthDate".into(),
+            },
+            NeverMerge {
+                attribute: "givenName".into(),
+            },
+        ],
         prior_match_probability: 1e-4,
-        thresholds: Thresholds { merge: 0.95, review: 0.5 },
+        thresholds: Thresholds {
+            merge: 0.95,
+            review: 0.5,
+        },
         survivorship: Survivorship {
             default: SurvivorshipRule::TrustRank,
             attributes: BTreeMap::from([

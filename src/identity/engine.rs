@@ -9,12 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use rphonetic::{DoubleMetaphone, Encoder};
 use serde::{Deserialize, Serialize};
 
-use crate::crd::matching::{
-    Comparator, EmailProviderRule, KeyTransform, MatchingModel,
-};
-use crate::identity::normalise::{
-    self, NormaliseFlags, days_from_civil, name_key, normalise_with,
-};
+use crate::crd::matching::{Comparator, KeyTransform, MatchingModel};
+use crate::identity::normalise::{self, NormaliseFlags, days_from_civil, name_key, normalise_with};
 use crate::identity::record::{CanonicalRecord, is_known_attribute};
 
 /// Why a [`MatchingModel`] cannot be compiled.
@@ -25,9 +21,16 @@ pub enum ModelError {
     #[error("{place}: m and u must be in (0, 1], got m={m} u={u}")]
     Probability { place: String, m: f64, u: f64 },
     #[error("{place}: comparator {comparator:?} needs a threshold")]
-    MissingThreshold { place: String, comparator: Comparator },
+    MissingThreshold {
+        place: String,
+        comparator: Comparator,
+    },
     #[error("{place}: threshold {threshold} out of range for {comparator:?}")]
-    Threshold { place: String, comparator: Comparator, threshold: f64 },
+    Threshold {
+        place: String,
+        comparator: Comparator,
+        threshold: f64,
+    },
     #[error("thresholds: need 0 < review < merge < 1, got review={review} merge={merge}")]
     Thresholds { review: f64, merge: f64 },
     #[error("priorMatchProbability must be in (0, 1), got {0}")]
@@ -194,6 +197,8 @@ pub struct Engine {
     pub(crate) comparisons: Vec<CompiledComparison>,
     rules: Vec<(String, Vec<usize>)>,
     never: Vec<usize>,
+    /// For each never-merge on a name: the comparison on that attribute, if any.
+    never_cmp: Vec<Option<usize>>,
     prior_weight: f64,
     merge_weight: f64,
     review_weight: f64,
@@ -214,13 +219,24 @@ fn check_attr(place: &str, a: &str) -> Result<(), ModelError> {
     if is_known_attribute(a) {
         Ok(())
     } else {
-        Err(ModelError::UnknownAttribute { place: place.to_string(), attribute: a.to_string() })
+        Err(ModelError::UnknownAttribute {
+            place: place.to_string(),
+            attribute: a.to_string(),
+        })
     }
 }
 
 fn check_mu(place: &str, m: f64, u: f64) -> Result<(), ModelError> {
     let ok = |p: f64| p > 0.0 && p <= 1.0 && p.is_finite();
-    if ok(m) && ok(u) { Ok(()) } else { Err(ModelError::Probability { place: place.to_string(), m, u }) }
+    if ok(m) && ok(u) {
+        Ok(())
+    } else {
+        Err(ModelError::Probability {
+            place: place.to_string(),
+            m,
+            u,
+        })
+    }
 }
 
 impl Engine {
@@ -246,20 +262,29 @@ impl Engine {
         let mut seen = std::collections::HashSet::new();
         for k in &model.blocking {
             if !seen.insert(("blocking", k.name.clone())) {
-                return Err(ModelError::Duplicate { kind: "blocking key", name: k.name.clone() });
+                return Err(ModelError::Duplicate {
+                    kind: "blocking key",
+                    name: k.name.clone(),
+                });
             }
             let mut parts = Vec::new();
             for p in &k.parts {
                 check_attr(&format!("blocking {}", k.name), &p.attribute)?;
                 parts.push((slot(&p.attribute), p.transform));
             }
-            keys.push(CompiledKey { name: k.name.clone(), parts });
+            keys.push(CompiledKey {
+                name: k.name.clone(),
+                parts,
+            });
         }
         let mut comparisons = Vec::new();
         for c in &model.comparisons {
             let place = format!("comparison {}", c.name);
             if !seen.insert(("comparison", c.name.clone())) {
-                return Err(ModelError::Duplicate { kind: "comparison", name: c.name.clone() });
+                return Err(ModelError::Duplicate {
+                    kind: "comparison",
+                    name: c.name.clone(),
+                });
             }
             check_attr(&place, &c.attribute)?;
             let swapped = match &c.swapped_with {
@@ -274,13 +299,29 @@ impl Engine {
                 let place = format!("{place} level {i}");
                 check_mu(&place, l.m, l.u)?;
                 let threshold = match (l.comparator, l.threshold) {
-                    (Comparator::Exact | Comparator::Phonetic | Comparator::Nickname | Comparator::DateSwappedDayMonth, t) => t.unwrap_or(0.0),
-                    (comparator, None) => return Err(ModelError::MissingThreshold { place, comparator }),
+                    (
+                        Comparator::Exact
+                        | Comparator::Phonetic
+                        | Comparator::Nickname
+                        | Comparator::DateSwappedDayMonth,
+                        t,
+                    ) => t.unwrap_or(0.0),
+                    (comparator, None) => {
+                        return Err(ModelError::MissingThreshold { place, comparator });
+                    }
                     (Comparator::JaroWinkler, Some(t)) if !(0.0..=1.0).contains(&t) => {
-                        return Err(ModelError::Threshold { place, comparator: l.comparator, threshold: t });
+                        return Err(ModelError::Threshold {
+                            place,
+                            comparator: l.comparator,
+                            threshold: t,
+                        });
                     }
                     (comparator, Some(t)) if t < 0.0 || !t.is_finite() => {
-                        return Err(ModelError::Threshold { place, comparator, threshold: t });
+                        return Err(ModelError::Threshold {
+                            place,
+                            comparator,
+                            threshold: t,
+                        });
                     }
                     (_, Some(t)) => t,
                 };
@@ -291,20 +332,30 @@ impl Engine {
                     label: level_label(l.comparator, l.threshold),
                 });
             }
-            check_mu(&format!("{place} elseLevel"), c.else_level.m, c.else_level.u)?;
+            check_mu(
+                &format!("{place} elseLevel"),
+                c.else_level.m,
+                c.else_level.u,
+            )?;
             comparisons.push(CompiledComparison {
                 name: c.name.clone(),
                 slot: slot(&c.attribute),
                 swapped,
                 levels,
                 else_weight: (c.else_level.m / c.else_level.u).log2(),
-                geo_rank: ADDRESS_HIERARCHY.iter().position(|a| *a == c.attribute).map(|p| p as u8),
+                geo_rank: ADDRESS_HIERARCHY
+                    .iter()
+                    .position(|a| *a == c.attribute)
+                    .map(|p| p as u8),
             });
         }
         let mut rules = Vec::new();
         for r in &model.rules {
             if !seen.insert(("rule", r.name.clone())) {
-                return Err(ModelError::Duplicate { kind: "rule", name: r.name.clone() });
+                return Err(ModelError::Duplicate {
+                    kind: "rule",
+                    name: r.name.clone(),
+                });
             }
             let mut s = Vec::new();
             for a in &r.all_equal {
@@ -325,7 +376,10 @@ impl Engine {
         }
         let t = &model.thresholds;
         if !(t.review > 0.0 && t.review < t.merge && t.merge < 1.0) {
-            return Err(ModelError::Thresholds { review: t.review, merge: t.merge });
+            return Err(ModelError::Thresholds {
+                review: t.review,
+                merge: t.merge,
+            });
         }
         let p = model.prior_match_probability;
         if !(p > 0.0 && p < 1.0) {
@@ -348,14 +402,22 @@ impl Engine {
             keys,
             comparisons,
             rules,
+            never_cmp: model
+                .never_merge
+                .iter()
+                .map(|n| {
+                    model
+                        .comparisons
+                        .iter()
+                        .position(|c| c.attribute == n.attribute)
+                })
+                .collect(),
             never,
             prior_weight: logit2(p),
             merge_weight: logit2(t.merge),
             review_weight: logit2(t.review),
             nicknames,
-            flags: NormaliseFlags {
-                gmail: model.normalise.email_provider_rules.contains(&EmailProviderRule::Gmail),
-            },
+            flags: NormaliseFlags::from_options(&model.normalise),
             metaphone: DoubleMetaphone::default(),
         })
     }
@@ -445,13 +507,33 @@ impl Engine {
         if is_name_attribute(attr) {
             let key = name_key(v);
             let phonetic = self.metaphone.encode(&key);
-            let nick = self.nicknames.get(key.as_str()).map(|s| s.clone().into_boxed_str());
-            Feature { key: key.into(), phonetic: phonetic.into(), nick, date: None }
+            let nick = self
+                .nicknames
+                .get(key.as_str())
+                .map(|s| s.clone().into_boxed_str());
+            Feature {
+                key: key.into(),
+                phonetic: phonetic.into(),
+                nick,
+                date: None,
+            }
         } else if attr == "birthDate" {
-            let date = normalise::parse_date(v).ok().map(|(y, m, d)| (days_from_civil(y, m, d), y, m, d));
-            Feature { key: v.into(), phonetic: "".into(), nick: None, date }
+            let date = normalise::parse_date(v)
+                .ok()
+                .map(|(y, m, d)| (days_from_civil(y, m, d), y, m, d));
+            Feature {
+                key: v.into(),
+                phonetic: "".into(),
+                nick: None,
+                date,
+            }
         } else {
-            Feature { key: v.into(), phonetic: "".into(), nick: None, date: None }
+            Feature {
+                key: v.into(),
+                phonetic: "".into(),
+                nick: None,
+                date: None,
+            }
         }
     }
 
@@ -463,7 +545,9 @@ impl Engine {
             s.push_str(&k.name);
             s.push(':');
             for (i, (slot, t)) in k.parts.iter().enumerate() {
-                let Some(f) = r.features.get(*slot).and_then(Option::as_ref) else { continue 'key };
+                let Some(f) = r.features.get(*slot).and_then(Option::as_ref) else {
+                    continue 'key;
+                };
                 if i > 0 {
                     s.push('|');
                 }
@@ -486,7 +570,8 @@ impl Engine {
                         None => s.extend(f.key.chars().take(4)),
                     },
                     KeyTransform::SortedTokens => {
-                        let mut cs: Vec<char> = f.key.chars().filter(|c| !c.is_whitespace()).collect();
+                        let mut cs: Vec<char> =
+                            f.key.chars().filter(|c| !c.is_whitespace()).collect();
                         cs.sort_unstable();
                         s.extend(cs);
                     }
@@ -500,42 +585,63 @@ impl Engine {
     }
 
     fn level_of(&self, c: &CompiledComparison, a: &Feature, b: &Feature) -> u8 {
+        // Jaro-Winkler is computed at most once per pair, whatever the number of levels
+        let mut jw: Option<f64> = None;
         for (i, l) in c.levels.iter().enumerate() {
-            if level_matches(l.comparator, l.threshold, a, b) {
+            let hit = if l.comparator == Comparator::JaroWinkler {
+                *jw.get_or_insert_with(|| jaro_winkler(&a.key, &b.key)) >= l.threshold
+            } else {
+                level_matches(l.comparator, l.threshold, a, b)
+            };
+            if hit {
                 return i as u8;
             }
         }
         c.levels.len() as u8
     }
 
-    fn feat<'r>(r: &'r PreparedRecord, slot: usize) -> Option<&'r Feature> {
+    fn feat(r: &PreparedRecord, slot: usize) -> Option<&Feature> {
         r.features.get(slot).and_then(Option::as_ref)
     }
 
-    pub(crate) fn hit(&self, c: &CompiledComparison, a: &PreparedRecord, b: &PreparedRecord) -> LevelHit {
+    pub(crate) fn hit(
+        &self,
+        c: &CompiledComparison,
+        a: &PreparedRecord,
+        b: &PreparedRecord,
+    ) -> LevelHit {
         let direct = match (Self::feat(a, c.slot), Self::feat(b, c.slot)) {
             (Some(x), Some(y)) => Some(self.level_of(c, x, y)),
             _ => None,
         };
         let else_level = c.levels.len() as u8;
-        if let Some(sw) = c.swapped {
-            if direct.is_none_or(|l| l == else_level) {
-                let mut best: Option<u8> = None;
-                for (x, y) in [(Self::feat(a, c.slot), Self::feat(b, sw)), (Self::feat(a, sw), Self::feat(b, c.slot))] {
-                    if let (Some(x), Some(y)) = (x, y) {
-                        let l = self.level_of(c, x, y);
-                        if l < else_level && best.is_none_or(|b| l < b) {
-                            best = Some(l);
-                        }
+        if let Some(sw) = c.swapped
+            && direct.is_none_or(|l| l == else_level)
+        {
+            let mut best: Option<u8> = None;
+            for (x, y) in [
+                (Self::feat(a, c.slot), Self::feat(b, sw)),
+                (Self::feat(a, sw), Self::feat(b, c.slot)),
+            ] {
+                if let (Some(x), Some(y)) = (x, y) {
+                    let l = self.level_of(c, x, y);
+                    if l < else_level && best.is_none_or(|b| l < b) {
+                        best = Some(l);
                     }
                 }
-                // only count a cross match when the record really looks swapped
-                if let Some(l) = best {
-                    return LevelHit { level: Some(l), swapped: true };
-                }
+            }
+            // only count a cross match when the record really looks swapped
+            if let Some(l) = best {
+                return LevelHit {
+                    level: Some(l),
+                    swapped: true,
+                };
             }
         }
-        LevelHit { level: direct, swapped: false }
+        LevelHit {
+            level: direct,
+            swapped: false,
+        }
     }
 
     pub(crate) fn level_weight(c: &CompiledComparison, level: Option<u8>) -> f64 {
@@ -546,51 +652,99 @@ impl Engine {
         }
     }
 
-    /// Never-merge check: both present and clearly different (more than one typo apart,
-    /// and for dates not a day/month swap). Returns the violated constraint.
+    /// Never-merge check: both present and clearly different. Identifiers and dates differ
+    /// when more than one typo apart and (dates) not a day/month swap; a name differs when its
+    /// comparison falls to the else level (no exact, nickname, fuzzy or swapped match) and
+    /// neither is an initial or prefix of the other. Returns the violated constraint.
     pub(crate) fn forbidden(&self, a: &PreparedRecord, b: &PreparedRecord) -> Option<usize> {
-        for (i, &slot) in self.never.iter().enumerate() {
-            if let (Some(x), Some(y)) = (Self::feat(a, slot), Self::feat(b, slot)) {
-                if never_merge_differs(x, y) {
-                    return Some(i);
-                }
-            }
+        (0..self.never.len()).find(|&i| self.differs(i, a, b))
+    }
+
+    fn differs(&self, i: usize, a: &PreparedRecord, b: &PreparedRecord) -> bool {
+        self.differs_with(i, a, b, None)
+    }
+
+    fn differs_with(
+        &self,
+        i: usize,
+        a: &PreparedRecord,
+        b: &PreparedRecord,
+        hits: Option<&[LevelHit; 64]>,
+    ) -> bool {
+        let slot = self.never[i];
+        let (Some(x), Some(y)) = (Self::feat(a, slot), Self::feat(b, slot)) else {
+            return false;
+        };
+        if !is_name_attribute(&self.slots[slot]) {
+            return never_merge_differs(x, y);
         }
-        None
+        if x.key == y.key || x.key.starts_with(&*y.key) || y.key.starts_with(&*x.key) {
+            return false;
+        }
+        match self.never_cmp[i] {
+            Some(ci) => {
+                let c = &self.comparisons[ci];
+                let level = match hits {
+                    Some(h) => h[ci].level,
+                    None => self.hit(c, a, b).level,
+                };
+                level == Some(c.levels.len() as u8)
+            }
+            None => jaro_winkler(&x.key, &y.key) < 0.8,
+        }
     }
 
     /// Whether the never-merge check on `attribute` alone would forbid this pair.
-    pub(crate) fn forbidden_on(&self, attribute: &str, a: &PreparedRecord, b: &PreparedRecord) -> bool {
-        let Some(slot) = self.slot(attribute) else { return false };
-        match (Self::feat(a, slot), Self::feat(b, slot)) {
-            (Some(x), Some(y)) => never_merge_differs(x, y),
-            _ => false,
-        }
+    pub(crate) fn forbidden_on(
+        &self,
+        attribute: &str,
+        a: &PreparedRecord,
+        b: &PreparedRecord,
+    ) -> bool {
+        (0..self.never.len())
+            .any(|i| self.slots[self.never[i]] == attribute && self.differs(i, a, b))
     }
 
     fn rule_hit(&self, a: &PreparedRecord, b: &PreparedRecord) -> Option<usize> {
         self.rules.iter().position(|(_, slots)| {
-            slots.iter().all(|&s| match (Self::feat(a, s), Self::feat(b, s)) {
-                (Some(x), Some(y)) => x.key == y.key,
-                _ => false,
-            })
+            slots
+                .iter()
+                .all(|&s| match (Self::feat(a, s), Self::feat(b, s)) {
+                    (Some(x), Some(y)) => x.key == y.key,
+                    _ => false,
+                })
         })
+    }
+
+    /// Whether any comparison of the pair counts against a match.
+    pub(crate) fn disagrees(&self, a: &PreparedRecord, b: &PreparedRecord) -> bool {
+        let mut neg = false;
+        self.each_weight(a, b, |_, _, w, _| neg |= w < 0.0);
+        neg
     }
 
     /// Score a pair without building an explanation.
     /// Visit every comparison's hit and counted weight. Address parts are nested (a street
     /// lies in one postcode, a postcode in one city): when a finer part agrees, agreement of the
     /// coarser parts is implied and not counted again (their disagreement still counts).
-    fn each_weight(&self, a: &PreparedRecord, b: &PreparedRecord, mut f: impl FnMut(usize, LevelHit, f64, bool)) {
-        let mut hits = [LevelHit { level: None, swapped: false }; 64];
+    fn each_weight(
+        &self,
+        a: &PreparedRecord,
+        b: &PreparedRecord,
+        mut f: impl FnMut(usize, LevelHit, f64, bool),
+    ) -> [LevelHit; 64] {
+        let mut hits = [LevelHit {
+            level: None,
+            swapped: false,
+        }; 64];
         let mut finest = u8::MAX;
         for (i, c) in self.comparisons.iter().enumerate() {
             let h = self.hit(c, a, b);
             hits[i] = h;
-            if let Some(rank) = c.geo_rank {
-                if Self::level_weight(c, h.level) > 0.0 {
-                    finest = finest.min(rank);
-                }
+            if let Some(rank) = c.geo_rank
+                && Self::level_weight(c, h.level) > 0.0
+            {
+                finest = finest.min(rank);
             }
         }
         for (i, c) in self.comparisons.iter().enumerate() {
@@ -598,13 +752,19 @@ impl Engine {
             let implied = w > 0.0 && c.geo_rank.is_some_and(|r| r > finest);
             f(i, hits[i], if implied { 0.0 } else { w }, implied);
         }
+        hits
     }
 
     /// Score a pair without building an explanation.
     pub fn score(&self, a: &PreparedRecord, b: &PreparedRecord) -> PairScore {
         let mut w = self.prior_weight;
-        self.each_weight(a, b, |_, _, cw, _| w += cw);
-        PairScore { weight: w, rule: self.rule_hit(a, b), forbidden: self.forbidden(a, b) }
+        let hits = self.each_weight(a, b, |_, _, cw, _| w += cw);
+        let forbidden = (0..self.never.len()).find(|&i| self.differs_with(i, a, b, Some(&hits)));
+        PairScore {
+            weight: w,
+            rule: self.rule_hit(a, b),
+            forbidden,
+        }
     }
 
     /// Compare two records and explain the outcome.
@@ -631,7 +791,9 @@ impl Engine {
         });
         PairEvidence {
             rule: self.rule_hit(a, b).map(|i| self.rules[i].0.clone()),
-            forbidden_by: self.forbidden(a, b).map(|i| self.slots[self.never[i]].clone()),
+            forbidden_by: self
+                .forbidden(a, b)
+                .map(|i| self.slots[self.never[i]].clone()),
             comparisons,
             prior_weight: self.prior_weight,
             match_weight: w,
@@ -671,8 +833,9 @@ impl Engine {
         &self.slots[self.never[i]]
     }
 
-    pub(crate) fn slot(&self, attr: &str) -> Option<usize> {
-        self.slot_of.get(attr).copied()
+    /// Attributes the engine precomputes features for.
+    pub fn attributes(&self) -> impl Iterator<Item = &str> {
+        self.slot_of.keys().map(String::as_str)
     }
 }
 
@@ -696,7 +859,7 @@ fn level_label(c: Comparator, t: Option<f64>) -> String {
 fn level_matches(c: Comparator, t: f64, a: &Feature, b: &Feature) -> bool {
     match c {
         Comparator::Exact => a.key == b.key,
-        Comparator::JaroWinkler => strsim::jaro_winkler(&a.key, &b.key) >= t,
+        Comparator::JaroWinkler => jaro_winkler(&a.key, &b.key) >= t,
         Comparator::Levenshtein => bounded_levenshtein(&a.key, &b.key, t as usize),
         Comparator::DamerauLevenshtein => damerau_within(&a.key, &b.key, t as usize),
         Comparator::Phonetic => !a.phonetic.is_empty() && a.phonetic == b.phonetic,
@@ -710,7 +873,9 @@ fn level_matches(c: Comparator, t: f64, a: &Feature, b: &Feature) -> bool {
             _ => false,
         },
         Comparator::DateSwappedDayMonth => match (a.date, b.date) {
-            (Some((_, ya, ma, da)), Some((_, yb, mb, db))) => ya == yb && ma == db && da == mb && ma != da,
+            (Some((_, ya, ma, da)), Some((_, yb, mb, db))) => {
+                ya == yb && ma == db && da == mb && ma != da
+            }
             _ => false,
         },
     }
@@ -721,6 +886,63 @@ fn never_merge_differs(x: &Feature, y: &Feature) -> bool {
     x.key != y.key
         && !damerau_within(&x.key, &y.key, 1)
         && !level_matches(Comparator::DateSwappedDayMonth, 0.0, x, y)
+}
+
+/// Jaro-Winkler similarity on bytes without allocating for values up to 64 bytes (keys are
+/// ASCII after normalisation; longer or non-ASCII values fall back to `strsim`).
+pub(crate) fn jaro_winkler(a: &str, b: &str) -> f64 {
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    if x.len() > 64 || y.len() > 64 || !a.is_ascii() || !b.is_ascii() {
+        return strsim::jaro_winkler(a, b);
+    }
+    if x.is_empty() && y.is_empty() {
+        return 1.0;
+    }
+    if x.is_empty() || y.is_empty() {
+        return 0.0;
+    }
+    if x == y {
+        return 1.0;
+    }
+    let window = (x.len().max(y.len()) / 2).saturating_sub(1);
+    let mut ym = [false; 64];
+    let mut xm = [false; 64];
+    let mut matches = 0usize;
+    for (i, &c) in x.iter().enumerate() {
+        let lo = i.saturating_sub(window);
+        let hi = (i + window + 1).min(y.len());
+        for j in lo..hi {
+            if !ym[j] && y[j] == c {
+                ym[j] = true;
+                xm[i] = true;
+                matches += 1;
+                break;
+            }
+        }
+    }
+    if matches == 0 {
+        return 0.0;
+    }
+    let mut t = 0usize;
+    let mut k = 0usize;
+    for (i, &c) in x.iter().enumerate() {
+        if xm[i] {
+            while !ym[k] {
+                k += 1;
+            }
+            if c != y[k] {
+                t += 1;
+            }
+            k += 1;
+        }
+    }
+    let m = matches as f64;
+    let jaro = (m / x.len() as f64 + m / y.len() as f64 + (m - (t / 2) as f64) / m) / 3.0;
+    if jaro <= 0.7 {
+        return jaro;
+    }
+    let prefix = x.iter().zip(y).take(4).take_while(|(p, q)| p == q).count() as f64;
+    jaro + 0.1 * prefix * (1.0 - jaro)
 }
 
 fn bounded_levenshtein(a: &str, b: &str, max: usize) -> bool {

@@ -69,7 +69,9 @@ pub fn golden(rules: &Survivorship, records: &[SourcedRecord<'_>]) -> GoldenProf
                 SurvivorshipRule::TrustRank => r.trust_rank as i64,
                 SurvivorshipRule::MostRecent => 0,
                 SurvivorshipRule::MostFrequent => counts[v] as i64,
-                SurvivorshipRule::MostComplete => v.chars().filter(|c| !c.is_whitespace()).count() as i64,
+                SurvivorshipRule::MostComplete => {
+                    v.chars().filter(|c| !c.is_whitespace()).count() as i64
+                }
             };
             (primary, r.record.observed_at_ms, r.trust_rank)
         };
@@ -81,7 +83,11 @@ pub fn golden(rules: &Survivorship, records: &[SourcedRecord<'_>]) -> GoldenProf
                     // remaining ties: smallest value, then smallest provenance, wins
                     .then_with(|| b.0.cmp(a.0))
                     .then_with(|| b.1.record.source.cmp(&a.1.record.source))
-                    .then_with(|| b.1.record.source_record_id.cmp(&a.1.record.source_record_id))
+                    .then_with(|| {
+                        b.1.record
+                            .source_record_id
+                            .cmp(&a.1.record.source_record_id)
+                    })
             })
             .expect("non-empty");
         out.insert(

@@ -25,7 +25,9 @@ pub use engine::{
 pub use golden::{GoldenProfile, GoldenValue, SourcedRecord, golden};
 pub use normalise::{NormaliseError, NormaliseFlags, normalise, normalise_with};
 pub use record::CanonicalRecord;
-pub use resolve::{CandidateProfile, Outcome, ProfileLink, ProfileScore, Resolution, ReviewItem, ReviewReason};
+pub use resolve::{
+    CandidateProfile, Outcome, ProfileLink, ProfileScore, Resolution, ReviewItem, ReviewReason,
+};
 pub use stream::{StreamMatcher, StreamStats};
 pub use train::{TrainOptions, TrainReport, TrainedModel, train, train_with};
 

@@ -23,7 +23,9 @@ pub enum NormaliseError {
     DateInvalid(String),
     #[error("unknown gender (expected f, m, x or unknown)")]
     Gender,
-    #[error("national id must hold letters or digits only (after removing spaces, dots and dashes)")]
+    #[error(
+        "national id must hold letters or digits only (after removing spaces, dots and dashes)"
+    )]
     NationalId,
     #[error("contains no letters or digits")]
     Empty,
@@ -36,6 +38,17 @@ pub enum NormaliseError {
 pub struct NormaliseFlags {
     /// Apply Gmail's rules: dots and `+tag` in the local part do not matter.
     pub gmail: bool,
+}
+
+impl NormaliseFlags {
+    /// The flags a MatchingPolicy's `normalise` options ask for.
+    pub fn from_options(options: &crate::crd::matching::NormaliseOptions) -> Self {
+        NormaliseFlags {
+            gmail: options
+                .email_provider_rules
+                .contains(&crate::crd::matching::EmailProviderRule::Gmail),
+        }
+    }
 }
 
 /// Normalise one attribute value. `Ok(None)` means "no value" (blank, or an explicit
@@ -70,7 +83,11 @@ pub fn normalise_with(
         "postcode" => postcode(raw)?,
         "country" => {
             let c = name(raw)?;
-            if c.len() == 2 { c.to_ascii_uppercase() } else { c }
+            if c.len() == 2 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
         }
         a if a.starts_with(IDENTIFIER_PREFIX)
             || a.starts_with(FREE_ATTRIBUTE_PREFIX)
@@ -183,7 +200,9 @@ pub fn email(raw: &str, gmail: bool) -> Result<String, NormaliseError> {
                 && !l.ends_with('-')
                 && l.chars().all(|c| c.is_alphanumeric() || c == '-')
         })
-        && labels.last().is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_alphabetic()));
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_alphabetic()));
     if !ok_local || !ok_domain {
         return Err(NormaliseError::Email);
     }
@@ -219,7 +238,9 @@ pub fn phone(raw: &str, default_region: &str) -> Result<String, NormaliseError> 
     } else {
         cleaned
     };
-    let err = || NormaliseError::Phone { region: default_region.to_ascii_uppercase() };
+    let err = || NormaliseError::Phone {
+        region: default_region.to_ascii_uppercase(),
+    };
     let n = phonenumber::parse(region_id, input).map_err(|_| err())?;
     if !n.is_valid() {
         return Err(err());
@@ -270,15 +291,20 @@ pub fn parse_date(raw: &str) -> Result<(i32, u32, u32), NormaliseError> {
     if !digits(y) || !digits(m) || !digits(d) || m.len() > 2 || d.len() > 2 {
         return Err(NormaliseError::DateFormat);
     }
-    let (yy, mm, dd): (i32, u32, u32) = (y.parse().unwrap(), m.parse().unwrap(), d.parse().unwrap());
+    let (yy, mm, dd): (i32, u32, u32) =
+        (y.parse().unwrap(), m.parse().unwrap(), d.parse().unwrap());
     if !(1800..=2200).contains(&yy) {
-        return Err(NormaliseError::DateInvalid(format!("year {yy} out of range")));
+        return Err(NormaliseError::DateInvalid(format!(
+            "year {yy} out of range"
+        )));
     }
     if !(1..=12).contains(&mm) {
         return Err(NormaliseError::DateInvalid(format!("month {mm}")));
     }
     if dd < 1 || dd > days_in_month(yy, mm) {
-        return Err(NormaliseError::DateInvalid(format!("day {dd} of month {mm}")));
+        return Err(NormaliseError::DateInvalid(format!(
+            "day {dd} of month {mm}"
+        )));
     }
     Ok((yy, mm, dd))
 }
@@ -320,7 +346,9 @@ fn gender(raw: &str) -> Result<Option<String>, NormaliseError> {
     let g = fold(raw);
     let g = g.trim();
     Ok(match g {
-        "f" | "female" | "femme" | "woman" | "w" | "mrs" | "ms" | "mme" | "feminin" => Some("f".into()),
+        "f" | "female" | "femme" | "woman" | "w" | "mrs" | "ms" | "mme" | "feminin" => {
+            Some("f".into())
+        }
         "m" | "male" | "homme" | "man" | "h" | "mr" | "masculin" => Some("m".into()),
         "x" | "other" | "non-binary" | "nonbinary" | "autre" | "diverse" | "d" => Some("x".into()),
         "u" | "unknown" | "inconnu" | "n/a" | "na" | "?" | "-" => None,
@@ -389,7 +417,11 @@ pub fn street(raw: &str) -> Result<String, NormaliseError> {
         if !out.is_empty() {
             out.push(' ');
         }
-        let t = STREET_WORDS.iter().find(|(w, _)| *w == tok).map(|(_, s)| *s).unwrap_or(tok);
+        let t = STREET_WORDS
+            .iter()
+            .find(|(w, _)| *w == tok)
+            .map(|(_, s)| *s)
+            .unwrap_or(tok);
         out.push_str(t);
     }
     Ok(out)
@@ -420,7 +452,10 @@ mod tests {
         assert_eq!(n("givenName", "  Zoë "), Some("zoe".into()));
         assert_eq!(n("givenName", "François"), Some("francois".into()));
         assert_eq!(n("givenName", "Jean-Pierre"), Some("jean pierre".into()));
-        assert_eq!(n("familyName", "De La Fontaine"), Some("de la fontaine".into()));
+        assert_eq!(
+            n("familyName", "De La Fontaine"),
+            Some("de la fontaine".into())
+        );
         assert_eq!(n("familyName", "O'Brien"), Some("obrien".into()));
         assert_eq!(n("familyName", "MÜLLER"), Some("muller".into()));
         assert_eq!(n("familyName", "Straße"), Some("strasse".into()));
@@ -431,15 +466,24 @@ mod tests {
         assert_eq!(name_key(&name("Jeanpierre").unwrap()), "jeanpierre");
         // a particle alone is the name itself
         assert_eq!(name_key("de"), "de");
-        assert_eq!(normalise("givenName", "--", "FR"), Err(NormaliseError::Empty));
+        assert_eq!(
+            normalise("givenName", "--", "FR"),
+            Err(NormaliseError::Empty)
+        );
         assert_eq!(n("givenName", "   "), None);
     }
 
     #[test]
     fn emails() {
-        assert_eq!(n("email", " John.Doe@Example.COM "), Some("john.doe@example.com".into()));
+        assert_eq!(
+            n("email", " John.Doe@Example.COM "),
+            Some("john.doe@example.com".into())
+        );
         // provider rules only when declared
-        assert_eq!(n("email", "j.doe+shop@gmail.com"), Some("j.doe+shop@gmail.com".into()));
+        assert_eq!(
+            n("email", "j.doe+shop@gmail.com"),
+            Some("j.doe+shop@gmail.com".into())
+        );
         let flags = NormaliseFlags { gmail: true };
         assert_eq!(
             normalise_with("email", "J.Doe+shop@GoogleMail.com", "FR", flags).unwrap(),
@@ -449,8 +493,21 @@ mod tests {
             normalise_with("email", "j.doe+x@example.com", "FR", flags).unwrap(),
             Some("j.doe+x@example.com".into())
         );
-        for bad in ["john", "john@", "@x.com", "a b@x.com", "a@x", "a@x..com", "a..b@x.com", "a@x.c0m"] {
-            assert_eq!(normalise("email", bad, "FR"), Err(NormaliseError::Email), "{bad}");
+        for bad in [
+            "john",
+            "john@",
+            "@x.com",
+            "a b@x.com",
+            "a@x",
+            "a@x..com",
+            "a..b@x.com",
+            "a@x.c0m",
+        ] {
+            assert_eq!(
+                normalise("email", bad, "FR"),
+                Err(NormaliseError::Email),
+                "{bad}"
+            );
         }
     }
 
@@ -458,7 +515,10 @@ mod tests {
     fn phones_with_regions() {
         assert_eq!(n("phone", "06 12 34 56 78"), Some("+33612345678".into()));
         assert_eq!(n("phone", "+33 6 12 34 56 78"), Some("+33612345678".into()));
-        assert_eq!(n("phone", "0033 6 12 34 56 78"), Some("+33612345678".into()));
+        assert_eq!(
+            n("phone", "0033 6 12 34 56 78"),
+            Some("+33612345678".into())
+        );
         assert_eq!(
             normalise("phone", "(415) 555-2671", "US").unwrap(),
             Some("+14155552671".into())
@@ -472,49 +532,113 @@ mod tests {
             normalise("phone", "+1 415 555 2671", "FR").unwrap(),
             Some("+14155552671".into())
         );
-        assert!(matches!(normalise("phone", "12", "FR"), Err(NormaliseError::Phone { .. })));
-        assert!(matches!(normalise("phone", "call me", "FR"), Err(NormaliseError::Phone { .. })));
-        assert!(matches!(normalise("phone", "0612345678", "ZZ"), Err(NormaliseError::Region(_))));
+        assert!(matches!(
+            normalise("phone", "12", "FR"),
+            Err(NormaliseError::Phone { .. })
+        ));
+        assert!(matches!(
+            normalise("phone", "call me", "FR"),
+            Err(NormaliseError::Phone { .. })
+        ));
+        assert!(matches!(
+            normalise("phone", "0612345678", "ZZ"),
+            Err(NormaliseError::Region(_))
+        ));
     }
 
     #[test]
     fn dates_in_touchpoint_formats() {
-        for raw in ["1980-01-02", "19800102", "02/01/1980", "02.01.1980", "1980/01/02", "1980-01-02T10:00:00Z"] {
+        for raw in [
+            "1980-01-02",
+            "19800102",
+            "02/01/1980",
+            "02.01.1980",
+            "1980/01/02",
+            "1980-01-02T10:00:00Z",
+        ] {
             assert_eq!(n("birthDate", raw), Some("1980-01-02".into()), "{raw}");
         }
         // MM/DD/YYYY only when unambiguous
         assert_eq!(n("birthDate", "12/31/1980"), Some("1980-12-31".into()));
         assert_eq!(n("birthDate", "31/12/1980"), Some("1980-12-31".into()));
         assert_eq!(n("birthDate", "2000-02-29"), Some("2000-02-29".into()));
-        assert!(matches!(normalise("birthDate", "1900-02-29", "FR"), Err(NormaliseError::DateInvalid(_))));
-        assert!(matches!(normalise("birthDate", "1994-13-06", "FR"), Err(NormaliseError::DateInvalid(_))));
-        assert!(matches!(normalise("birthDate", "1994-05-00", "FR"), Err(NormaliseError::DateInvalid(_))));
-        assert_eq!(normalise("birthDate", "1994-O5-06", "FR"), Err(NormaliseError::DateFormat));
-        assert_eq!(normalise("birthDate", "yesterday", "FR"), Err(NormaliseError::DateFormat));
-        assert_eq!(normalise("birthDate", "1980010", "FR"), Err(NormaliseError::DateFormat));
+        assert!(matches!(
+            normalise("birthDate", "1900-02-29", "FR"),
+            Err(NormaliseError::DateInvalid(_))
+        ));
+        assert!(matches!(
+            normalise("birthDate", "1994-13-06", "FR"),
+            Err(NormaliseError::DateInvalid(_))
+        ));
+        assert!(matches!(
+            normalise("birthDate", "1994-05-00", "FR"),
+            Err(NormaliseError::DateInvalid(_))
+        ));
+        assert_eq!(
+            normalise("birthDate", "1994-O5-06", "FR"),
+            Err(NormaliseError::DateFormat)
+        );
+        assert_eq!(
+            normalise("birthDate", "yesterday", "FR"),
+            Err(NormaliseError::DateFormat)
+        );
+        assert_eq!(
+            normalise("birthDate", "1980010", "FR"),
+            Err(NormaliseError::DateFormat)
+        );
         assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1) - days_from_civil(2000, 2, 28), 2);
+        assert_eq!(
+            days_from_civil(2000, 3, 1) - days_from_civil(2000, 2, 28),
+            2
+        );
     }
 
     #[test]
     fn addresses_gender_ids() {
         assert_eq!(n("street", "12, Main Street"), Some("12 main st".into()));
         assert_eq!(n("street", "12 main st."), Some("12 main st".into()));
-        assert_eq!(n("street", "3 Boulevard  Haussmann"), Some("3 bd haussmann".into()));
-        assert_eq!(n("street", "5 Av. de l'Opéra"), Some("5 ave de lopera".into()));
+        assert_eq!(
+            n("street", "3 Boulevard  Haussmann"),
+            Some("3 bd haussmann".into())
+        );
+        assert_eq!(
+            n("street", "5 Av. de l'Opéra"),
+            Some("5 ave de lopera".into())
+        );
         assert_eq!(n("street", "7 Wallaby Road"), n("street", "7 wallaby rd"));
         assert_eq!(n("postcode", " sw1a 1aa "), Some("SW1A1AA".into()));
         assert_eq!(n("gender", "Female"), Some("f".into()));
         assert_eq!(n("gender", "H"), Some("m".into()));
         assert_eq!(n("gender", "unknown"), None);
-        assert_eq!(normalise("gender", "blue", "FR"), Err(NormaliseError::Gender));
+        assert_eq!(
+            normalise("gender", "blue", "FR"),
+            Err(NormaliseError::Gender)
+        );
         assert_eq!(n("nationalId", "123-45 6789"), Some("123456789".into()));
-        assert_eq!(n("nationalId", "1 85 05 78 006 084"), Some("1850578006084".into()));
-        assert_eq!(normalise("nationalId", "12#4", "FR"), Err(NormaliseError::NationalId));
-        assert_eq!(n("identifiers.loyaltyId", "  AB  12 "), Some("AB 12".into()));
-        assert_eq!(normalise("shoeSize", "42", "FR"), Err(NormaliseError::UnknownAttribute));
+        assert_eq!(
+            n("nationalId", "1 85 05 78 006 084"),
+            Some("1850578006084".into())
+        );
+        assert_eq!(
+            normalise("nationalId", "12#4", "FR"),
+            Err(NormaliseError::NationalId)
+        );
+        assert_eq!(
+            n("identifiers.loyaltyId", "  AB  12 "),
+            Some("AB 12".into())
+        );
+        assert_eq!(
+            normalise("shoeSize", "42", "FR"),
+            Err(NormaliseError::UnknownAttribute)
+        );
         // messages are specific
-        assert!(NormaliseError::Phone { region: "FR".into() }.to_string().contains("FR"));
+        assert!(
+            NormaliseError::Phone {
+                region: "FR".into()
+            }
+            .to_string()
+            .contains("FR")
+        );
     }
 
     proptest::proptest! {

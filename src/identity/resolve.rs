@@ -16,8 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::engine::{Engine, PairEvidence, PairScore};
 use crate::identity::engine::PreparedRecord;
+use crate::identity::engine::{Engine, PairEvidence, PairScore};
 
 /// A profile the record may belong to: its opaque id and the prepared records it holds.
 #[derive(Clone, Copy, Debug)]
@@ -35,7 +35,10 @@ pub enum Outcome {
     /// Join this profile.
     Join { profile: String },
     /// Merge these profiles into `survivor` (the first of them in candidate order) and join it.
-    Merge { survivor: String, absorbed: Vec<String> },
+    Merge {
+        survivor: String,
+        absorbed: Vec<String>,
+    },
 }
 
 /// Why the record belongs to a profile: the profile score and the closest pair.
@@ -93,7 +96,11 @@ pub struct ProfileScore {
 
 impl Engine {
     /// Score a record against a profile's records (average linkage; see the module docs).
-    pub fn score_profile(&self, r: &PreparedRecord, records: &[PreparedRecord]) -> Option<ProfileScore> {
+    pub fn score_profile(
+        &self,
+        r: &PreparedRecord,
+        records: &[PreparedRecord],
+    ) -> Option<ProfileScore> {
         self.score_profile_iter(r, records.iter())
     }
 
@@ -109,7 +116,11 @@ impl Engine {
         let mut forbidden = false;
         let mut rule = false;
         for (i, p) in records.enumerate() {
-            let PairScore { weight, rule: rh, forbidden: fb } = self.score(r, p);
+            let PairScore {
+                weight,
+                rule: rh,
+                forbidden: fb,
+            } = self.score(r, p);
             sum += weight;
             n += 1;
             if weight > best_weight {
@@ -126,23 +137,34 @@ impl Engine {
         if rule && !forbidden {
             weight = weight.max(self.merge_weight());
         }
-        Some(ProfileScore { weight, best, best_weight, forbidden })
+        Some(ProfileScore {
+            weight,
+            best,
+            best_weight,
+            forbidden,
+        })
     }
 
-    /// Mean linkage between two profiles, and whether never-merge forbids joining them.
-    pub fn profile_affinity(&self, a: &[PreparedRecord], b: &[PreparedRecord]) -> (f64, bool) {
+    /// Whether two profiles may be merged by a record that links both: no never-merge
+    /// conflict across them, and either their mean linkage reaches the review threshold or
+    /// none of their cross pairs disagrees on anything (they describe different facets of one
+    /// person, say an email-only and a phone-only profile).
+    pub fn profiles_compatible(&self, a: &[PreparedRecord], b: &[PreparedRecord]) -> bool {
         let mut sum = 0.0;
         let mut n = 0usize;
-        let mut forbidden = false;
+        let mut disagree = false;
         for x in a {
             for y in b {
                 let s = self.score(x, y);
+                if s.forbidden.is_some() {
+                    return false;
+                }
                 sum += s.weight;
                 n += 1;
-                forbidden |= s.forbidden.is_some();
+                disagree |= self.disagrees(x, y);
             }
         }
-        (if n == 0 { f64::NEG_INFINITY } else { sum / n as f64 }, forbidden)
+        n > 0 && (sum / n as f64 >= self.review_weight() || !disagree)
     }
 
     fn link(&self, r: &PreparedRecord, c: &CandidateProfile<'_>, s: &ProfileScore) -> ProfileLink {
@@ -158,36 +180,49 @@ impl Engine {
     /// Decide where a record goes among candidate profiles (pass them oldest first: the
     /// survivor of a merge is the first linked profile in this order).
     pub fn resolve(&self, r: &PreparedRecord, candidates: &[CandidateProfile<'_>]) -> Resolution {
-        let scores: Vec<Option<ProfileScore>> =
-            candidates.iter().map(|c| self.score_profile(r, c.records)).collect();
+        let scores: Vec<Option<ProfileScore>> = candidates
+            .iter()
+            .map(|c| self.score_profile(r, c.records))
+            .collect();
         let mut review = Vec::new();
         let mut linked: Vec<usize> = Vec::new();
         for (i, s) in scores.iter().enumerate() {
             let Some(s) = s else { continue };
             if s.forbidden {
                 if s.weight >= self.review_weight() {
-                    review.push(ReviewItem { reason: ReviewReason::Forbidden, link: self.link(r, &candidates[i], s) });
+                    review.push(ReviewItem {
+                        reason: ReviewReason::Forbidden,
+                        link: self.link(r, &candidates[i], s),
+                    });
                 }
             } else if s.weight >= self.merge_weight() {
                 linked.push(i);
             } else if s.weight >= self.review_weight() {
-                review.push(ReviewItem { reason: ReviewReason::Uncertain, link: self.link(r, &candidates[i], s) });
+                review.push(ReviewItem {
+                    reason: ReviewReason::Uncertain,
+                    link: self.link(r, &candidates[i], s),
+                });
             }
         }
         if linked.is_empty() {
-            return Resolution { outcome: Outcome::New, links: Vec::new(), review };
+            return Resolution {
+                outcome: Outcome::New,
+                links: Vec::new(),
+                review,
+            };
         }
         // best first; ties keep candidate order
         linked.sort_by(|&a, &b| {
             let (sa, sb) = (scores[a].unwrap().weight, scores[b].unwrap().weight);
-            sb.partial_cmp(&sa).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+            sb.partial_cmp(&sa)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
         });
         let mut group = vec![linked[0]];
         for &q in &linked[1..] {
-            let compatible = group.iter().all(|&g| {
-                let (w, forbidden) = self.profile_affinity(candidates[g].records, candidates[q].records);
-                !forbidden && w >= self.review_weight()
-            });
+            let compatible = group
+                .iter()
+                .all(|&g| self.profiles_compatible(candidates[g].records, candidates[q].records));
             if compatible {
                 group.push(q);
             } else {
@@ -197,19 +232,30 @@ impl Engine {
                 });
             }
         }
-        let links: Vec<ProfileLink> =
-            group.iter().map(|&i| self.link(r, &candidates[i], scores[i].as_ref().unwrap())).collect();
+        let links: Vec<ProfileLink> = group
+            .iter()
+            .map(|&i| self.link(r, &candidates[i], scores[i].as_ref().unwrap()))
+            .collect();
         let outcome = if group.len() == 1 {
-            Outcome::Join { profile: candidates[group[0]].id.to_string() }
+            Outcome::Join {
+                profile: candidates[group[0]].id.to_string(),
+            }
         } else {
             let mut ordered = group.clone();
             ordered.sort_unstable();
             Outcome::Merge {
                 survivor: candidates[ordered[0]].id.to_string(),
-                absorbed: ordered[1..].iter().map(|&i| candidates[i].id.to_string()).collect(),
+                absorbed: ordered[1..]
+                    .iter()
+                    .map(|&i| candidates[i].id.to_string())
+                    .collect(),
             }
         };
-        Resolution { outcome, links, review }
+        Resolution {
+            outcome,
+            links,
+            review,
+        }
     }
 
     /// Re-cluster a set of records (for example what remains of a profile after a record was
@@ -221,9 +267,16 @@ impl Engine {
         let mut members: Vec<Vec<PreparedRecord>> = Vec::new();
         let ids: Vec<String> = (0..records.len()).map(|i| i.to_string()).collect();
         for (i, r) in records.iter().enumerate() {
-            let live: Vec<usize> = (0..clusters.len()).filter(|&c| !clusters[c].is_empty()).collect();
-            let cands: Vec<CandidateProfile<'_>> =
-                live.iter().map(|&c| CandidateProfile { id: &ids[c], records: &members[c] }).collect();
+            let live: Vec<usize> = (0..clusters.len())
+                .filter(|&c| !clusters[c].is_empty())
+                .collect();
+            let cands: Vec<CandidateProfile<'_>> = live
+                .iter()
+                .map(|&c| CandidateProfile {
+                    id: &ids[c],
+                    records: &members[c],
+                })
+                .collect();
             let res = self.resolve(r, &cands);
             let target = match &res.outcome {
                 Outcome::New => None,

@@ -82,14 +82,21 @@ impl<'e> StreamMatcher<'e> {
                 .iter()
                 .map(|&p| {
                     let prof = self.profiles[p].as_ref().expect("live profile");
-                    CandidateProfile { id: &self.ids[p], records: &prof.records }
+                    CandidateProfile {
+                        id: &self.ids[p],
+                        records: &prof.records,
+                    }
                 })
                 .collect();
             self.stats.compared_records += cands.iter().map(|c| c.records.len()).sum::<usize>();
             self.engine.resolve(&record, &cands)
         };
         self.stats.review_items += resolution.review.len();
-        let pos = |id: &str| -> usize { id.strip_prefix('p').and_then(|s| s.parse().ok()).expect("profile id") };
+        let pos = |id: &str| -> usize {
+            id.strip_prefix('p')
+                .and_then(|s| s.parse().ok())
+                .expect("profile id")
+        };
         let target = match &resolution.outcome {
             Outcome::New => {
                 self.stats.new_profiles += 1;
@@ -129,7 +136,10 @@ impl<'e> StreamMatcher<'e> {
         let sourced: Vec<SourcedRecord<'_>> = prof
             .records
             .iter()
-            .map(|r| SourcedRecord { record: r, trust_rank: self.trust.get(&r.source).copied().unwrap_or(0) })
+            .map(|r| SourcedRecord {
+                record: r,
+                trust_rank: self.trust.get(&r.source).copied().unwrap_or(0),
+            })
             .collect();
         let golden = self.engine.golden(&sourced);
         prof.golden = golden;
@@ -138,15 +148,19 @@ impl<'e> StreamMatcher<'e> {
 
     /// Final profiles as lists of the callers' record ids.
     pub fn clusters(&self) -> Vec<Vec<usize>> {
-        self.profiles.iter().flatten().map(|p| p.members.clone()).collect()
+        self.profiles
+            .iter()
+            .flatten()
+            .map(|p| p.members.clone())
+            .collect()
     }
 
     /// Live profiles: (id, golden record, member ids).
     pub fn profiles(&self) -> impl Iterator<Item = (&str, &GoldenProfile, &[usize])> {
-        self.profiles
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.as_ref().map(|p| (self.ids[i].as_str(), &p.golden, p.members.as_slice())))
+        self.profiles.iter().enumerate().filter_map(|(i, p)| {
+            p.as_ref()
+                .map(|p| (self.ids[i].as_str(), &p.golden, p.members.as_slice()))
+        })
     }
 
     /// The live profile a (possibly merged-away) profile id resolves to.

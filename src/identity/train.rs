@@ -34,7 +34,14 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { u_pairs: 1_000_000, max_iterations: 40, tolerance: 1e-4, max_block: 1000, seed: 42, never_merge_max_disagreement: Some(0.01) }
+        TrainOptions {
+            u_pairs: 1_000_000,
+            max_iterations: 40,
+            tolerance: 1e-4,
+            max_block: 1000,
+            seed: 42,
+            never_merge_max_disagreement: Some(0.01),
+        }
     }
 }
 
@@ -101,7 +108,10 @@ impl Rng {
 }
 
 /// Train with default options.
-pub fn train(records: &[PreparedRecord], model: &MatchingModel) -> Result<TrainedModel, ModelError> {
+pub fn train(
+    records: &[PreparedRecord],
+    model: &MatchingModel,
+) -> Result<TrainedModel, ModelError> {
     train_with(records, model, &TrainOptions::default())
 }
 
@@ -123,7 +133,9 @@ pub fn train_with(
     // re-prepare so the features follow this model's slots
     let recs: Vec<PreparedRecord> = records
         .iter()
-        .map(|r| engine.prepare_normalised(&r.source, &r.source_record_id, r.observed_at_ms, &r.values))
+        .map(|r| {
+            engine.prepare_normalised(&r.source, &r.source_record_id, r.observed_at_ms, &r.values)
+        })
         .collect();
     let n = recs.len();
     let cs = &engine.comparisons;
@@ -164,7 +176,12 @@ pub fn train_with(
         } else {
             // add-one smoothing spread over levels so no level has u = 0
             let l = counts.len() as f64;
-            u.push(counts.iter().map(|&k| (k + 1.0 / l) / (total + 1.0)).collect());
+            u.push(
+                counts
+                    .iter()
+                    .map(|&k| (k + 1.0 / l) / (total + 1.0))
+                    .collect(),
+            );
         }
     }
 
@@ -178,7 +195,7 @@ pub fn train_with(
         for (i, r) in recs.iter().enumerate() {
             for key in engine.blocking_keys(r) {
                 let name_end = key.find(':').unwrap_or(0);
-                if &key[..name_end] == bk.name {
+                if key[..name_end] == bk.name {
                     blocks.entry(key).or_default().push(i as u32);
                 }
             }
@@ -198,9 +215,9 @@ pub fn train_with(
         // comparisons this key's attributes decide are not estimated here
         let key_attrs: Vec<&str> = bk.parts.iter().map(|p| p.attribute.as_str()).collect();
         let related = |a: &str| -> bool {
-            key_attrs.iter().any(|k| {
-                *k == a || (*k == "fullName" && (a == "givenName" || a == "familyName"))
-            })
+            key_attrs
+                .iter()
+                .any(|k| *k == a || (*k == "fullName" && (a == "givenName" || a == "familyName")))
         };
         let estimated: Vec<usize> = (0..nc)
             .filter(|&c| {
@@ -224,15 +241,19 @@ pub fn train_with(
             pair_levels(i as usize, j as usize, &mut buf);
             lv.extend(estimated.iter().map(|&c| buf[c]));
         }
-        let mut m: Vec<Vec<f64>> = estimated.iter().map(|&c| model_probs(model, c).0).collect();
+        let m_prior: Vec<Vec<f64>> = estimated.iter().map(|&c| model_probs(model, c).0).collect();
+        let mut m = m_prior.clone();
         let ue: Vec<Vec<f64>> = estimated.iter().map(|&c| u[c].clone()).collect();
         let mut lambda = 0.1f64;
         let mut iterations = 0;
         let ne = estimated.len();
         for it in 0..opts.max_iterations {
             iterations = it + 1;
-            let w: Vec<Vec<f64>> =
-                m.iter().zip(&ue).map(|(mm, uu)| mm.iter().zip(uu).map(|(a, b)| (a / b).log2()).collect()).collect();
+            let w: Vec<Vec<f64>> = m
+                .iter()
+                .zip(&ue)
+                .map(|(mm, uu)| mm.iter().zip(uu).map(|(a, b)| (a / b).log2()).collect())
+                .collect();
             let prior = logit2(lambda.clamp(1e-9, 1.0 - 1e-9));
             let mut acc: Vec<Vec<f64>> = m.iter().map(|v| vec![0.0; v.len()]).collect();
             let mut psum = 0.0;
@@ -258,8 +279,22 @@ pub fn train_with(
                 if tot <= 0.0 {
                     continue;
                 }
+                // A level that less than one expected match lands on cannot be estimated: it
+                // keeps the policy's m (otherwise a rare level such as `nickname` would get
+                // m ≈ 0 and turn agreement into evidence against a match).
+                let prior = &m_prior[e];
+                let supported = |l: usize| a[l] >= 1.0;
+                let prior_mass: f64 = (0..a.len())
+                    .filter(|&l| !supported(l))
+                    .map(|l| prior[l])
+                    .sum();
+                let scale = (1.0 - prior_mass).max(0.0);
                 for (l, &x) in a.iter().enumerate() {
-                    let new = ((x / tot).max(1e-6)).min(1.0);
+                    let new = if supported(l) {
+                        (scale * x / tot).clamp(1e-6, 1.0)
+                    } else {
+                        prior[l]
+                    };
                     delta = delta.max((new - m[e][l]).abs());
                     m[e][l] = new;
                 }
@@ -296,8 +331,11 @@ pub fn train_with(
         .collect();
 
     // ---- λ: EM on λ alone over the union of blocked pairs
-    let w_final: Vec<Vec<f64>> =
-        m_final.iter().zip(&u).map(|(mm, uu)| mm.iter().zip(uu).map(|(a, b)| (a / b).log2()).collect()).collect();
+    let w_final: Vec<Vec<f64>> = m_final
+        .iter()
+        .zip(&u)
+        .map(|(mm, uu)| mm.iter().zip(uu).map(|(a, b)| (a / b).log2()).collect())
+        .collect();
     let union: Vec<(u32, u32)> = union.into_iter().collect();
     let mut union_levels: Vec<u8> = Vec::with_capacity(union.len() * nc);
     for &(i, j) in &union {
@@ -315,12 +353,23 @@ pub fn train_with(
             })
             .collect()
     };
-    let bayes = if nc == 0 { vec![0.0; union.len()] } else { bayes_excluding(&|_| false) };
+    let bayes = if nc == 0 {
+        vec![0.0; union.len()]
+    } else {
+        bayes_excluding(&|_| false)
+    };
     let mut lambda_b = 0.1f64;
     for _ in 0..opts.max_iterations * 2 {
         let prior = logit2(lambda_b.clamp(1e-12, 1.0 - 1e-12));
-        let sum: f64 = bayes.iter().map(|s| 1.0 / (1.0 + (-(s + prior)).exp2())).sum();
-        let new = if bayes.is_empty() { lambda_b } else { sum / bayes.len() as f64 };
+        let sum: f64 = bayes
+            .iter()
+            .map(|s| 1.0 / (1.0 + (-(s + prior)).exp2()))
+            .sum();
+        let new = if bayes.is_empty() {
+            lambda_b
+        } else {
+            sum / bayes.len() as f64
+        };
         if (new - lambda_b).abs() < 1e-9 {
             lambda_b = new;
             break;
@@ -339,7 +388,11 @@ pub fn train_with(
     let prior_b = logit2(lambda_b.clamp(1e-12, 1.0 - 1e-12));
     for nm in &model.never_merge {
         let on_attr = |c: usize| model.comparisons[c].attribute == nm.attribute;
-        let b = if nc == 0 { vec![0.0; union.len()] } else { bayes_excluding(&on_attr) };
+        let b = if nc == 0 {
+            vec![0.0; union.len()]
+        } else {
+            bayes_excluding(&on_attr)
+        };
         let (mut both, mut differ) = (0.0, 0.0);
         for (k, &(i, j)) in union.iter().enumerate() {
             let p = 1.0 / (1.0 + (-(b[k] + prior_b)).exp2());
@@ -360,7 +413,10 @@ pub fn train_with(
             attribute: nm.attribute.clone(),
             matches_with_both_values: both,
             disagreement: rate,
-            kept: implausible || opts.never_merge_max_disagreement.is_none_or(|max| rate <= max),
+            kept: implausible
+                || opts
+                    .never_merge_max_disagreement
+                    .is_none_or(|max| rate <= max),
             implausible,
         });
     }
@@ -376,7 +432,11 @@ pub fn train_with(
         comp.else_level.u = round_sig(u[c][k]);
     }
     out.prior_match_probability = round_sig(prior);
-    out.never_merge.retain(|nm| never_merge.iter().any(|r| r.attribute == nm.attribute && r.kept));
+    out.never_merge.retain(|nm| {
+        never_merge
+            .iter()
+            .any(|r| r.attribute == nm.attribute && r.kept)
+    });
     Ok(TrainedModel {
         model: out,
         report: TrainReport {

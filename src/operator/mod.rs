@@ -4,7 +4,7 @@ pub mod render;
 
 mod apply;
 mod controller;
-mod leader;
+pub mod leader;
 mod metrics;
 mod status;
 
