@@ -270,3 +270,23 @@ async fn settled_platform_stops_writing() {
     assert_eq!(writes(&fake), settled, "no hot loop: a settled platform makes no further writes");
     task.abort();
 }
+
+#[tokio::test]
+async fn member_of_a_missing_platform_is_stalled() {
+    let (fake, client, task) = start().await;
+    let mut stray: Source = fake.get(NS, "pos").unwrap();
+    stray.metadata = kube::api::ObjectMeta { name: Some("kiosk".into()), namespace: Some(NS.into()), ..Default::default() };
+    stray.spec.platform_ref.name = "wholesale".into();
+    stray.status = None;
+    fake.put(&stray);
+    fake.wait_until(WAIT, |f| member_condition::<Source>(f, "kiosk", "Stalled").is_some_and(|(s, _, _)| s == "True")).await;
+    let (_, reason, message) = member_condition::<Source>(&fake, "kiosk", "Ready").unwrap();
+    assert_eq!(reason, "PlatformNotFound");
+    assert!(message.contains("\"wholesale\" does not exist"), "{message}");
+
+    // Deleting the platform leaves its members Stalled too, not silently Ready.
+    fake.wait_until(WAIT, |f| member_condition::<Source>(f, "pos", "Ready").is_some_and(|(s, _, _)| s == "True")).await;
+    Api::<CustomerDataPlatform>::namespaced(client, NS).delete("retail", &DeleteParams::default()).await.unwrap();
+    fake.wait_until(WAIT, |f| member_condition::<Source>(f, "pos", "Ready").is_some_and(|(_, r, _)| r == "PlatformNotFound")).await;
+    task.abort();
+}

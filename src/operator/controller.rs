@@ -17,12 +17,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::apply::{self, SCALER_MANAGER};
 use super::leader::{self, LeaderConfig};
+use super::members;
 use super::metrics::Metrics;
 use super::render::{self, RenderError, StorePassword, Workload};
 use super::status::{self, Phase};
@@ -83,7 +83,7 @@ impl Context {
         Self { client, metrics, recorder, failures: Mutex::default() }
     }
 
-    async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
+    pub(super) async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
         let event = Event { type_, reason: reason.to_string(), note: Some(note), action: "Reconcile".to_string(), secondary: None };
         if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(%error, reason, "could not publish event");
@@ -131,10 +131,20 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
 pub async fn run_controllers(ctx: Arc<Context>, namespaces: &[String]) {
     let scopes: Vec<Option<&str>> =
         if namespaces.is_empty() { vec![None] } else { namespaces.iter().map(|n| Some(n.as_str())).collect() };
-    futures::future::join_all(scopes.into_iter().map(|scope| controller(ctx.clone(), scope))).await;
+    let runs = scopes.into_iter().flat_map(|scope| {
+        let platforms: futures::future::BoxFuture<'_, ()> = Box::pin(controller(ctx.clone(), scope));
+        [
+            platforms,
+            Box::pin(members::orphan_controller::<Source>(ctx.clone(), scope)),
+            Box::pin(members::orphan_controller::<MatchingPolicy>(ctx.clone(), scope)),
+            Box::pin(members::orphan_controller::<Feed>(ctx.clone(), scope)),
+            Box::pin(members::orphan_controller::<ScalingPolicy>(ctx.clone(), scope)),
+        ]
+    });
+    futures::future::join_all(runs).await;
 }
 
-fn scoped<K>(client: &Client, scope: Option<&str>) -> Api<K>
+pub(super) fn scoped<K>(client: &Client, scope: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
 {
@@ -194,6 +204,8 @@ fn error_policy(platform: Arc<CustomerDataPlatform>, error: &Error, ctx: Arc<Con
     Action::requeue(delay)
 }
 
+/// No finalizer: everything a platform creates carries its owner reference, so Kubernetes'
+/// garbage collector removes it with the platform; nothing outside the owner tree needs cleanup.
 pub async fn reconcile_platform(platform: Arc<CustomerDataPlatform>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
@@ -215,7 +227,7 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
     let members = fetch_members(client, &namespace, platform).await?;
     // Validate.
     let compiled = pipeline::compile(platform, &members, crate::identity::default_model());
-    update_member_statuses(ctx, &members, &compiled).await?;
+    members::update_statuses(ctx, &members, &compiled).await?;
 
     if let Some(error) = compiled.platform_errors.first() {
         let messages: Vec<String> = compiled.platform_errors.iter().map(ToString::to_string).collect();
@@ -364,56 +376,6 @@ async fn hold_replicas_in_bounds(client: &Client, platform: &CustomerDataPlatfor
         }
     }
     Ok(())
-}
-
-/// Each member's Ready/Stalled from its verdict; written only when something changed.
-async fn update_member_statuses(ctx: &Context, members: &Members, compiled: &Compiled) -> Result<(), kube::Error> {
-    for source in &members.sources {
-        update_member(ctx, source, "Source", compiled).await?;
-    }
-    for policy in &members.matching_policies {
-        update_member(ctx, policy, "MatchingPolicy", compiled).await?;
-    }
-    for feed in &members.feeds {
-        update_member(ctx, feed, "Feed", compiled).await?;
-    }
-    for policy in &members.scaling_policies {
-        update_member(ctx, policy, "ScalingPolicy", compiled).await?;
-    }
-    Ok(())
-}
-
-async fn update_member<K>(ctx: &Context, member: &K, kind: &str, compiled: &Compiled) -> Result<(), kube::Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
-{
-    let name = member.name_any();
-    let phase = match compiled.verdict(kind, &name) {
-        Some(verdict) if !verdict.accepted() => {
-            let messages: Vec<String> = verdict.errors.iter().map(ToString::to_string).collect();
-            Phase::Stalled { reason: verdict.errors[0].reason().to_string(), message: messages.join("; ") }
-        }
-        _ => Phase::Ready { message: format!("in the pipeline config {}", compiled.hash) },
-    };
-    let previous = previous_status(member);
-    let generation = member.meta().generation;
-    let now = Time(jiff::Timestamp::now());
-    let status = CommonStatus { conditions: status::conditions(&previous.conditions, generation, &phase, &now), observed_generation: generation };
-    if status::same_status(&previous, &status) {
-        return Ok(());
-    }
-    if let Phase::Stalled { reason, message } = &phase {
-        ctx.event(member, EventType::Warning, reason, message.clone()).await;
-    }
-    apply::apply_status(&ctx.client, member, &status).await
-}
-
-fn previous_status<K: Serialize>(obj: &K) -> CommonStatus {
-    serde_json::to_value(obj)
-        .ok()
-        .and_then(|v| v.get("status").cloned())
-        .and_then(|s| serde_json::from_value(s).ok())
-        .unwrap_or_default()
 }
 
 async fn write_platform_status(

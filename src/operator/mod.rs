@@ -5,6 +5,7 @@ pub mod render;
 mod apply;
 mod controller;
 pub mod leader;
+mod members;
 mod metrics;
 mod status;
 
