@@ -83,14 +83,18 @@ pub struct WorkloadScaling {
     pub scale_down_stabilization_seconds: u32,
 }
 
-fn default_target_utilization() -> f64 {
-    0.7
+/// High, because the scaler plans on each replica's true processing rate (processed ÷ busy),
+/// not on a noisy CPU reading, and the catch-up term adds capacity as soon as a backlog forms.
+pub fn default_target_utilization() -> f64 {
+    0.9
 }
-fn default_catch_up_seconds() -> u32 {
+pub fn default_catch_up_seconds() -> u32 {
     30
 }
-fn default_stabilization_seconds() -> u32 {
-    300
+/// Shorter than the HPA's 300 s: queue length is a precise signal, scale-down is also bounded
+/// by a factor per step, and never happens while a backlog drains.
+pub fn default_stabilization_seconds() -> u32 {
+    120
 }
 
 /// A window during which workloads keep at least the given replicas.

@@ -342,9 +342,10 @@ impl Default for SimParams {
             min_replicas: 2,
             max_replicas: 200,
             slo_seconds: 5.0,
-            target_utilization: 0.9,
-            catch_up_seconds: 30,
-            scale_down_stabilization_seconds: 300,
+            // The ScalingPolicy defaults: the simulator shows the scaler as it ships.
+            target_utilization: crate::crd::scaling::default_target_utilization(),
+            catch_up_seconds: crate::crd::scaling::default_catch_up_seconds(),
+            scale_down_stabilization_seconds: crate::crd::scaling::default_stabilization_seconds(),
             scaler_interval_seconds: 15,
             // Half the SLO's worth of work per replica: at the equilibrium a lag target reaches
             // the queue holds about lag-per-replica ÷ rate seconds of work.
@@ -1132,13 +1133,11 @@ mod tests {
         }
     }
 
-    /// The targets, checked on every shipped trace with the default parameters.
-    /// Met everywhere: zero seconds above the SLO, no more scaling actions than the HPA, no
-    /// flapping. The replica-seconds target (at most 1.2x the oracle) is met on the diurnal and
-    /// sawtooth traces; on the two event traces the 300 s scale-down stabilisation (the policy
-    /// default) holds the peak size after the event while the oracle drops at once, which costs
-    /// 1.27x and 1.33x (see benches/results/simulate.md). The bound below guards against
-    /// regressions; with a 90 s stabilisation window both are under 1.2x.
+    /// The targets, checked on every shipped trace with the shipped ScalingPolicy defaults:
+    /// zero seconds above the SLO, no more scaling actions than the HPA, no flapping, and
+    /// replica-seconds near the hindsight oracle's. The goal is at most 1.2x; flash-sale sits at
+    /// 1.203x (it holds the peak size for the 120 s stabilisation while the oracle drops at
+    /// once), so the bound here is 1.21x: a guard against regressions, not the goal met.
     #[test]
     fn shipped_traces_meet_the_targets() {
         let p = SimParams::default();
@@ -1152,13 +1151,7 @@ mod tests {
             assert!(cdp.scaling_actions <= hpa.scaling_actions, "{}\n{table}", r.trace);
             assert_eq!(cdp.flaps, 0, "{}\n{table}", r.trace);
             let ratio = cdp.replica_seconds / oracle.replica_seconds;
-            let bound = if r.peak_windows > 0 { 1.35 } else { 1.2 };
-            assert!(ratio <= bound, "{}: {ratio:.3}x the oracle\n{table}", r.trace);
-        }
-        let mut short = p;
-        short.scale_down_stabilization_seconds = 90;
-        for r in simulate_all(&shipped_traces(), &short) {
-            assert!(r.target_misses().is_empty(), "{:?}", r.target_misses());
+            assert!(ratio <= 1.21, "{}: {ratio:.3}x the oracle\n{table}", r.trace);
         }
     }
 
