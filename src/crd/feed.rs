@@ -44,6 +44,20 @@ pub struct FeedSpec {
     pub delivery: DeliveryPolicy,
 }
 
+impl FeedSpec {
+    /// Every Secret key this Feed references, with the field that names it.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretKeyRef)> {
+        let d = &self.destination;
+        [
+            d.webhook.as_ref().map(|w| ("spec.destination.webhook.signingSecretRef", &w.signing_secret_ref)),
+            d.kafka.as_ref().map(|k| ("spec.destination.kafka.bootstrapServersSecretRef", &k.bootstrap_servers_secret_ref)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [

@@ -44,6 +44,19 @@ pub struct CustomerDataPlatformSpec {
     pub workloads: Workloads,
 }
 
+impl CustomerDataPlatformSpec {
+    /// Every Secret key the platform's own spec references, with the field that names it.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretKeyRef)> {
+        [
+            self.store.external.as_ref().map(|e| ("spec.store.external.urlSecretRef", &e.url_secret_ref)),
+            self.api.tokens_secret_ref.as_ref().map(|t| ("spec.api.tokensSecretRef", t)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
 fn default_image() -> String {
     DEFAULT_IMAGE.to_string()
 }

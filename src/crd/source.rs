@@ -48,6 +48,21 @@ pub struct SourceSpec {
     pub trust_rank: i32,
 }
 
+impl SourceSpec {
+    /// Every Secret key this Source references, with the field that names it.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretKeyRef)> {
+        let d = &self.delivery;
+        [
+            d.http.as_ref().map(|h| ("spec.delivery.http.authSecretRef", &h.auth_secret_ref)),
+            d.kafka.as_ref().map(|k| ("spec.delivery.kafka.bootstrapServersSecretRef", &k.bootstrap_servers_secret_ref)),
+            d.batch.as_ref().map(|b| ("spec.delivery.batch.authSecretRef", &b.auth_secret_ref)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
 fn default_event_id_field() -> String {
     "id".to_string()
 }

@@ -28,7 +28,7 @@ use super::render::{self, RenderError, StorePassword, Workload};
 use super::status::{self, Phase};
 use crate::crd::common::{CommonStatus, condition};
 use crate::crd::platform::{CustomerDataPlatformStatus, MemberCounts};
-use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, SecretKeyRef, Source};
+use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, Source};
 use crate::pipeline::{self, Compiled, Members};
 
 /// Annotation that stops every change to a platform's objects while set to "true".
@@ -297,21 +297,9 @@ async fn fetch_members(client: &Client, namespace: &str, platform: &CustomerData
 }
 
 fn referenced_secrets(platform: &CustomerDataPlatform, members: &Members) -> BTreeSet<String> {
-    let spec = &platform.spec;
-    let platform_refs = [spec.store.external.as_ref().map(|e| &e.url_secret_ref), spec.api.tokens_secret_ref.as_ref()];
-    let source_refs = members.sources.iter().flat_map(|s| {
-        let d = &s.spec.delivery;
-        [
-            d.http.as_ref().map(|h| &h.auth_secret_ref),
-            d.kafka.as_ref().map(|k| &k.bootstrap_servers_secret_ref),
-            d.batch.as_ref().map(|b| &b.auth_secret_ref),
-        ]
-    });
-    let feed_refs = members.feeds.iter().flat_map(|f| {
-        let d = &f.spec.destination;
-        [d.webhook.as_ref().map(|w| &w.signing_secret_ref), d.kafka.as_ref().map(|k| &k.bootstrap_servers_secret_ref)]
-    });
-    platform_refs.into_iter().chain(source_refs).chain(feed_refs).flatten().map(|r: &SecretKeyRef| r.name.clone()).collect()
+    let sources = members.sources.iter().flat_map(|s| s.spec.secret_refs());
+    let feeds = members.feeds.iter().flat_map(|f| f.spec.secret_refs());
+    platform.spec.secret_refs().into_iter().chain(sources).chain(feeds).map(|(_, r)| r.name.clone()).collect()
 }
 
 /// The generated store password is created once and never regenerated: the database was initialised with it.

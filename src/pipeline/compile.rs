@@ -128,12 +128,11 @@ pub fn compile(platform: &CustomerDataPlatform, members: &Members, default_model
 }
 
 fn platform_errors(platform: &CustomerDataPlatform, secrets: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {
-    let spec = &platform.spec;
-    let refs = [
-        spec.store.external.as_ref().map(|e| ("spec.store.external.urlSecretRef", &e.url_secret_ref)),
-        spec.api.tokens_secret_ref.as_ref().map(|t| ("spec.api.tokensSecretRef", t)),
-    ];
-    refs.into_iter().flatten().filter_map(|(field, secret)| secret_error(field, secret, secrets)).collect()
+    missing_secrets(platform.spec.secret_refs(), secrets)
+}
+
+fn missing_secrets(refs: Vec<(&str, &SecretKeyRef)>, available: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {
+    refs.into_iter().filter_map(|(field, secret)| secret_error(field, secret, available)).collect()
 }
 
 /// Sort members by name, refuse duplicates and members with errors; return the accepted ones.
@@ -180,14 +179,7 @@ fn unknown(field: String, attribute: &str) -> Option<MemberError> {
 }
 
 fn source_errors(spec: &crate::crd::SourceSpec, secrets: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {
-    let delivery = &spec.delivery;
-    let secret_refs = [
-        delivery.http.as_ref().map(|h| ("spec.delivery.http.authSecretRef", &h.auth_secret_ref)),
-        delivery.kafka.as_ref().map(|k| ("spec.delivery.kafka.bootstrapServersSecretRef", &k.bootstrap_servers_secret_ref)),
-        delivery.batch.as_ref().map(|b| ("spec.delivery.batch.authSecretRef", &b.auth_secret_ref)),
-    ];
-    let mut errors: Vec<MemberError> =
-        secret_refs.into_iter().flatten().filter_map(|(field, secret)| secret_error(field, secret, secrets)).collect();
+    let mut errors = missing_secrets(spec.secret_refs(), secrets);
     errors.extend(spec.mapping.iter().enumerate().filter_map(|(i, m)| unknown(format!("spec.mapping[{i}].to"), &m.to)));
     let mut targets = BTreeSet::new();
     for (i, m) in spec.mapping.iter().enumerate() {
@@ -236,13 +228,7 @@ fn model_errors(model: &MatchingModel) -> Vec<MemberError> {
 }
 
 fn feed_errors(spec: &crate::crd::FeedSpec, mapped: &BTreeSet<&str>, secrets: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {
-    let destination = &spec.destination;
-    let secret_refs = [
-        destination.webhook.as_ref().map(|w| ("spec.destination.webhook.signingSecretRef", &w.signing_secret_ref)),
-        destination.kafka.as_ref().map(|k| ("spec.destination.kafka.bootstrapServersSecretRef", &k.bootstrap_servers_secret_ref)),
-    ];
-    let mut errors: Vec<MemberError> =
-        secret_refs.into_iter().flatten().filter_map(|(field, secret)| secret_error(field, secret, secrets)).collect();
+    let mut errors = missing_secrets(spec.secret_refs(), secrets);
     for (i, attribute) in spec.attributes.iter().enumerate() {
         let field = format!("spec.attributes[{i}]");
         if let Some(error) = unknown(field.clone(), attribute) {

@@ -101,35 +101,13 @@ fn env(ctx: &Context) -> Value {
 
 /// Secret keys a workload reads: source keys for ingest, signing keys for feeds, tokens for api.
 fn mounted_secrets(ctx: &Context, config: &PipelineConfig, workload: Workload) -> BTreeSet<SecretKeyRef> {
-    match workload {
-        Workload::Ingest => config
-            .sources
-            .iter()
-            .flat_map(|s| {
-                let d = &s.spec.delivery;
-                [
-                    d.http.as_ref().map(|h| h.auth_secret_ref.clone()),
-                    d.kafka.as_ref().map(|k| k.bootstrap_servers_secret_ref.clone()),
-                    d.batch.as_ref().map(|b| b.auth_secret_ref.clone()),
-                ]
-            })
-            .flatten()
-            .collect(),
-        Workload::Feeds => config
-            .feeds
-            .iter()
-            .flat_map(|f| {
-                let d = &f.spec.destination;
-                [
-                    d.webhook.as_ref().map(|w| w.signing_secret_ref.clone()),
-                    d.kafka.as_ref().map(|k| k.bootstrap_servers_secret_ref.clone()),
-                ]
-            })
-            .flatten()
-            .collect(),
-        Workload::Api => ctx.platform.spec.api.tokens_secret_ref.iter().cloned().collect(),
-        Workload::Matcher => BTreeSet::new(),
-    }
+    let refs: Vec<(&str, &SecretKeyRef)> = match workload {
+        Workload::Ingest => config.sources.iter().flat_map(|s| s.spec.secret_refs()).collect(),
+        Workload::Feeds => config.feeds.iter().flat_map(|f| f.spec.secret_refs()).collect(),
+        Workload::Api => ctx.platform.spec.api.tokens_secret_ref.iter().map(|t| ("", t)).collect(),
+        Workload::Matcher => Vec::new(),
+    };
+    refs.into_iter().map(|(_, secret)| secret.clone()).collect()
 }
 
 fn group_by_secret(keys: &BTreeSet<SecretKeyRef>) -> Vec<(&str, Vec<&str>)> {
