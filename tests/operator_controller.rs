@@ -191,6 +191,10 @@ async fn pause_annotation_stops_changes() {
     fake.wait_until(WAIT, |f| condition(f, "Paused").is_some_and(|(s, _)| s == "True")).await;
     let before = fake.get::<ConfigMap>(NS, "retail-pipeline").unwrap().resource_version();
 
+    let patches_of_objects = |f: &FakeApi| {
+        f.requests().iter().filter(|r| r.method == Method::PATCH && (r.path.contains("/apis/apps/") || r.path.contains("/configmaps/"))).count()
+    };
+    let patches_before = patches_of_objects(&fake);
     fake.modify::<Source>(NS, "pos", |s| s.spec.trust_rank = 99);
     // The member status follows the change (it is not a platform object) ...
     fake.wait_until(WAIT, |f| {
@@ -198,7 +202,10 @@ async fn pause_annotation_stops_changes() {
         pos.status.is_some_and(|s| s.common.observed_generation == pos.metadata.generation)
     })
     .await;
-    // ... but the platform's objects are left alone.
+    // ... and the platform's status is written after any apply would have been; nothing was sent.
+    fake.wait_until(WAIT, |f| platform(f).status.is_some_and(|s| s.common.observed_generation == platform(f).metadata.generation)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(patches_of_objects(&fake), patches_before, "no apply while paused");
     assert_eq!(fake.get::<ConfigMap>(NS, "retail-pipeline").unwrap().resource_version(), before);
 
     fake.modify::<CustomerDataPlatform>(NS, "retail", |p| {
@@ -224,6 +231,46 @@ async fn api_errors_and_conflicts_are_retried_not_fatal() {
         .filter(|r| r.method == Method::PATCH && r.path.ends_with("/configmaps/retail-pipeline"))
         .count();
     assert!(failed_patches >= 3, "two failures then a success: {failed_patches}");
+    let status_writes = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::PATCH && r.path.ends_with("/customerdataplatforms/retail/status"))
+        .count();
+    assert!(status_writes >= 2, "the conflicted status write was retried: {status_writes}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn lost_store_password_stalls_instead_of_regenerating() {
+    let (fake, client, task) = start().await;
+    fake.wait_until(WAIT, |f| f.get::<Secret>(NS, "retail-store").is_some()).await;
+    let secret: Secret = fake.get(NS, "retail-store").unwrap();
+    assert!(secret.owner_references().is_empty(), "the password outlives the platform, like its data volume");
+    // The StatefulSet controller created the data volume; then someone deletes the password.
+    fake.put(&serde_json::from_value::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data-retail-postgres-0", "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}}
+    })).unwrap());
+    Api::<Secret>::namespaced(client, NS).delete("retail-store", &DeleteParams::default()).await.unwrap();
+    fake.wait_until(WAIT, |f| condition(f, "Stalled").is_some_and(|(s, r)| s == "True" && r == "StorePasswordLost")).await;
+    assert!(fake.get::<Secret>(NS, "retail-store").is_none(), "no new password was generated");
+    task.abort();
+}
+
+#[tokio::test]
+async fn refused_apply_stalls_with_the_server_message() {
+    let (fake, _client, task) = start().await;
+    fake.wait_until(WAIT, |f| pipeline_config(f).is_some()).await;
+    // An immutable-field change on the StatefulSet is refused with 422 by a real API server.
+    fake.fail_next_with(Method::PATCH, "/statefulsets/retail-postgres", 422, "spec: Forbidden: updates to statefulset spec for fields other than 'replicas' ... are forbidden", 1000);
+    fake.modify::<CustomerDataPlatform>(NS, "retail", |p| {
+        p.spec.store.in_cluster.as_mut().unwrap().storage = "50Gi".into();
+    });
+    fake.wait_until(WAIT, |f| condition(f, "Stalled").is_some_and(|(s, r)| s == "True" && r == "ApplyRefused")).await;
+    let platform = platform(&fake);
+    let ready = platform.status.unwrap().common.conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("StatefulSet retail-postgres") && ready.message.contains("Forbidden"), "{}", ready.message);
     task.abort();
 }
 

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use cdp_operator::operator::leader::{LeaderConfig, try_acquire};
+use cdp_operator::operator::leader::{LeaderConfig, release, try_acquire};
 use k8s_openapi::api::coordination::v1::Lease;
 use support::fake_api::FakeApi;
 
@@ -47,4 +47,14 @@ async fn racing_candidates_do_not_both_win() {
     assert!(!try_acquire(&client, &candidate("b"), at(100)).await.unwrap());
     let lease: Lease = fake.get("cdp-system", "cdp-operator-leader").unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("a"));
+}
+
+#[tokio::test]
+async fn released_lease_is_taken_at_once() {
+    let (_fake, client) = FakeApi::new();
+    assert!(try_acquire(&client, &candidate("a"), at(0)).await.unwrap());
+    release(&client, &candidate("b")).await.unwrap();
+    assert!(!try_acquire(&client, &candidate("b"), at(1)).await.unwrap(), "only the holder can release");
+    release(&client, &candidate("a")).await.unwrap();
+    assert!(try_acquire(&client, &candidate("b"), at(2)).await.unwrap(), "no need to wait for expiry");
 }

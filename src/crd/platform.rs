@@ -220,6 +220,9 @@ pub struct WorkloadStatus {
     pub ready_replicas: i32,
     pub updated_replicas: i32,
     pub available: bool,
+    /// Why the rollout failed (e.g. its progress deadline passed), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
@@ -55,6 +55,8 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
+    #[error(transparent)]
     Render(#[from] RenderError),
 }
 
@@ -62,8 +64,12 @@ impl Error {
     /// Metric label and event reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "Conflict",
-            Error::Kube(_) => "KubeApi",
+            Error::Kube(kube::Error::Api(status)) | Error::Apply(apply::ApplyError { source: kube::Error::Api(status), .. })
+                if status.code == 409 =>
+            {
+                "Conflict"
+            }
+            Error::Kube(_) | Error::Apply(_) => "KubeApi",
             Error::Render(e) => e.reason(),
         }
     }
@@ -122,8 +128,12 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     tokio::select! {
-        _ = controllers => Ok(()),
-        _ = leader::hold(client, leader_config) => anyhow::bail!("leadership lost; exiting so a new leader can take over"),
+        _ = controllers => {
+            // Shut down by a signal: hand leadership over at once.
+            leader::release(&client, &leader_config).await?;
+            Ok(())
+        }
+        _ = leader::hold(client.clone(), leader_config.clone()) => anyhow::bail!("leadership lost; exiting so a new leader can take over"),
     }
 }
 
@@ -222,6 +232,10 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
     let client = &ctx.client;
     let namespace = platform.namespace().unwrap_or_default();
     let name = platform.name_any();
+    if platform.metadata.deletion_timestamp.is_some() {
+        // Being deleted: garbage collection removes the children; re-applying them would fight it.
+        return Ok(Action::await_change());
+    }
 
     // Dereference.
     let members = fetch_members(client, &namespace, platform).await?;
@@ -231,17 +245,27 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
 
     if let Some(error) = compiled.platform_errors.first() {
         let messages: Vec<String> = compiled.platform_errors.iter().map(ToString::to_string).collect();
-        let phase = Phase::Stalled { reason: error.reason().to_string(), message: messages.join("; ") };
-        write_platform_status(ctx, platform, &compiled, phase, vec![], None).await?;
-        return Ok(Action::requeue(Duration::from_secs(300)));
+        return stall(ctx, platform, &compiled, error.reason(), messages.join("; ")).await;
     }
 
     let paused = platform.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
     if !paused {
         // Build (pure), then apply.
-        let password = store_password(client, platform).await?;
+        let Some(password) = store_password(client, platform).await? else {
+            let message = format!(
+                "the store's data volume exists but its password Secret {} is gone; restore it \
+                 (the database accepts only the password it was initialised with)",
+                render::store_secret_name(&name)
+            );
+            return stall(ctx, platform, &compiled, "StorePasswordLost", message).await;
+        };
         let bundle = render::render(platform, &compiled.config, &compiled.hash, &password)?;
-        apply_bundle(client, platform, &bundle).await?;
+        if let Err(error) = apply_bundle(client, platform, &bundle).await {
+            return match error.refusal() {
+                Some(message) => stall(ctx, platform, &compiled, "ApplyRefused", message).await,
+                None => Err(error.into()),
+            };
+        }
     }
 
     // Status, from what the cluster reports.
@@ -268,6 +292,13 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
     };
     write_platform_status(ctx, platform, &compiled, phase, workloads, Some(paused)).await?;
     Ok(Action::requeue(requeue))
+}
+
+/// Stalled until a spec (or RBAC) changes: say why, with an Event, and retry only slowly.
+async fn stall(ctx: &Context, platform: &CustomerDataPlatform, compiled: &Compiled, reason: &str, message: String) -> Result<Action, Error> {
+    let phase = Phase::Stalled { reason: reason.to_string(), message };
+    write_platform_status(ctx, platform, compiled, phase, vec![], None).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
 }
 
 /// The platform's members and the Secret keys they (and the platform) reference.
@@ -302,16 +333,21 @@ fn referenced_secrets(platform: &CustomerDataPlatform, members: &Members) -> BTr
     platform.spec.secret_refs().into_iter().chain(sources).chain(feeds).map(|(_, r)| r.name.clone()).collect()
 }
 
-/// The generated store password is created once and never regenerated: the database was initialised with it.
-async fn store_password(client: &Client, platform: &CustomerDataPlatform) -> Result<StorePassword, kube::Error> {
+/// The generated store password is created once and never regenerated: the database was
+/// initialised with it. `None`: the Secret is gone but the data volume is not, so a new password
+/// would lock the workloads out.
+async fn store_password(client: &Client, platform: &CustomerDataPlatform) -> Result<Option<StorePassword>, kube::Error> {
     if platform.spec.store.external.is_some() {
-        return Ok(StorePassword::Exists);
+        return Ok(Some(StorePassword::Exists));
     }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &platform.namespace().unwrap_or_default());
-    Ok(match secrets.get_opt(&render::store_secret_name(&platform.name_any())).await? {
-        Some(_) => StorePassword::Exists,
-        None => StorePassword::Create(generate_password()),
-    })
+    let namespace = platform.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    if secrets.get_opt(&render::store_secret_name(&platform.name_any())).await?.is_some() {
+        return Ok(Some(StorePassword::Exists));
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    let data_volume = claims.get_opt(&render::store_volume_claim_name(&platform.name_any())).await?;
+    Ok(data_volume.is_none().then(|| StorePassword::Create(generate_password())))
 }
 
 fn generate_password() -> String {
@@ -319,7 +355,7 @@ fn generate_password() -> String {
     rand::rng().sample_iter(rand::distr::Alphanumeric).take(32).map(char::from).collect()
 }
 
-async fn apply_bundle(client: &Client, platform: &CustomerDataPlatform, bundle: &render::Bundle) -> Result<(), kube::Error> {
+async fn apply_bundle(client: &Client, platform: &CustomerDataPlatform, bundle: &render::Bundle) -> Result<(), apply::ApplyError> {
     apply::apply(client, &bundle.service_account).await?;
     apply::apply(client, &bundle.config_map).await?;
     if let Some(secret) = &bundle.store_secret {
@@ -344,7 +380,9 @@ async fn apply_bundle(client: &Client, platform: &CustomerDataPlatform, bundle: 
         apply::apply(client, policy).await?;
     }
     apply::apply(client, &bundle.api_autoscaler).await?;
-    hold_replicas_in_bounds(client, platform).await
+    hold_replicas_in_bounds(client, platform)
+        .await
+        .map_err(|source| apply::ApplyError { object: "replica counts".to_string(), source })
 }
 
 /// Until load-based scaling decides otherwise, keep each scaled workload within its bounds.

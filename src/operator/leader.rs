@@ -41,7 +41,8 @@ pub async fn try_acquire(client: &Client, config: &LeaderConfig, now: jiff::Time
         Some(mut lease) => {
             let spec = lease.spec.clone().unwrap_or_default();
             let mine = spec.holder_identity.as_deref() == Some(config.identity.as_str());
-            if !mine && !expired(&spec, now) {
+            let taken = spec.holder_identity.as_deref().is_some_and(|h| !h.is_empty());
+            if !mine && taken && !expired(&spec, now) {
                 return Ok(false);
             }
             let acquired = if mine { spec.acquire_time.clone() } else { None };
@@ -82,14 +83,32 @@ pub async fn hold(client: Client, config: LeaderConfig) {
     let mut last_renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(config.renew_every).await;
-        match try_acquire(&client, &config, jiff::Timestamp::now()).await {
-            Ok(true) => last_renewed = tokio::time::Instant::now(),
-            Ok(false) => return,
-            Err(error) => tracing::warn!(%error, "leader election: renewal failed"),
+        // A renewal stuck in a partition must not outlive the lease it is renewing.
+        let attempt = tokio::time::timeout(config.renew_every, try_acquire(&client, &config, jiff::Timestamp::now()));
+        match attempt.await {
+            Ok(Ok(true)) => last_renewed = tokio::time::Instant::now(),
+            Ok(Ok(false)) => return,
+            Ok(Err(error)) => tracing::warn!(%error, "leader election: renewal failed"),
+            Err(_) => tracing::warn!("leader election: renewal timed out"),
         }
         // Stop before the lease can expire under us, so a successor never overlaps this leader.
         if last_renewed.elapsed() + config.renew_every >= config.lease_duration {
             return;
         }
     }
+}
+
+/// Give the lease up on shutdown, so a successor need not wait for it to expire.
+pub async fn release(client: &Client, config: &LeaderConfig) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+    let Some(mut lease) = api.get_opt(&config.lease_name).await? else {
+        return Ok(());
+    };
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    api.replace(&config.lease_name, &PostParams::default(), &lease).await.map(|_| ())
 }

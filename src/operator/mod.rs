@@ -72,9 +72,6 @@ pub struct RenderedDir {
     pub warnings: Vec<String>,
 }
 
-/// Placeholder for the store password, which the operator generates on first apply.
-pub const PASSWORD_PLACEHOLDER: &str = "generated-by-the-operator-on-first-apply";
-
 /// Compile and render every platform found in `dir`, exactly as the operator would.
 pub fn render_dir(dir: &Path) -> Result<RenderedDir, RenderDirError> {
     let manifests = pipeline::load_dir(dir)?;
@@ -90,8 +87,9 @@ pub fn render_dir(dir: &Path) -> Result<RenderedDir, RenderDirError> {
         for error in &compiled.platform_errors {
             warnings.push(format!("CustomerDataPlatform {}: Stalled ({}): {error}", platform.name_any(), error.reason()));
         }
-        let password = StorePassword::Create(PASSWORD_PLACEHOLDER.to_string());
-        let bundle = render::render(platform, &compiled.config, &compiled.hash, &password)
+        // The store password Secret is left out: the operator generates it, once, in the cluster.
+        // Printing one here would invite applying a known password through GitOps.
+        let bundle = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists)
             .map_err(|source| RenderDirError::Render { platform: platform.name_any(), source })?;
         for object in bundle.objects() {
             yaml.push_str("---\n");

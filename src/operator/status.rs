@@ -83,6 +83,8 @@ pub fn same_status(a: &CommonStatus, b: &CommonStatus) -> bool {
 }
 
 /// A workload's replicas and availability from its Deployment, as the cluster reports them.
+/// Available once the current template is rolled out and the Deployment says Available; a
+/// scale-up in progress does not make a rolled-out workload unavailable.
 pub fn workload_status(name: &str, deployment: Option<&Deployment>) -> WorkloadStatus {
     let Some(deployment) = deployment else {
         return WorkloadStatus { name: name.to_string(), ..Default::default() };
@@ -92,22 +94,29 @@ pub fn workload_status(name: &str, deployment: Option<&Deployment>) -> WorkloadS
     let observed = status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
-    let available_condition = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Available" && c.status == "True");
+    let condition = |type_: &str| status.conditions.iter().flatten().find(|c| c.type_ == type_).cloned();
+    let available_condition = condition("Available").is_some_and(|c| c.status == "True");
+    let old_replicas_left = status.replicas.unwrap_or(0) > updated;
     WorkloadStatus {
         name: name.to_string(),
         desired_replicas: desired,
         ready_replicas: ready,
         updated_replicas: updated,
-        available: observed && available_condition && updated >= desired && ready >= desired,
+        available: observed && available_condition && updated >= desired.min(1) && !old_replicas_left,
+        failed: condition("Progressing")
+            .filter(|c| c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+            .map(|c| c.message.unwrap_or_default()),
     }
 }
 
 /// The platform's phase from its workloads, once everything was applied.
 pub fn rollout_phase(workloads: &[WorkloadStatus], store_ready: bool) -> Phase {
+    if let Some(failed) = workloads.iter().find(|w| w.failed.is_some()) {
+        return Phase::Stalled {
+            reason: "RolloutFailed".into(),
+            message: format!("{} did not roll out: {}", failed.name, failed.failed.clone().unwrap_or_default()),
+        };
+    }
     let waiting: Vec<&str> = workloads.iter().filter(|w| !w.available).map(|w| w.name.as_str()).collect();
     match (waiting.is_empty(), store_ready) {
         (true, true) => Phase::Ready { message: format!("{} workloads available", workloads.len()) },
@@ -163,15 +172,37 @@ mod tests {
         let mut d: Deployment = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p-ingest", "generation": 2},
             "spec": {"replicas": 2, "selector": {}, "template": {}},
-            "status": {"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 1,
+            "status": {"observedGeneration": 2, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 1,
                         "conditions": [{"type": "Available", "status": "True"}]}
         }))
         .unwrap();
         assert!(!workload_status("ingest", Some(&d)).available, "one replica still on the old template");
         d.status.as_mut().unwrap().updated_replicas = Some(2);
         assert!(workload_status("ingest", Some(&d)).available);
+        d.spec.as_mut().unwrap().replicas = Some(5);
+        assert!(workload_status("ingest", Some(&d)).available, "a scale-up does not make it unavailable");
         d.metadata.generation = Some(3);
         assert!(!workload_status("ingest", Some(&d)).available, "new generation not yet observed");
         assert!(!workload_status("ingest", None).available);
+    }
+
+    #[test]
+    fn rollout_past_its_deadline_stalls_the_platform() {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p-api", "generation": 1},
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "conditions": [
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                 "message": "ReplicaSet \"p-api-7d9\" has timed out progressing."}]}
+        }))
+        .unwrap();
+        let workloads = vec![workload_status("api", Some(&d))];
+        match rollout_phase(&workloads, true) {
+            Phase::Stalled { reason, message } => {
+                assert_eq!(reason, "RolloutFailed");
+                assert!(message.contains("api did not roll out: ReplicaSet"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

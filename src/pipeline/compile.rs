@@ -97,9 +97,12 @@ pub fn compile(platform: &CustomerDataPlatform, members: &Members, default_model
         sources.iter().flat_map(|s| s.spec.mapping.iter().map(|m| m.to.as_str())).collect();
 
     let mut matching = MatchingConfig { policy: None, model: default_model };
-    for policy in accept_unique(&members.matching_policies, "MatchingPolicy", &mut verdicts, |policy| {
+    let mut policies = accept_unique(&members.matching_policies, "MatchingPolicy", &mut verdicts, |policy| {
         model_errors(&policy.spec.model)
-    }) {
+    });
+    // The oldest policy stays in force: creating another one must not silently replace it.
+    policies.sort_by_key(|p| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.name_any()));
+    for policy in policies {
         match &matching.policy {
             None => matching = MatchingConfig { policy: Some(policy.name_any()), model: policy.spec.model.clone() },
             Some(active) => reject(&mut verdicts, "MatchingPolicy", &policy.name_any(), MemberError::SecondMatchingPolicy {
@@ -191,15 +194,18 @@ fn source_errors(spec: &crate::crd::SourceSpec, secrets: &BTreeSet<SecretKeyRef>
         }
     }
     let rules = &spec.validation;
-    let listed = rules.required.iter().map(|a| ("spec.validation.required", a));
-    let any_of = rules.require_any_of.iter().map(|a| ("spec.validation.requireAnyOf", a));
-    for (field, attribute) in listed.chain(any_of) {
-        if !targets.contains(attribute.as_str()) {
-            errors.push(MemberError::Invalid {
-                field: field.to_string(),
-                message: format!("{attribute:?} is required but no mapping produces it"),
-            });
-        }
+    for attribute in rules.required.iter().filter(|a| !targets.contains(a.as_str())) {
+        errors.push(MemberError::Invalid {
+            field: "spec.validation.required".to_string(),
+            message: format!("{attribute:?} is required but no mapping produces it"),
+        });
+    }
+    let any_of = &rules.require_any_of;
+    if !any_of.is_empty() && !any_of.iter().any(|a| targets.contains(a.as_str())) {
+        errors.push(MemberError::Invalid {
+            field: "spec.validation.requireAnyOf".to_string(),
+            message: format!("no mapping produces any of {any_of:?}"),
+        });
     }
     errors
 }

@@ -243,14 +243,24 @@ impl FakeApi {
     /// Makes the next `times` requests with this method and a path containing `path_contains`
     /// fail with 500 InternalError.
     pub fn fail_next(&self, method: Method, path_contains: &str, times: usize) {
+        self.fail_next_with(method, path_contains, 500, "Internal error occurred: injected by the test", times);
+    }
+
+    /// Like [`FakeApi::fail_next`] with a chosen status code and message, e.g. the 422 a real
+    /// server returns for an immutable field (the fake does no validation of its own).
+    pub fn fail_next_with(&self, method: Method, path_contains: &str, code: u16, message: &str, times: usize) {
         if times == 0 {
             return;
         }
-        let error = ApiError::new(
-            500,
-            "InternalError",
-            "Internal error occurred: injected by the test".into(),
-        );
+        let reason = match code {
+            400 => "BadRequest",
+            403 => "Forbidden",
+            404 => "NotFound",
+            409 => "Conflict",
+            422 => "Invalid",
+            _ => "InternalError",
+        };
+        let error = ApiError::new(code, reason, message.into());
         self.lock().faults.push(Fault {
             methods: vec![method],
             path_contains: path_contains.into(),

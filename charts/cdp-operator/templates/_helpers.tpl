@@ -68,7 +68,7 @@ it uses. Keep in sync with config/rbac/role.yaml (scripts/validate-manifests.sh
 compares the two).
 */}}
 {{- define "cdp-operator.rules" -}}
-# The custom resources: read, watch and patch (finalizers); users own them.
+# The custom resources: read and watch them; users and GitOps tools own them.
 - apiGroups: ["cdp.dev"]
   resources:
     - customerdataplatforms
@@ -76,7 +76,8 @@ compares the two).
     - matchingpolicies
     - feeds
     - scalingpolicies
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
+# Status is written with server-side apply on the status subresource.
 - apiGroups: ["cdp.dev"]
   resources:
     - customerdataplatforms/status
@@ -84,31 +85,43 @@ compares the two).
     - matchingpolicies/status
     - feeds/status
     - scalingpolicies/status
-  verbs: ["get", "patch", "update"]
-# What a platform is rendered into: server-side apply (create + patch); garbage
-# collection through owner references, so no delete.
+  verbs: ["patch"]
+# Owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement
+# is on (OpenShift); no finalizer is ever set.
+- apiGroups: ["cdp.dev"]
+  resources: ["customerdataplatforms/finalizers"]
+  verbs: ["update"]
+# What a platform is rendered into: server-side apply (create + patch). Deletion happens by
+# garbage collection; "delete" is what OwnerReferencesPermissionEnforcement requires of
+# whoever sets an owner reference. Kinds whose state the operator reads are also watched.
 - apiGroups: [""]
-  resources: ["configmaps", "services", "serviceaccounts"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# Secrets the custom resources reference, and the generated PostgreSQL password.
+  resources: ["configmaps", "services"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["create", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["create", "patch", "delete"]
+# Secrets: reads the ones the custom resources reference (watching metadata only), creates
+# the generated PostgreSQL password Secret.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]
-- apiGroups: ["apps"]
-  resources: ["deployments", "statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-- apiGroups: ["policy"]
-  resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-- apiGroups: ["networking.k8s.io"]
-  resources: ["networkpolicies"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-- apiGroups: ["autoscaling"]
-  resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+# Whether the store's data volume exists before generating a password for it.
 - apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
+# Events about the custom resources (kube's recorder uses events.k8s.io/v1).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -123,6 +123,8 @@ pub fn pod_security(user: i64) -> Value {
         "runAsUser": user,
         "runAsGroup": user,
         "fsGroup": user,
+        // Re-chown a volume only when needed, not on every mount of a large data directory.
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     })
 }

@@ -30,11 +30,20 @@ pub fn url_without_password(ctx: &Context) -> String {
     format!("postgres://{USER}@{}/{DATABASE}", endpoint(&ctx.namespace, &ctx.name))
 }
 
+/// The claim the StatefulSet's `data` template creates for its only replica.
+pub fn volume_claim_name(platform: &str) -> String {
+    format!("data-{}-0", store_name(platform))
+}
+
+/// No owner reference: like the data volume (which a StatefulSet keeps when deleted), the
+/// password must outlive the platform, or re-creating the platform would lock out its data.
 pub fn password_secret(ctx: &Context, password: &str) -> Value {
+    let mut metadata = ctx.metadata(&store_secret_name(&ctx.name), "store");
+    metadata.as_object_mut().expect("metadata is an object").remove("ownerReferences");
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": ctx.metadata(&store_secret_name(&ctx.name), "store"),
+        "metadata": metadata,
         "type": "Opaque",
         "stringData": {STORE_PASSWORD_KEY: password},
     })
@@ -95,6 +104,9 @@ pub fn stateful_set(ctx: &Context) -> Value {
                         "ports": [{"name": "postgres", "containerPort": PORT, "protocol": "TCP"}],
                         "readinessProbe": exec(&format!("pg_isready -U {USER} -d {DATABASE}")),
                         "livenessProbe": exec(&format!("pg_isready -U {USER} -d {DATABASE}")),
+                        // Crash recovery can take minutes; liveness must not kill it meanwhile.
+                        "startupProbe": {"exec": {"command": ["sh", "-c", format!("pg_isready -U {USER} -d {DATABASE}")]},
+                                         "periodSeconds": 5, "failureThreshold": 120},
                         "resources": resources,
                         "securityContext": container_security(),
                         "volumeMounts": [
