@@ -337,3 +337,19 @@ async fn member_of_a_missing_platform_is_stalled() {
     fake.wait_until(WAIT, |f| member_condition::<Source>(f, "pos", "Ready").is_some_and(|(_, r, _)| r == "PlatformNotFound")).await;
     task.abort();
 }
+
+#[tokio::test]
+async fn peak_window_in_force_raises_the_replica_floor() {
+    let (fake, _client, task) = start().await;
+    fake.wait_until(WAIT, |f| f.get::<Deployment>(NS, "retail-ingest").and_then(|d| d.spec?.replicas) == Some(2)).await;
+    let now = jiff::Timestamp::now();
+    fake.modify::<cdp_operator::crd::ScalingPolicy>(NS, "retail", |p| {
+        let window = &mut p.spec.peak_windows[0];
+        window.start = Some((now - jiff::SignedDuration::from_hours(1)).to_string());
+        window.end = Some((now + jiff::SignedDuration::from_hours(1)).to_string());
+    });
+    fake.wait_until(WAIT, |f| f.get::<Deployment>(NS, "retail-ingest").and_then(|d| d.spec?.replicas) == Some(8)).await;
+    let matcher: Deployment = fake.get(NS, "retail-matcher").unwrap();
+    assert_eq!(matcher.spec.unwrap().replicas, Some(6), "the opening-night floor of the matcher");
+    task.abort();
+}

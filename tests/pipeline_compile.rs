@@ -144,3 +144,36 @@ fn bad_yaml_names_the_file_and_document() {
     assert!(error.contains("a.yaml: document 0 (Source \"broken\")"), "{error}");
     assert!(error.contains("missing field"), "{error}");
 }
+
+#[test]
+fn contradicting_scaling_policies_refuse_the_later_one() {
+    let mut manifests = samples();
+    let mut second = manifests.scaling_policies[0].clone();
+    second.metadata.name = Some("weekend".into());
+    second.spec.peak_windows.clear();
+    manifests.scaling_policies.push(second);
+    let compiled = compile(&manifests);
+    assert!(compiled.verdict("ScalingPolicy", "retail").unwrap().accepted());
+    let refused = compiled.verdict("ScalingPolicy", "weekend").unwrap();
+    assert!(refused.errors[0].to_string().contains("\"retail\" and \"weekend\""), "{:?}", refused.errors);
+    assert_eq!(compiled.config.scaling.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["retail"]);
+}
+
+#[test]
+fn keda_mode_is_refused_until_it_is_rendered() {
+    let mut manifests = samples();
+    manifests.scaling_policies[0].spec.mode = cdp_operator::crd::scaling::ScalingMode::Keda;
+    let compiled = compile(&manifests);
+    let refused = compiled.verdict("ScalingPolicy", "retail").unwrap();
+    assert_eq!(refused.errors[0].reason(), "InvalidSpec");
+    assert!(refused.errors[0].to_string().contains("spec.mode"));
+}
+
+#[test]
+fn bad_time_zone_is_refused() {
+    let mut manifests = samples();
+    manifests.scaling_policies[0].spec.peak_windows[1].time_zone = "Europe/Atlantis".into();
+    let compiled = compile(&manifests);
+    let refused = compiled.verdict("ScalingPolicy", "retail").unwrap();
+    assert!(refused.errors[0].to_string().contains("Europe/Atlantis"), "{:?}", refused.errors);
+}

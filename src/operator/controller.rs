@@ -29,7 +29,7 @@ use super::status::{self, Phase};
 use crate::crd::common::{CommonStatus, condition};
 use crate::crd::platform::{CustomerDataPlatformStatus, MemberCounts};
 use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, Source};
-use crate::pipeline::{self, Compiled, Members};
+use crate::pipeline::{self, Compiled, Members, PipelineConfig};
 
 /// Annotation that stops every change to a platform's objects while set to "true".
 pub const PAUSED_ANNOTATION: &str = "cdp.dev/paused";
@@ -260,7 +260,7 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
             return stall(ctx, platform, &compiled, "StorePasswordLost", message).await;
         };
         let bundle = render::render(platform, &compiled.config, &compiled.hash, &password)?;
-        if let Err(error) = apply_bundle(client, platform, &bundle).await {
+        if let Err(error) = apply_bundle(client, platform, &compiled.config, &bundle).await {
             return match error.refusal() {
                 Some(message) => stall(ctx, platform, &compiled, "ApplyRefused", message).await,
                 None => Err(error.into()),
@@ -355,7 +355,12 @@ fn generate_password() -> String {
     rand::rng().sample_iter(rand::distr::Alphanumeric).take(32).map(char::from).collect()
 }
 
-async fn apply_bundle(client: &Client, platform: &CustomerDataPlatform, bundle: &render::Bundle) -> Result<(), apply::ApplyError> {
+async fn apply_bundle(
+    client: &Client,
+    platform: &CustomerDataPlatform,
+    config: &PipelineConfig,
+    bundle: &render::Bundle,
+) -> Result<(), apply::ApplyError> {
     apply::apply(client, &bundle.service_account).await?;
     apply::apply(client, &bundle.config_map).await?;
     if let Some(secret) = &bundle.store_secret {
@@ -380,21 +385,32 @@ async fn apply_bundle(client: &Client, platform: &CustomerDataPlatform, bundle: 
         apply::apply(client, policy).await?;
     }
     apply::apply(client, &bundle.api_autoscaler).await?;
-    hold_replicas_in_bounds(client, platform)
+    hold_replicas_in_bounds(client, platform, config)
         .await
         .map_err(|source| apply::ApplyError { object: "replica counts".to_string(), source })
 }
 
-/// Until load-based scaling decides otherwise, keep each scaled workload within its bounds.
-/// The scaler's own field manager owns `spec.replicas`; the main apply never sets it.
-async fn hold_replicas_in_bounds(client: &Client, platform: &CustomerDataPlatform) -> Result<(), kube::Error> {
+/// Until load-based scaling decides otherwise, keep each scaled workload within the bounds of
+/// the platform and its ScalingPolicy, and at or above the floor of a peak window in force
+/// (lead time included). The scaler's own field manager owns `spec.replicas`; the main apply
+/// never sets it.
+async fn hold_replicas_in_bounds(client: &Client, platform: &CustomerDataPlatform, config: &PipelineConfig) -> Result<(), kube::Error> {
+    use crate::scaling::{Workload as Scaled, policy};
+    let policies: Vec<(&str, &crate::crd::ScalingPolicySpec)> = config.scaling.iter().map(|p| (p.name.as_str(), &p.spec)).collect();
+    let defaults = policy::PlatformDefaults::of(&platform.spec);
+    let effective = policy::combine(&policies, &defaults).ok();
+    if effective.as_ref().is_some_and(|e| e.paused) {
+        return Ok(());
+    }
+    let floors = effective.as_ref().map(|e| policy::floors_at(e, jiff::Timestamp::now()));
     let namespace = platform.namespace().unwrap_or_default();
     let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    for workload in Workload::SCALED {
+    for (workload, scaled) in [(Workload::Ingest, Scaled::Ingest), (Workload::Matcher, Scaled::Matcher), (Workload::Feeds, Scaled::Feeds)] {
+        let bounds = effective.as_ref().map_or(defaults.get(scaled), |e| e.workload(scaled));
+        let floor = floors.map_or(0, |f| f.get(scaled)).max(bounds.min_replicas).min(bounds.max_replicas) as i32;
         let name = workload.object_name(&platform.name_any());
-        let bounds = workload.spec(platform);
         let current = api.get_opt(&name).await?.and_then(|d| d.spec).and_then(|s| s.replicas);
-        let target = current.unwrap_or(bounds.min_replicas).clamp(bounds.min_replicas, bounds.max_replicas);
+        let target = current.unwrap_or(floor).clamp(floor, bounds.max_replicas as i32);
         if current != Some(target) {
             let patch = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": target}});
             let params = kube::api::PatchParams::apply(SCALER_MANAGER).force();

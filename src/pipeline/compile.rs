@@ -114,7 +114,19 @@ pub fn compile(platform: &CustomerDataPlatform, members: &Members, default_model
     let feeds = accept_unique(&members.feeds, "Feed", &mut verdicts, |feed| {
         feed_errors(&feed.spec, &mapped, &members.secret_keys)
     });
-    let scaling = accept_unique(&members.scaling_policies, "ScalingPolicy", &mut verdicts, |_| Vec::new());
+    let mut scaling = accept_unique(&members.scaling_policies, "ScalingPolicy", &mut verdicts, |policy| {
+        scaling_errors(&policy.spec)
+    });
+    // Policies must also agree with each other and with the platform's bounds.
+    let named: Vec<(String, &crate::crd::ScalingPolicySpec)> = scaling.iter().map(|p| (p.name_any(), &p.spec)).collect();
+    let borrowed: Vec<(&str, &crate::crd::ScalingPolicySpec)> = named.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    if let Err(errors) = crate::scaling::policy::combine(&borrowed, &crate::scaling::policy::PlatformDefaults::of(&platform.spec)) {
+        for error in errors.0 {
+            let blamed = error.policy().to_string();
+            reject(&mut verdicts, "ScalingPolicy", &blamed, MemberError::Invalid { field: "spec".to_string(), message: error.to_string() });
+            scaling.retain(|p| p.name_any() != blamed);
+        }
+    }
 
     let config = PipelineConfig {
         platform: platform.name_any(),
@@ -231,6 +243,16 @@ fn model_errors(model: &MatchingModel) -> Vec<MemberError> {
         .chain(survivorship)
         .filter_map(|(field, attribute)| unknown(field, attribute))
         .collect()
+}
+
+fn scaling_errors(spec: &crate::crd::ScalingPolicySpec) -> Vec<MemberError> {
+    match spec.mode {
+        crate::crd::scaling::ScalingMode::Keda => vec![MemberError::Invalid {
+            field: "spec.mode".to_string(),
+            message: "KEDA ScaledObjects are not rendered yet; use mode: builtin".to_string(),
+        }],
+        crate::crd::scaling::ScalingMode::Builtin => Vec::new(),
+    }
 }
 
 fn feed_errors(spec: &crate::crd::FeedSpec, mapped: &BTreeSet<&str>, secrets: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {

@@ -48,9 +48,9 @@ impl Default for WorkloadPolicy {
         WorkloadPolicy {
             min_replicas: 1,
             max_replicas: 10,
-            target_utilization: 0.7,
-            catch_up_seconds: 30,
-            scale_down_stabilization_seconds: 300,
+            target_utilization: crate::crd::scaling::default_target_utilization(),
+            catch_up_seconds: crate::crd::scaling::default_catch_up_seconds(),
+            scale_down_stabilization_seconds: crate::crd::scaling::default_stabilization_seconds(),
         }
     }
 }
@@ -64,11 +64,37 @@ pub struct PlatformDefaults {
 }
 
 impl PlatformDefaults {
+    /// The bounds a CustomerDataPlatform declares for its workloads, with the policy defaults.
+    pub fn of(platform: &crate::crd::CustomerDataPlatformSpec) -> Self {
+        let bounds = |w: &crate::crd::platform::WorkloadSpec| WorkloadPolicy {
+            min_replicas: w.min_replicas.max(0) as u32,
+            max_replicas: w.max_replicas.max(1) as u32,
+            ..WorkloadPolicy::default()
+        };
+        let w = &platform.workloads;
+        PlatformDefaults { ingest: bounds(&w.ingest), matcher: bounds(&w.matcher), feeds: bounds(&w.feeds) }
+    }
+
     pub fn get(&self, w: Workload) -> WorkloadPolicy {
         match w {
             Workload::Ingest => self.ingest,
             Workload::Matcher => self.matcher,
             Workload::Feeds => self.feeds,
+        }
+    }
+}
+
+impl PolicyError {
+    /// The ScalingPolicy to refuse: the one named, or the later one of a contradicting pair.
+    pub fn policy(&self) -> &str {
+        match self {
+            PolicyError::BoundsContradiction { second, .. }
+            | PolicyError::ModeContradiction { second, .. }
+            | PolicyError::DuplicateWindow { second, .. } => second,
+            PolicyError::MinAboveMax { policy, .. }
+            | PolicyError::OutOfRange { policy, .. }
+            | PolicyError::FloorAboveMax { policy, .. }
+            | PolicyError::Window { policy, .. } => policy,
         }
     }
 }
