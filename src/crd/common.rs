@@ -4,9 +4,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Names the `CustomerDataPlatform` (in the same namespace) a resource belongs to.
+/// Names the `CustomerDataPlatform` (in the same namespace) a resource belongs to. Immutable:
+/// moving a resource to another platform is a delete and a create, so both platforms see it.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self == oldSelf", "message": "platformRef is immutable; delete and re-create the resource to move it"}
+]))]
 pub struct PlatformRef {
     /// Name of the CustomerDataPlatform in this namespace.
     #[schemars(length(min = 1, max = 63))]

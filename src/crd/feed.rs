@@ -73,7 +73,7 @@ pub struct Destination {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.url.startsWith('https://') || (self.allowInsecureHttp && self.url.startsWith('http://'))", "message": "webhook.url must be https:// (or http:// with allowInsecureHttp: true)"}
+    {"rule": "self.url.matches('^https://[^/?#\\\\s]+') || (self.allowInsecureHttp && self.url.matches('^http://[^/?#\\\\s]+'))", "message": "webhook.url must be https://host/... (or http:// with allowInsecureHttp: true)"}
 ]))]
 pub struct Webhook {
     #[schemars(length(min = 8, max = 2048))]
