@@ -1,8 +1,14 @@
 //! cdp-operator: a Kubernetes operator and the customer-data platform it deploys.
 
+pub mod api;
+pub mod bench;
 pub mod crd;
 pub mod identity;
+pub mod ingest;
+pub mod local;
+pub mod matcher;
 pub mod operator;
 pub mod pipeline;
 pub mod scaling;
+pub mod store;
 pub mod telemetry;

@@ -32,6 +32,20 @@ enum Command {
     },
     /// Run the operator: reconcile platforms in the cluster of the current kubeconfig or service account.
     Operator(cdp_operator::operator::OperatorArgs),
+    /// Intake, matcher and API in one process on an embedded SQLite file, from a directory of YAML.
+    Local(cdp_operator::local::LocalArgs),
+    /// HTTP intake: validate, quarantine, queue.
+    Ingest(cdp_operator::ingest::IngestArgs),
+    /// Matcher workers: resolve queued records into golden profiles.
+    Matcher(cdp_operator::matcher::MatcherArgs),
+    /// The profile API.
+    Api(cdp_operator::api::ApiArgs),
+    /// Import a CSV or NDJSON file for one source.
+    Import(cdp_operator::ingest::import::ImportArgs),
+    /// Estimate m, u and λ by EM from the store's records (or a file) and print a MatchingPolicy.
+    Train(cdp_operator::matcher::train::TrainArgs),
+    /// Benchmarks: identity accuracy, matcher throughput, intake-to-API latency.
+    Bench(cdp_operator::bench::BenchArgs),
     /// Compare this scaler with HPA and KEDA emulations and a hindsight oracle on load traces.
     Simulate {
         /// A trace file (see benches/traces/README.md for the format).
@@ -75,12 +89,21 @@ fn main() -> Result<()> {
             };
             print_out(&table)
         }
-        Command::Operator(args) => {
-            cdp_operator::telemetry::init();
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(cdp_operator::operator::run(args))
-        }
+        Command::Operator(args) => serve(cdp_operator::operator::run(args)),
+        Command::Local(args) => serve(async { Ok(cdp_operator::local::run(args).await?) }),
+        Command::Ingest(args) => serve(async { Ok(cdp_operator::ingest::run(args).await?) }),
+        Command::Matcher(args) => serve(async { Ok(cdp_operator::matcher::run(args).await?) }),
+        Command::Api(args) => serve(async { Ok(cdp_operator::api::run(args).await?) }),
+        Command::Import(args) => serve(async { Ok(cdp_operator::ingest::import::run(args).await.map(|_| ())?) }),
+        Command::Train(args) => serve(async { Ok(cdp_operator::matcher::train::run(args).await?) }),
+        Command::Bench(args) => serve(async { Ok(cdp_operator::bench::run(args).await?) }),
     }
+}
+
+/// Run a long-lived role with logging on a multi-threaded runtime.
+fn serve(role: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    cdp_operator::telemetry::init();
+    tokio::runtime::Runtime::new()?.block_on(role)
 }
 
 /// Write to stdout; a closed pipe (`cdp render | head`) is a normal end, not an error.

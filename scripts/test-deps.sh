@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install what the data-plane tests need on a Debian/Ubuntu machine: PostgreSQL (its server
+# binaries, started throw-away by scripts/with-postgres.sh) and sudo (to run it as the
+# postgres user when the tests run as root).
+set -euo pipefail
+need=()
+ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
+command -v sudo >/dev/null 2>&1 || need+=(sudo)
+if [ ${#need[@]} -gt 0 ]; then
+  as_root=()
+  [ "$(id -u)" = 0 ] || as_root=(sudo)
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# the packaged cluster is not used; tests start their own
+if command -v service >/dev/null 2>&1; then service postgresql stop >/dev/null 2>&1 || true; fi
+echo "test dependencies ready: $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"

@@ -1,0 +1,329 @@
+//! What every data-plane service shares: configuration and secrets from the environment, the
+//! JSON error body, `/healthz`, `/readyz`, `/metrics`, and serving until a shutdown signal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::crd::SecretKeyRef;
+use crate::pipeline::PipelineConfig;
+use crate::store::Store;
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("CDP_STORE_URL is not set (sqlite:PATH or postgres://...)")]
+    NoStoreUrl,
+    #[error("CDP_STORE_URL is not a valid URL")]
+    BadStoreUrl,
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a PipelineConfig: {source}")]
+    Config { path: PathBuf, source: serde_json::Error },
+    #[error("secret {name}/{key} not found")]
+    Secret { name: String, key: String },
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("matching model: {0}")]
+    Model(#[from] crate::identity::ModelError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("api tokens: {0}")]
+    Tokens(String),
+    #[error(transparent)]
+    Import(#[from] crate::ingest::import::ImportError),
+    #[error(transparent)]
+    Platform(#[from] crate::local::PlatformError),
+}
+
+impl StartError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoStoreUrl | Self::BadStoreUrl => "StoreUrl",
+            Self::Read { .. } | Self::Config { .. } => "Config",
+            Self::Secret { .. } => "SecretNotFound",
+            Self::Store(_) => "Store",
+            Self::Model(_) => "Model",
+            Self::Listen { .. } => "Listen",
+            Self::Tokens(_) => "Tokens",
+            Self::Import(e) => e.reason(),
+            Self::Platform(e) => e.reason(),
+        }
+    }
+}
+
+/// The store URL from `CDP_STORE_URL`, with `CDP_STORE_PASSWORD` inserted into a PostgreSQL
+/// URL when set (the password comes from a Secret, the rest from the ConfigMap).
+pub fn store_url_from_env() -> Result<String, StartError> {
+    let url = std::env::var("CDP_STORE_URL").map_err(|_| StartError::NoStoreUrl)?;
+    let password = std::env::var("CDP_STORE_PASSWORD").ok().filter(|p| !p.is_empty());
+    with_password(&url, password.as_deref())
+}
+
+fn with_password(url: &str, password: Option<&str>) -> Result<String, StartError> {
+    let Some(password) = password else { return Ok(url.to_string()) };
+    if url.starts_with("sqlite:") {
+        return Ok(url.to_string());
+    }
+    let mut parsed = url::Url::parse(url).map_err(|_| StartError::BadStoreUrl)?;
+    parsed.set_password(Some(password)).map_err(|_| StartError::BadStoreUrl)?;
+    Ok(parsed.to_string())
+}
+
+/// The `PipelineConfig` JSON the operator mounts.
+pub fn load_config(path: &Path) -> Result<PipelineConfig, StartError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::Read { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|source| StartError::Config { path: path.into(), source })
+}
+
+/// Where secret values come from: files `DIR/<secret>/<key>` in a cluster (mounted Secrets),
+/// or the Secret manifests of a directory in `cdp local`.
+#[derive(Clone, Debug)]
+pub enum Secrets {
+    Dir(PathBuf),
+    Values(std::collections::BTreeMap<SecretKeyRef, String>),
+}
+
+impl Secrets {
+    /// `$CDP_SECRETS_DIR`, by default `/var/run/secrets/cdp`.
+    pub fn from_env() -> Secrets {
+        Secrets::Dir(std::env::var_os("CDP_SECRETS_DIR").map_or_else(|| "/var/run/secrets/cdp".into(), PathBuf::from))
+    }
+
+    pub fn get(&self, secret: &SecretKeyRef) -> Result<String, StartError> {
+        let missing = || StartError::Secret { name: secret.name.clone(), key: secret.key.clone() };
+        match self {
+            Secrets::Dir(dir) => std::fs::read_to_string(dir.join(&secret.name).join(&secret.key))
+                .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|_| missing()),
+            Secrets::Values(values) => values.get(secret).cloned().ok_or_else(missing),
+        }
+    }
+}
+
+/// The error body of every service: `{"error": {"code", "message", "details"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code.
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub details: Vec<serde_json::Value>,
+}
+
+/// An error answered as JSON with a status and a stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Vec<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), details: Vec::new() }
+    }
+
+    pub fn with_details(mut self, details: Vec<serde_json::Value>) -> Self {
+        self.details = details;
+        self
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid bearer token")
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, reason = e.reason(), "store error");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store failed; retry later")
+    }
+}
+
+impl From<ApiError> for ErrorBody {
+    fn from(e: ApiError) -> Self {
+        ErrorBody { error: ErrorDetail { code: e.code.into(), message: e.message, details: e.details } }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        (status, Json(ErrorBody::from(self))).into_response()
+    }
+}
+
+/// The metrics every service exposes (each updates the ones of its role).
+pub struct Metrics {
+    pub registry: Registry,
+    /// Intake outcomes by source: accepted, duplicate, rejected.
+    pub intake_records: Family<Vec<(&'static str, String)>, Counter>,
+    /// Matcher decisions: new, join, merge; and failures by reason.
+    pub matcher_records: Family<Vec<(&'static str, String)>, Counter>,
+    pub matcher_errors: Family<Vec<(&'static str, String)>, Counter>,
+    /// Seconds from intake to the record being resolved.
+    pub resolve_lag: Histogram,
+    /// Review items opened.
+    pub review_items: Counter,
+    /// API requests by route group and status.
+    pub api_requests: Family<Vec<(&'static str, String)>, Counter>,
+    /// Queued intake records (sampled by the matcher, what the scaler reads).
+    pub intake_queued: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("cdp");
+        let intake_records = Family::default();
+        registry.register("intake_records", "Records received, by source and outcome", intake_records.clone());
+        let matcher_records = Family::default();
+        registry.register("matcher_records", "Records resolved, by decision", matcher_records.clone());
+        let matcher_errors = Family::default();
+        registry.register("matcher_errors", "Resolution failures, by reason", matcher_errors.clone());
+        let resolve_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register("resolve_lag_seconds", "Time from intake to resolution", resolve_lag.clone());
+        let review_items = Counter::default();
+        registry.register("review_items", "Pairs sent to the review queue", review_items.clone());
+        let api_requests = Family::default();
+        registry.register("api_requests", "API requests, by route and status", api_requests.clone());
+        let intake_queued = Gauge::default();
+        registry.register("intake_queued", "Records waiting in the intake queue", intake_queued.clone());
+        Arc::new(Metrics {
+            registry,
+            intake_records,
+            matcher_records,
+            matcher_errors,
+            resolve_lag,
+            review_items,
+            api_requests,
+            intake_queued,
+        })
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+/// `/healthz` (the process runs), `/readyz` (the store answers), `/metrics` (Prometheus text).
+pub fn ops_router<S>(store: Store, metrics: Arc<Metrics>) -> Router<S> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(OpsState { store, metrics })
+}
+
+async fn readyz(State(state): State<OpsState>) -> Result<&'static str, ApiError> {
+    state.store.ping().await?;
+    Ok("ready")
+}
+
+async fn metrics_text(State(state): State<OpsState>) -> Response {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &state.metrics.registry) {
+        Ok(()) => ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// A shutdown flag every task of a process watches.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger(tx), Shutdown(rx))
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Shutdown {
+    /// Resolves once shutdown was requested.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    pub fn requested(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Trigger `trigger` on Ctrl-C or SIGTERM.
+pub fn on_signal(trigger: ShutdownTrigger) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down");
+        trigger.trigger();
+    });
+}
+
+/// Bind `addr`.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })
+}
+
+/// Serve `router` on `listener` until shutdown; in-flight requests finish.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: Shutdown) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.wait()).await
+}
+
+/// Serve a service's router together with the ops endpoints until shutdown.
+pub async fn serve_with_ops(listener: tokio::net::TcpListener, app: Router, store: Store, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    let router = app.merge(ops_router(store, metrics));
+    if let Err(error) = serve(listener, router, shutdown).await {
+        tracing::error!(%error, "server failed");
+    }
+}

@@ -1,0 +1,364 @@
+//! `cdp bench`: throughput of the matcher on the store, and intake-to-API latency under a
+//! steady load, on synthetic person records ([`generate`]). Figures are printed as JSON.
+
+pub mod accuracy;
+pub mod generate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::api::auth::Tokens;
+use crate::api::ops::{self, Metrics, Secrets, StartError};
+use crate::crd::SecretKeyRef;
+use crate::crd::source::{Delivery, FieldMapping, HttpDelivery, SourceSpec};
+use crate::identity::eval::{PairwiseMetrics, pairwise};
+use crate::matcher::{Resolver, WorkerOptions, spawn_workers};
+use crate::pipeline::{MatchingConfig, NamedSource, PipelineConfig};
+use crate::store::{Store, StoreError, scratch_database};
+use generate::Generator;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub kind: BenchKind,
+}
+
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum BenchKind {
+    /// Records resolved per second by the matcher, on a fresh store.
+    Throughput(ThroughputArgs),
+    /// p50/p99 from intake `202` to the profile being readable through the API, under a steady rate.
+    Latency(LatencyArgs),
+    /// Pairwise precision/recall/F1 of the profiles on FEBRL and pseudopeople, default and trained model.
+    Accuracy(accuracy::AccuracyArgs),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ThroughputArgs {
+    /// PostgreSQL server URL (a scratch database is created on it); SQLite in a temporary file by default.
+    #[arg(long)]
+    pub postgres: Option<String>,
+    #[arg(long, default_value_t = 100_000)]
+    pub records: usize,
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch: i64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct LatencyArgs {
+    /// Records per second sent to intake, one record per request.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Measure one record in N (each measured record polls the API until it is readable).
+    #[arg(long, default_value_t = 10)]
+    pub sample: u64,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+const BENCH_KEY: &str = "bench-intake-key";
+const BENCH_TOKEN: &str = "bench-api-token";
+
+/// A platform whose three sources take canonical attribute names as payload fields.
+pub fn bench_config() -> PipelineConfig {
+    let attributes = [
+        "givenName", "familyName", "birthDate", "email", "phone", "street", "postcode", "city", "identifiers.loyaltyId",
+    ];
+    let source = |name: &str, trust_rank| NamedSource {
+        name: name.into(),
+        spec: SourceSpec {
+            platform_ref: Default::default(),
+            delivery: Delivery {
+                http: Some(HttpDelivery { auth_secret_ref: SecretKeyRef { name: "bench".into(), key: "token".into() } }),
+                ..Delivery::default()
+            },
+            mapping: attributes.iter().map(|a| FieldMapping { from: (*a).into(), to: (*a).into() }).collect(),
+            event_id_field: "id".into(),
+            observed_at_field: None,
+            validation: Default::default(),
+            default_phone_region: Some("FR".into()),
+            trust_rank,
+        },
+    };
+    PipelineConfig {
+        platform: "bench".into(),
+        namespace: "default".into(),
+        sources: vec![source("pos", 50), source("ticketing", 30), source("webshop", 80)],
+        matching: MatchingConfig { policy: None, model: crate::identity::default_model() },
+        feeds: Vec::new(),
+        scaling: Vec::new(),
+        api_tokens: None,
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThroughputReport {
+    pub store: &'static str,
+    pub records: usize,
+    pub people: usize,
+    pub workers: usize,
+    pub batch: i64,
+    /// Records written to the intake queue per second (enqueue only).
+    pub enqueue_per_second: f64,
+    /// Records resolved per second by the matcher workers.
+    pub resolved_per_second: f64,
+    pub resolve_seconds: f64,
+    pub profiles: i64,
+    pub open_reviews: i64,
+    /// Pairwise quality of the final profiles against the generator's truth.
+    pub pairwise: PairwiseMetrics,
+    pub rss_mb: f64,
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+async fn open_scratch(postgres: Option<&str>) -> Result<(Store, Option<PathBuf>), StoreError> {
+    match postgres {
+        Some(url) => Ok((Store::open(&scratch_database(url, "cdp_bench").await?).await?, None)),
+        None => {
+            let path = std::env::temp_dir().join(format!("cdp-bench-{:016x}.db", rand::random::<u64>()));
+            Ok((Store::open(&crate::local::sqlite_url(&path)).await?, Some(path)))
+        }
+    }
+}
+
+fn remove_sqlite(path: Option<PathBuf>) {
+    if let Some(path) = path {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+}
+
+pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, StartError> {
+    let config = bench_config();
+    let (store, file) = open_scratch(args.postgres.as_deref()).await?;
+    let mut generator = Generator::new(args.seed, args.records, 3.0);
+    let mut entities = Vec::with_capacity(args.records);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < args.records {
+        let n = (args.records - done).min(2000);
+        let chunk: Vec<_> = (0..n).map(|_| generator.next_record()).collect();
+        entities.extend(chunk.iter().map(|g| g.entity.to_string()));
+        let records: Vec<_> = chunk.into_iter().map(|g| g.record).collect();
+        store.enqueue(&records).await?;
+        done += n;
+    }
+    let enqueue_seconds = started.elapsed().as_secs_f64();
+
+    let resolver = Arc::new(Resolver::new(&config)?);
+    let (trigger, shutdown) = ops::shutdown_channel();
+    let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
+    let started = Instant::now();
+    let workers = spawn_workers(&store, resolver, Metrics::new(), args.workers, options, &shutdown);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let counts = store.counts_queued().await?;
+        if counts == 0 {
+            break;
+        }
+    }
+    let resolve_seconds = started.elapsed().as_secs_f64();
+    trigger.trigger();
+    for w in workers {
+        let _ = w.await;
+    }
+    let counts = store.counts().await?;
+    let clusters: Vec<Vec<usize>> = store
+        .clusters()
+        .await?
+        .into_iter()
+        .map(|c| c.into_iter().map(|(_, id)| id[1..].parse::<usize>().expect("generated id")).collect())
+        .collect();
+    let refs: Vec<&str> = entities.iter().map(String::as_str).collect();
+    let report = ThroughputReport {
+        store: match args.postgres {
+            Some(_) => "postgres",
+            None => "sqlite",
+        },
+        records: args.records,
+        people: generator.people(),
+        workers: args.workers,
+        batch: args.batch,
+        enqueue_per_second: args.records as f64 / enqueue_seconds,
+        resolved_per_second: args.records as f64 / resolve_seconds,
+        resolve_seconds,
+        profiles: counts.profiles,
+        open_reviews: counts.open_reviews,
+        pairwise: pairwise(&refs, &clusters),
+        rss_mb: rss_mb(),
+    };
+    store.close().await;
+    remove_sqlite(file);
+    Ok(report)
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyReport {
+    pub target_rate: u32,
+    pub achieved_rate: f64,
+    pub seconds: u64,
+    pub measured: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Intake answers other than 202, by status and message.
+    pub intake_errors: std::collections::BTreeMap<String, usize>,
+}
+
+/// Nest dotted attribute names (`identifiers.loyaltyId`) into JSON objects.
+fn payload(record: &crate::identity::CanonicalRecord) -> Value {
+    let mut v = serde_json::json!({"id": record.source_record_id});
+    for (k, val) in &record.attributes {
+        match k.split_once('.') {
+            Some((outer, inner)) => v[outer][inner] = val.clone().into(),
+            None => v[k] = val.clone().into(),
+        }
+    }
+    v
+}
+
+pub async fn latency(args: &LatencyArgs) -> Result<LatencyReport, StartError> {
+    let config = bench_config();
+    let (store, file) = open_scratch(None).await?;
+    let metrics = Metrics::new();
+    let resolver = Arc::new(Resolver::new(&config)?);
+    let secrets = Secrets::Values([(SecretKeyRef { name: "bench".into(), key: "token".into() }, BENCH_KEY.to_string())].into());
+    let ingest = crate::ingest::IngestState::new(&config, &secrets, store.clone(), metrics.clone())?;
+    let tokens = Tokens::parse(&format!("bench read {BENCH_TOKEN}")).map_err(StartError::Tokens)?;
+    let api = crate::api::ApiState::new(&config, store.clone(), metrics.clone(), resolver.clone(), tokens);
+    let (trigger, shutdown) = ops::shutdown_channel();
+    let ingest_listener = ops::bind("127.0.0.1:0".parse().expect("addr")).await?;
+    let api_listener = ops::bind("127.0.0.1:0".parse().expect("addr")).await?;
+    let ingest_url = format!("http://{}", ingest_listener.local_addr().expect("bound"));
+    let api_url = format!("http://{}", api_listener.local_addr().expect("bound"));
+    tokio::spawn(ops::serve(ingest_listener, crate::ingest::router(ingest), shutdown.clone()));
+    tokio::spawn(ops::serve(api_listener, crate::api::router(api), shutdown.clone()));
+    let workers = spawn_workers(&store, resolver, metrics, args.workers, WorkerOptions::default(), &shutdown);
+
+    let client = reqwest::Client::new();
+    let mut generator = Generator::new(args.seed, (args.rate as u64 * args.seconds) as usize, 3.0);
+    let total = args.rate as u64 * args.seconds;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, String>>();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = (args.rate / 100).max(1) as u64;
+    let mut sent = 0u64;
+    while sent < total {
+        tick.tick().await;
+        for _ in 0..per_tick.min(total - sent) {
+            let record = generator.next_record().record;
+            let measured = sent % args.sample == 0;
+            sent += 1;
+            let (client, tx) = (client.clone(), tx.clone());
+            let (ingest_url, api_url) = (ingest_url.clone(), api_url.clone());
+            tokio::spawn(async move {
+                let url = format!("{ingest_url}/v1/sources/{}/records", record.source);
+                match client.post(url).bearer_auth(BENCH_KEY).json(&payload(&record)).send().await {
+                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {}
+                    Ok(r) => {
+                        let _ = tx.send(Err(format!("{} {}", r.status().as_u16(), r.text().await.unwrap_or_default())));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+                if !measured {
+                    return;
+                }
+                let t0 = Instant::now();
+                let lookup = format!(
+                    "{api_url}/v1/profiles/lookup?source={}&sourceRecordId={}",
+                    record.source, record.source_record_id
+                );
+                loop {
+                    let found = match client.get(&lookup).bearer_auth(BENCH_TOKEN).send().await {
+                        Ok(r) => r.json::<Value>().await.ok().is_some_and(|v| v["profiles"].as_array().is_some_and(|p| !p.is_empty())),
+                        Err(_) => false,
+                    };
+                    if found {
+                        let _ = tx.send(Ok(t0.elapsed()));
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            });
+        }
+    }
+    let send_seconds = started.elapsed().as_secs_f64();
+    drop(tx);
+    let mut latencies = Vec::new();
+    let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
+    while let Some(m) = rx.recv().await {
+        match m {
+            Ok(d) => latencies.push(d.as_secs_f64() * 1000.0),
+            Err(e) => *errors.entry(e.chars().take(120).collect()).or_default() += 1,
+        }
+    }
+    trigger.trigger();
+    for w in workers {
+        let _ = w.await;
+    }
+    store.close().await;
+    remove_sqlite(file);
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    Ok(LatencyReport {
+        target_rate: args.rate,
+        achieved_rate: total as f64 / send_seconds,
+        seconds: args.seconds,
+        measured: latencies.len(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+        intake_errors: errors,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Accuracy(#[from] accuracy::AccuracyError),
+}
+
+/// `cdp bench`: prints the report as JSON (accuracy: as the markdown table the results record).
+pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
+    let report = match &args.kind {
+        BenchKind::Throughput(a) => serde_json::to_value(throughput(a).await?),
+        BenchKind::Latency(a) => serde_json::to_value(latency(a).await?),
+        BenchKind::Accuracy(a) => {
+            print!("{}", accuracy::table(&accuracy::run(a)?));
+            return Ok(());
+        }
+    }
+    .expect("reports serialise");
+    println!("{}", serde_json::to_string_pretty(&report).expect("serialises"));
+    Ok(())
+}

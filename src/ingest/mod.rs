@@ -1,0 +1,199 @@
+//! `cdp ingest`: HTTP intake. A record is answered `202` only once it is durably in the
+//! intake queue; invalid input is answered `422` with every failing field and kept in
+//! quarantine; a redelivery (same source + record id) is absorbed.
+
+pub mod import;
+pub mod mapping;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::api::auth::{bearer, digest, digest_matches};
+use crate::api::ops::{self, ApiError, Metrics, Secrets, StartError};
+use crate::identity::normalise::NormaliseFlags;
+use crate::crd::matching::EmailProviderRule;
+use crate::pipeline::{NamedSource, PipelineConfig};
+use crate::store::{Enqueued, FieldError, Store};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct IngestArgs {
+    /// The platform's PipelineConfig (JSON, as the operator mounts it).
+    #[arg(long, env = "CDP_CONFIG")]
+    pub config: PathBuf,
+    /// Address for intake, /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+}
+
+/// Largest request body accepted (a batch of records).
+const BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Normalisation options of the platform's matching model (they decide what "valid" means).
+pub fn normalise_flags(config: &PipelineConfig) -> NormaliseFlags {
+    NormaliseFlags { gmail: config.matching.model.normalise.email_provider_rules.contains(&EmailProviderRule::Gmail) }
+}
+
+/// One Source as intake sees it: its spec and the SHA-256 of its bearer key.
+struct Intake {
+    source: NamedSource,
+    key_digest: Option<[u8; 32]>,
+}
+
+#[derive(Clone)]
+pub struct IngestState {
+    store: Store,
+    metrics: Arc<Metrics>,
+    flags: NormaliseFlags,
+    sources: Arc<BTreeMap<String, Intake>>,
+}
+
+impl IngestState {
+    /// Read every HTTP Source's key from `secrets`.
+    pub fn new(config: &PipelineConfig, secrets: &Secrets, store: Store, metrics: Arc<Metrics>) -> Result<Self, StartError> {
+        let mut sources = BTreeMap::new();
+        for source in &config.sources {
+            let key_digest = match &source.spec.delivery.http {
+                Some(http) => Some(digest(&secrets.get(&http.auth_secret_ref)?)),
+                None => None,
+            };
+            sources.insert(source.name.clone(), Intake { source: source.clone(), key_digest });
+        }
+        Ok(IngestState { store, metrics, flags: normalise_flags(config), sources: Arc::new(sources) })
+    }
+}
+
+pub fn router(state: IngestState) -> Router {
+    Router::new()
+        .route("/v1/sources/{source}/records", post(receive))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AcceptedRecord {
+    index: usize,
+    #[serde(flatten)]
+    enqueued: Enqueued,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RejectedRecord {
+    index: usize,
+    quarantine_id: i64,
+    errors: Vec<FieldError>,
+}
+
+/// Split the body into payloads by Content-Type: one JSON object, a JSON array, or NDJSON.
+fn payloads(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(items)) => Ok(items),
+            Ok(one) => Ok(vec![one]),
+            Err(e) => Err(ApiError::bad_request("invalid_json", format!("body is not JSON: {e}"))),
+        },
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => body
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, line)| {
+                serde_json::from_slice(line)
+                    .map_err(|e| ApiError::bad_request("invalid_json", format!("line {}: not JSON: {e}", i + 1)))
+            })
+            .collect(),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json (one record or an array) or application/x-ndjson",
+        )),
+    }
+}
+
+async fn receive(
+    State(state): State<IngestState>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let intake = state.sources.get(&source).ok_or_else(|| ApiError::not_found(&format!("source {source:?}")))?;
+    let Some(expected) = &intake.key_digest else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_http_source", format!("source {source:?} does not deliver over HTTP")));
+    };
+    if !bearer(&headers).is_some_and(|presented| digest_matches(expected, presented)) {
+        return Err(ApiError::unauthorized());
+    }
+    let payloads = payloads(&headers, &body)?;
+    if payloads.is_empty() {
+        return Err(ApiError::bad_request("empty", "no record in the body"));
+    }
+    let received = crate::store::now_ms();
+    let mut valid = Vec::new();
+    let mut invalid = Vec::new();
+    for (index, payload) in payloads.iter().enumerate() {
+        match mapping::map_record(&intake.source, state.flags, payload, received) {
+            Ok(record) => valid.push((index, record)),
+            Err(errors) => invalid.push((index, errors)),
+        }
+    }
+    let records: Vec<_> = valid.iter().map(|(_, r)| r.clone()).collect();
+    let enqueued = if records.is_empty() { Vec::new() } else { state.store.enqueue(&records).await? };
+    let accepted: Vec<AcceptedRecord> =
+        valid.iter().zip(enqueued).map(|((index, _), enqueued)| AcceptedRecord { index: *index, enqueued }).collect();
+    let mut rejected = Vec::with_capacity(invalid.len());
+    for (index, errors) in invalid {
+        let quarantine_id = state.store.quarantine(&source, &payloads[index], &errors).await?;
+        rejected.push(RejectedRecord { index, quarantine_id, errors });
+    }
+    let count = |outcome: &str, n: usize| {
+        if n > 0 {
+            let labels = vec![("source", source.clone()), ("outcome", outcome.to_string())];
+            state.metrics.intake_records.get_or_create(&labels).inc_by(n as u64);
+        }
+    };
+    let duplicates = accepted.iter().filter(|a| a.enqueued.duplicate).count();
+    count("accepted", accepted.len() - duplicates);
+    count("duplicate", duplicates);
+    count("rejected", rejected.len());
+    tracing::debug!(%source, accepted = accepted.len(), duplicates, rejected = rejected.len(), "intake");
+    if rejected.is_empty() {
+        let body = serde_json::json!({"accepted": accepted, "duplicates": duplicates});
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    // valid records of a mixed batch are queued all the same: resending the whole batch is
+    // safe, the queued ones are absorbed as duplicates
+    let details = rejected.iter().map(|r| serde_json::to_value(r).expect("serialises")).collect();
+    let message = format!("{} of {} records are invalid and were quarantined", rejected.len(), payloads.len());
+    let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message).with_details(details);
+    let mut body = serde_json::to_value(ops::ErrorBody::from(error)).expect("serialises");
+    body["accepted"] = serde_json::to_value(&accepted).expect("serialises");
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response())
+}
+
+/// `cdp ingest`.
+pub async fn run(args: IngestArgs) -> Result<(), StartError> {
+    let config = ops::load_config(&args.config)?;
+    let store = Store::open(&ops::store_url_from_env()?).await?;
+    let metrics = Metrics::new();
+    let state = IngestState::new(&config, &Secrets::from_env(), store.clone(), metrics.clone())?;
+    let (trigger, shutdown) = ops::shutdown_channel();
+    ops::on_signal(trigger);
+    let listener = ops::bind(args.listen).await?;
+    tracing::info!(platform = %config.platform, listen = %args.listen, "ingest started");
+    ops::serve_with_ops(listener, router(state), store.clone(), metrics, shutdown).await;
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! `cdp local -f DIR`: intake, matcher workers and the API in one process, on an embedded
+//! SQLite file, from the same YAML (and the same compile step) the operator uses.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use serde_json::Value;
+
+use crate::api::auth::{Scope, TokenLine, Tokens, parse_lines};
+use crate::api::ops::{self, Metrics, Secrets, StartError};
+use crate::ingest::IngestState;
+use crate::ingest::import::{Format, import_file, progress_bar};
+use crate::matcher::{Resolver, WorkerOptions, spawn_queue_gauge, spawn_workers};
+use crate::pipeline::{self, NamedSource, PipelineConfig};
+use crate::store::Store;
+
+/// Where a platform's config comes from: a directory of manifests, or a compiled config.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PlatformArgs {
+    /// Directory of YAML manifests (CustomerDataPlatform, Source, MatchingPolicy, Feed, Secret, ...).
+    #[arg(short = 'f', long = "filename", required_unless_present = "config")]
+    pub dir: Option<PathBuf>,
+    /// The platform to run when the directory declares several.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// A compiled PipelineConfig (JSON) instead of a directory; secrets then come from $CDP_SECRETS_DIR.
+    #[arg(long, conflicts_with = "dir")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error(transparent)]
+    Load(#[from] pipeline::LoadError),
+    #[error("no CustomerDataPlatform named {0:?} in the directory")]
+    NoSuchPlatform(String),
+    #[error("the directory declares several platforms ({0}); choose one with --platform")]
+    SeveralPlatforms(String),
+    #[error("platform {platform}: {errors}")]
+    Invalid { platform: String, errors: String },
+}
+
+impl PlatformError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Load(_) => "Load",
+            Self::NoSuchPlatform(_) | Self::SeveralPlatforms(_) => "Platform",
+            Self::Invalid { .. } => "InvalidSpec",
+        }
+    }
+}
+
+/// A platform ready to run: its config, where its secrets are, and what compile left out.
+pub struct LoadedPlatform {
+    pub config: PipelineConfig,
+    pub secrets: Secrets,
+    /// Members compile rejected, one line each (they are not part of the config).
+    pub warnings: Vec<String>,
+}
+
+impl PlatformArgs {
+    pub fn load(&self) -> Result<LoadedPlatform, StartError> {
+        match (&self.dir, &self.config) {
+            (_, Some(path)) => {
+                Ok(LoadedPlatform { config: ops::load_config(path)?, secrets: Secrets::from_env(), warnings: Vec::new() })
+            }
+            (Some(dir), None) => Ok(load_platform(dir, self.platform.as_deref())?),
+            (None, None) => Err(PlatformError::NoSuchPlatform(String::new()).into()),
+        }
+    }
+}
+
+/// Load a directory and compile one platform with the identity core's default model.
+pub fn load_platform(dir: &Path, name: Option<&str>) -> Result<LoadedPlatform, PlatformError> {
+    let manifests = pipeline::load_dir(dir)?;
+    let platform = match name {
+        Some(name) => manifests
+            .platforms
+            .iter()
+            .find(|p| p.name_any() == name)
+            .ok_or_else(|| PlatformError::NoSuchPlatform(name.into()))?,
+        None if manifests.platforms.len() == 1 => &manifests.platforms[0],
+        None => {
+            let names: Vec<String> = manifests.platforms.iter().map(|p| p.name_any()).collect();
+            return Err(PlatformError::SeveralPlatforms(names.join(", ")));
+        }
+    };
+    let compiled = pipeline::compile(platform, &manifests.members_of(platform), crate::identity::default_model());
+    let namespace = compiled.config.namespace.clone();
+    if let Some(tokens) = &compiled.config.api_tokens
+        && manifests.secret_value(&namespace, tokens).is_none()
+    {
+        return Err(PlatformError::Invalid {
+            platform: compiled.config.platform.clone(),
+            errors: format!("Secret {}/{} (spec.api.tokensSecretRef) is not in the directory", tokens.name, tokens.key),
+        });
+    }
+    let warnings = compiled
+        .verdicts
+        .iter()
+        .filter(|v| !v.accepted())
+        .map(|v| {
+            let errors: Vec<String> = v.errors.iter().map(ToString::to_string).collect();
+            format!("{} {} left out: {}", v.kind, v.name, errors.join("; "))
+        })
+        .collect();
+    let ns_secrets = manifests.secrets.iter().filter(|s| s.namespace().as_deref() == Some(namespace.as_str()));
+    let values = pipeline::secret_keys(ns_secrets)
+        .into_iter()
+        .filter_map(|key| manifests.secret_value(&namespace, &key).map(|v| (key, v)))
+        .collect();
+    Ok(LoadedPlatform { config: compiled.config, secrets: Secrets::Values(values), warnings })
+}
+
+/// The store URL of a SQLite file.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite:{}", path.display())
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct LocalArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// SQLite file holding the store (created when missing).
+    #[arg(long, default_value = "cdp-local.db")]
+    pub data: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen_ingest: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen_api: SocketAddr,
+    /// Matcher workers.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Import a file at start, as `SOURCE=FILE` (CSV or NDJSON); repeatable.
+    #[arg(long = "import", value_parser = parse_import)]
+    pub imports: Vec<(String, PathBuf)>,
+}
+
+fn parse_import(s: &str) -> Result<(String, PathBuf), String> {
+    let (source, file) = s.split_once('=').ok_or("expected SOURCE=FILE")?;
+    Ok((source.to_string(), PathBuf::from(file)))
+}
+
+/// An example payload a Source accepts: its mapping filled with plausible values.
+pub fn sample_payload(source: &NamedSource) -> Value {
+    let mut payload = Value::Object(Default::default());
+    let mut put = |path: &str, value: Value| {
+        let mut at = &mut payload;
+        let mut parts = path.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let obj = at.as_object_mut().expect("object");
+            if parts.peek().is_none() {
+                obj.insert(part.into(), value.clone());
+                return;
+            }
+            at = obj.entry(part).or_insert_with(|| Value::Object(Default::default()));
+        }
+    };
+    put(&source.spec.event_id_field, "evt-0001".into());
+    if let Some(field) = &source.spec.observed_at_field {
+        put(field, "2025-03-01T10:15:00Z".into());
+    }
+    for m in &source.spec.mapping {
+        let value = match m.to.as_str() {
+            "givenName" => "Ada",
+            "familyName" => "Lovelace",
+            "fullName" => "Ada Lovelace",
+            "email" => "ada.lovelace@example.com",
+            "phone" => "+33 6 12 34 56 78",
+            "birthDate" => "1990-12-10",
+            "street" => "12 rue de la Paix",
+            "postcode" => "75002",
+            "city" => "Paris",
+            "country" => "FR",
+            "gender" => "f",
+            a if a.starts_with("consents.") => "true",
+            a if a.starts_with("identifiers.") => "C-000123",
+            _ => "example",
+        };
+        put(&m.from, value.into());
+    }
+    payload
+}
+
+/// `cdp local`.
+pub async fn run(args: LocalArgs) -> Result<(), StartError> {
+    let LoadedPlatform { config, secrets, warnings } = args.platform.load()?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let store = Store::open(&sqlite_url(&args.data)).await?;
+    let metrics = Metrics::new();
+    let resolver = Arc::new(Resolver::new(&config)?);
+    let ingest = IngestState::new(&config, &secrets, store.clone(), metrics.clone())?;
+    // the platform's tokens, or one generated for this run when it declares none
+    let token_lines = match &config.api_tokens {
+        Some(secret) => parse_lines(&secrets.get(secret)?).map_err(StartError::Tokens)?,
+        None => vec![TokenLine {
+            name: "local".into(),
+            scopes: vec![Scope::Read, Scope::Write, Scope::Erase],
+            token: format!("local-{:032x}", rand::random::<u128>()),
+        }],
+    };
+    let tokens = Tokens::from_lines(&token_lines);
+    let api = crate::api::ApiState::new(&config, store.clone(), metrics.clone(), resolver.clone(), tokens);
+    let (trigger, shutdown) = ops::shutdown_channel();
+    ops::on_signal(trigger);
+    let ingest_listener = ops::bind(args.listen_ingest).await?;
+    let api_listener = ops::bind(args.listen_api).await?;
+    let options = WorkerOptions::default();
+    let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
+    spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
+
+    println!("{}", banner(&config, &secrets, &args, &token_lines));
+
+    let servers = [
+        tokio::spawn(ops::serve_with_ops(
+            ingest_listener,
+            crate::ingest::router(ingest),
+            store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(ops::serve_with_ops(api_listener, crate::api::router(api), store.clone(), metrics, shutdown.clone())),
+    ];
+    for (source, file) in &args.imports {
+        let label = format!("{source} <- {}", file.display());
+        let summary = import_file(&store, &config, source, file, Format::of(file), progress_bar(label)).await?;
+        println!("import {source} {}:\n{summary}", file.display());
+    }
+    for task in servers.into_iter().chain(workers) {
+        let _ = task.await;
+    }
+    store.close().await;
+    println!("stopped; the data stays in {}", args.data.display());
+    Ok(())
+}
+
+fn banner(config: &PipelineConfig, secrets: &Secrets, args: &LocalArgs, tokens: &[TokenLine]) -> String {
+    let mut out = format!(
+        "cdp local: platform {}/{} with {} source(s), store {}\n",
+        config.namespace,
+        config.platform,
+        config.sources.len(),
+        args.data.display()
+    );
+    let ingest = format!("http://{}", args.listen_ingest);
+    let api = format!("http://{}", args.listen_api);
+    out.push_str(&format!("\nIntake: {ingest}/v1/sources/<source>/records\n"));
+    let mut keys = BTreeMap::new();
+    for s in &config.sources {
+        if let Some(http) = &s.spec.delivery.http
+            && let Ok(key) = secrets.get(&http.auth_secret_ref)
+        {
+            keys.insert(s.name.clone(), key);
+        }
+    }
+    // the example goes to a source that maps an email, so the lookup below finds it
+    let maps_email = |s: &&NamedSource| s.spec.mapping.iter().any(|m| m.to == "email");
+    let example = config.sources.iter().filter(|s| keys.contains_key(&s.name)).max_by_key(|s| (maps_email(s), s.spec.mapping.len()));
+    if let Some(source) = example {
+        out.push_str(&format!(
+            "  curl -X POST {ingest}/v1/sources/{}/records \\\n    -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n    -d '{}'\n",
+            source.name,
+            keys[&source.name],
+            sample_payload(source)
+        ));
+    }
+    for (name, key) in &keys {
+        out.push_str(&format!("  source {name}: key {key}\n"));
+    }
+    out.push_str(&format!("\nProfile API: {api} (OpenAPI document at {api}/openapi.json)\n"));
+    for t in tokens {
+        let scopes: Vec<&str> = t.scopes.iter().map(|s| s.name()).collect();
+        out.push_str(&format!("  token {} ({}): {}\n", t.name, scopes.join(","), t.token));
+    }
+    if let Some(t) = tokens.first() {
+        out.push_str(&format!(
+            "  curl -H 'Authorization: Bearer {}' '{api}/v1/profiles/lookup?email=ada.lovelace@example.com'\n",
+            t.token
+        ));
+    }
+    out.push_str("\nCtrl-C stops everything; the data stays in the SQLite file.");
+    out
+}

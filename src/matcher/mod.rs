@@ -1,0 +1,545 @@
+//! The matcher: claims intake work, resolves each record with the identity core against the
+//! profiles its blocking keys reach, and persists the decision (links with evidence, merges,
+//! golden records, review items, outbox events) in the same transaction.
+//!
+//! Concurrency: a transaction first takes locks on the blocking-key hashes of the records it
+//! resolves (sorted), so two records that could belong to one person never resolve at the
+//! same time; then, per record, it locks the candidate profiles (sorted) and checks they did
+//! not change since it looked them up (another worker may have merged them meanwhile) — if
+//! they did, the transaction is retried. Keys are always locked before profiles. Two batches
+//! can still deadlock on profile rows (PostgreSQL detects it); that too is a retry.
+
+mod cache;
+mod service;
+pub mod train;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::identity::{
+    CandidateProfile, Engine, GoldenProfile, Outcome, PairEvidence, PreparedRecord, ProfileLink, SourcedRecord,
+};
+use crate::pipeline::PipelineConfig;
+use crate::store::{self, IntakeItem, NewRecord, NewReview, ProfileRow, Store, StoreError, WriteTx, key_hash};
+
+pub use service::{MatcherArgs, Worker, WorkerOptions, run, spawn_queue_gauge, spawn_workers};
+
+/// Attributes indexed for lookup and search (as keyed hashes, never as plain values).
+const LOOKUP_ATTRIBUTES: &[&str] = &["email", "phone", "nationalId", "familyName", "givenName", "postcode"];
+
+/// The index key of a normalised identifier value, shared by the matcher (write) and the API (lookup).
+pub fn lookup_key(attribute: &str, normalised: &str) -> String {
+    format!("={attribute}:{normalised}")
+}
+
+fn is_lookup_attribute(attribute: &str) -> bool {
+    LOOKUP_ATTRIBUTES.contains(&attribute) || attribute.starts_with(crate::identity::record::IDENTIFIER_PREFIX)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The candidate profiles changed while we locked them; the caller retries.
+    #[error("candidate profiles changed concurrently")]
+    Stale,
+    #[error("profile {0} not found")]
+    NoProfile(i64),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("profiles {0} and {1} hold records that must never be merged")]
+    Forbidden(i64, i64),
+}
+
+impl MatchError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Store(e) => e.reason(),
+            Self::Stale => "stale",
+            Self::NoProfile(_) => "not_found",
+            Self::Invalid(_) => "invalid",
+            Self::Forbidden(..) => "forbidden",
+        }
+    }
+
+    /// Worth retrying the whole transaction.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Stale) || matches!(self, Self::Store(e) if e.is_conflict())
+    }
+}
+
+/// Why a record is in its profile, as stored with the link (levels and weights, no values).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase", tag = "decision")]
+pub enum LinkEvidence {
+    /// No profile was close enough: the record started one.
+    New,
+    /// Joined a profile (or merged several, `links` has one entry per profile).
+    Linked { links: Vec<LinkDetail> },
+    /// Placed by a person: a merge, an approved review, an unmerge.
+    Manual { action: String },
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkDetail {
+    pub profile_id: i64,
+    pub profile_weight: f64,
+    pub probability: f64,
+    /// The profile's record closest to this one, and their pair evidence.
+    pub closest_record_id: i64,
+    pub pair: PairEvidence,
+}
+
+/// What happened to one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub intake_id: i64,
+    pub profile_id: i64,
+    pub decision: Decision,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    New,
+    Join,
+    Merge,
+}
+
+impl Decision {
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::New => "new",
+            Decision::Join => "join",
+            Decision::Merge => "merge",
+        }
+    }
+}
+
+/// The identity core bound to one platform's config, plus a cache of prepared records
+/// (stored records never change, so preparing each one once is enough).
+pub struct Resolver {
+    engine: Engine,
+    trust: HashMap<String, i32>,
+    regions: HashMap<String, String>,
+    cache: cache::PreparedCache,
+}
+
+impl Resolver {
+    pub fn new(config: &PipelineConfig) -> Result<Resolver, crate::identity::ModelError> {
+        Ok(Resolver {
+            engine: Engine::new(&config.matching.model)?,
+            trust: config.sources.iter().map(|s| (s.name.clone(), s.spec.trust_rank)).collect(),
+            regions: config
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.spec.default_phone_region.clone().unwrap_or_default()))
+                .collect(),
+            cache: cache::PreparedCache::new(200_000),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The default phone region of a source ("" when it declares none).
+    pub fn region(&self, source: &str) -> &str {
+        self.regions.get(source).map_or("", String::as_str)
+    }
+
+    /// Normalise a record and hash its blocking keys (pure; done before the transaction).
+    pub fn prepare(&self, item: &IntakeItem) -> (PreparedRecord, Vec<i64>) {
+        let prepared = self.engine.prepare(&item.record, self.region(&item.record.source));
+        let blocking = self.engine.blocking_keys(&prepared).iter().map(|k| key_hash(k)).collect();
+        (prepared, blocking)
+    }
+
+    /// Resolve one intake item inside `tx`, which must already hold the locks on its
+    /// blocking keys (see [`WriteTx::lock_keys`]).
+    pub async fn resolve(
+        &self,
+        tx: &mut WriteTx,
+        item: &IntakeItem,
+        (prepared, blocking): (PreparedRecord, Vec<i64>),
+        now: i64,
+    ) -> Result<Resolved, MatchError> {
+        let candidates = tx.candidate_profiles(&blocking).await?;
+        let locked = tx.lock_profiles(&candidates).await?;
+        if locked.iter().any(|p| p.merged_into.is_some()) || locked.len() != candidates.len() {
+            return Err(MatchError::Stale);
+        }
+        // a concurrent unmerge may have moved records between our look-up and our locks
+        if !tx.serialised() && tx.candidate_profiles(&blocking).await? != candidates {
+            return Err(MatchError::Stale);
+        }
+        let members = self.members(tx, &candidates).await?;
+        let cands: Vec<(String, Vec<PreparedRecord>)> = candidates
+            .iter()
+            .map(|p| (p.to_string(), members[p].iter().map(|(_, r)| (**r).clone()).collect()))
+            .collect();
+        let views: Vec<CandidateProfile<'_>> =
+            cands.iter().map(|(id, records)| CandidateProfile { id, records }).collect();
+        let resolution = self.engine.resolve(&prepared, &views);
+
+        let record_of = |link: &ProfileLink| -> i64 {
+            let profile: i64 = link.profile.parse().expect("profile ids are ours");
+            members[&profile][link.closest_record].0
+        };
+        let detail = |link: &ProfileLink| LinkDetail {
+            profile_id: link.profile.parse().expect("profile ids are ours"),
+            profile_weight: link.profile_weight,
+            probability: link.profile_probability,
+            closest_record_id: record_of(link),
+            pair: link.evidence.clone(),
+        };
+        let mut reviews: Vec<(i64, &'static str, f64, PairEvidence)> = resolution
+            .review
+            .iter()
+            .map(|r| (record_of(&r.link), review_reason(r.reason), r.link.profile_probability, r.link.evidence.clone()))
+            .collect();
+
+        let (target, decision, absorbed) = match &resolution.outcome {
+            Outcome::New => (tx.create_profile(now).await?, Decision::New, Vec::new()),
+            Outcome::Join { profile } => (profile.parse().expect("profile ids are ours"), Decision::Join, Vec::new()),
+            Outcome::Merge { survivor, absorbed } => {
+                let survivor: i64 = survivor.parse().expect("profile ids are ours");
+                let absorbed: Vec<i64> = absorbed.iter().map(|a| a.parse().expect("profile ids are ours")).collect();
+                // people said these must stay apart: join the survivor, send the others to review
+                let (allowed, forbidden) = self.split_forbidden(tx, &members, survivor, &absorbed).await?;
+                for p in forbidden {
+                    if let Some(link) = resolution.links.iter().find(|l| l.profile == p.to_string()) {
+                        reviews.push((record_of(link), "forbidden", link.profile_probability, link.evidence.clone()));
+                    }
+                }
+                let decision = if allowed.is_empty() { Decision::Join } else { Decision::Merge };
+                (survivor, decision, allowed)
+            }
+        };
+        let evidence = match decision {
+            Decision::New => LinkEvidence::New,
+            _ => LinkEvidence::Linked {
+                links: resolution
+                    .links
+                    .iter()
+                    .filter(|l| {
+                        let p: i64 = l.profile.parse().expect("profile ids are ours");
+                        p == target || absorbed.contains(&p)
+                    })
+                    .map(detail)
+                    .collect(),
+            },
+        };
+        let evidence = serde_json::to_value(&evidence).expect("evidence serialises");
+
+        if !absorbed.is_empty() {
+            tx.merge_profiles(target, &absorbed, now).await?;
+            let payload = serde_json::json!({"survivor": target, "absorbed": absorbed, "recordId": item.id});
+            tx.push_event("profile.merged", Some(target), Some(item.id), &payload, now);
+        }
+        let mut keys = blocking;
+        keys.extend(
+            prepared
+                .values
+                .iter()
+                .filter(|(a, _)| is_lookup_attribute(a))
+                .map(|(a, v)| key_hash(&lookup_key(a, v))),
+        );
+        let record = &item.record;
+        tx.insert_record(&NewRecord {
+            id: item.id,
+            source: &record.source,
+            source_record_id: &record.source_record_id,
+            observed_at_ms: record.observed_at_ms,
+            received_at_ms: item.received_at_ms,
+            profile_id: target,
+            attributes: &record.attributes,
+            normalised: &prepared.values,
+            evidence: &evidence,
+            keys: &keys,
+        })
+        .await?;
+        for (other, reason, probability, pair) in &reviews {
+            let evidence = serde_json::to_value(pair).expect("evidence serialises");
+            let review = NewReview { record_id: item.id, other_record_id: *other, reason, probability: *probability, evidence: &evidence };
+            tx.add_review(&review, now).await?;
+        }
+
+        // golden record of the target over every record it now holds
+        let mut records: Vec<Arc<PreparedRecord>> = Vec::new();
+        for p in std::iter::once(&target).chain(&absorbed) {
+            records.extend(members.get(p).into_iter().flatten().map(|(_, r)| r.clone()));
+        }
+        let prepared = Arc::new(prepared);
+        self.cache.insert(item.id, prepared.clone());
+        records.push(prepared);
+        let before = locked.iter().find(|p| p.id == target);
+        self.store_golden(tx, target, before, &records, now).await?;
+        let payload = serde_json::json!({
+            "recordId": item.id, "source": record.source, "sourceRecordId": record.source_record_id, "profileId": target,
+        });
+        tx.push_event("record.received", Some(target), Some(item.id), &payload, now);
+        tx.finish_intake(item.id);
+        Ok(Resolved { intake_id: item.id, profile_id: target, decision })
+    }
+
+    /// Prepared records of each profile, `(record id, record)` in id order.
+    async fn members(
+        &self,
+        tx: &mut WriteTx,
+        profiles: &[i64],
+    ) -> Result<BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>>, MatchError> {
+        let ids = tx.record_ids_of(profiles).await?;
+        let record_ids: Vec<i64> = ids.iter().map(|(r, _)| *r).collect();
+        let prepared = self.prepared(tx, &record_ids).await?;
+        let mut out: BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>> = profiles.iter().map(|p| (*p, Vec::new())).collect();
+        for ((record, profile), p) in ids.into_iter().zip(prepared) {
+            out.entry(profile).or_default().push((record, p));
+        }
+        Ok(out)
+    }
+
+    /// Prepared records by id (from the cache, else from the store), in the order asked.
+    async fn prepared(&self, tx: &mut WriteTx, ids: &[i64]) -> Result<Vec<Arc<PreparedRecord>>, MatchError> {
+        let mut found: HashMap<i64, Arc<PreparedRecord>> =
+            ids.iter().filter_map(|id| self.cache.get(*id).map(|r| (*id, r))).collect();
+        let missing: Vec<i64> = ids.iter().copied().filter(|id| !found.contains_key(id)).collect();
+        for r in tx.records(&missing).await? {
+            let p = Arc::new(self.engine.prepare_normalised(&r.source, &r.source_record_id, r.observed_at_ms, &r.normalised));
+            self.cache.insert(r.id, p.clone());
+            found.insert(r.id, p);
+        }
+        ids.iter()
+            .map(|id| found.get(id).cloned().ok_or_else(|| MatchError::Invalid(format!("record {id} vanished"))))
+            .collect()
+    }
+
+    /// Split `absorbed` into the profiles that may merge with `survivor` and those a
+    /// never-merge pair keeps apart from it.
+    async fn split_forbidden(
+        &self,
+        tx: &mut WriteTx,
+        members: &BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>>,
+        survivor: i64,
+        absorbed: &[i64],
+    ) -> Result<(Vec<i64>, Vec<i64>), MatchError> {
+        let profile_of: HashMap<i64, i64> =
+            members.iter().flat_map(|(p, rs)| rs.iter().map(move |(r, _)| (*r, *p))).collect();
+        let all: Vec<i64> = profile_of.keys().copied().collect();
+        let pairs = tx.never_merge_pairs(&all).await?;
+        let mut group: BTreeSet<i64> = BTreeSet::from([survivor]);
+        let (mut allowed, mut forbidden) = (Vec::new(), Vec::new());
+        for &p in absorbed {
+            let clash = pairs.iter().any(|(a, b)| {
+                let (pa, pb) = (profile_of.get(a), profile_of.get(b));
+                matches!((pa, pb), (Some(x), Some(y)) if (*x == p && group.contains(y)) || (*y == p && group.contains(x)))
+            });
+            if clash {
+                forbidden.push(p);
+            } else {
+                group.insert(p);
+                allowed.push(p);
+            }
+        }
+        Ok((allowed, forbidden))
+    }
+
+    /// Recompute a profile's golden record; emit `profile.created` or `profile.updated` with
+    /// the attributes that changed.
+    async fn store_golden(
+        &self,
+        tx: &mut WriteTx,
+        profile: i64,
+        before: Option<&ProfileRow>,
+        records: &[Arc<PreparedRecord>],
+        now: i64,
+    ) -> Result<(), MatchError> {
+        let sourced: Vec<SourcedRecord<'_>> = records
+            .iter()
+            .map(|r| SourcedRecord { record: r, trust_rank: self.trust.get(&r.source).copied().unwrap_or(0) })
+            .collect();
+        let golden = self.engine.golden(&sourced);
+        let value = serde_json::to_value(&golden).expect("golden serialises");
+        tx.set_golden(profile, &value, records.len() as i64, now).await?;
+        let old: Option<GoldenProfile> =
+            before.and_then(|p| p.golden.as_ref()).and_then(|g| serde_json::from_value(g.clone()).ok());
+        match old {
+            None => {
+                let payload = serde_json::json!({"profileId": profile, "attributes": golden_values(&golden)});
+                tx.push_event("profile.created", Some(profile), None, &payload, now);
+            }
+            Some(old) => {
+                let changed: BTreeMap<&str, Option<&str>> = golden
+                    .attributes
+                    .keys()
+                    .chain(old.attributes.keys())
+                    .filter(|a| golden.get(a) != old.get(a))
+                    .map(|a| (a.as_str(), golden.get(a)))
+                    .collect();
+                if !changed.is_empty() {
+                    let payload = serde_json::json!({"profileId": profile, "changed": changed});
+                    tx.push_event("profile.updated", Some(profile), None, &payload, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Merge two profiles by hand (or by an approved review). The older one survives.
+    /// Returns the survivor, or an error when a never-merge pair forbids it.
+    pub async fn merge(&self, tx: &mut WriteTx, a: i64, b: i64, action: &str, now: i64) -> Result<i64, MatchError> {
+        let mut rows = tx.lock_profiles(&[a, b]).await?;
+        let live = |id: i64, rows: &[ProfileRow]| -> Result<i64, MatchError> {
+            let row = rows.iter().find(|p| p.id == id).ok_or(MatchError::NoProfile(id))?;
+            Ok(row.merged_into.unwrap_or(id))
+        };
+        let (a, b) = (live(a, &rows)?, live(b, &rows)?);
+        if a == b {
+            return Ok(a);
+        }
+        rows = tx.lock_profiles(&[a, b]).await?;
+        if rows.len() != 2 || rows.iter().any(|p| p.merged_into.is_some()) {
+            return Err(MatchError::Stale);
+        }
+        let (survivor, absorbed) = (a.min(b), a.max(b));
+        let members = self.members(tx, &[survivor, absorbed]).await?;
+        let (allowed, _) = self.split_forbidden(tx, &members, survivor, &[absorbed]).await?;
+        if allowed.is_empty() {
+            return Err(MatchError::Forbidden(survivor, absorbed));
+        }
+        tx.merge_profiles(survivor, &[absorbed], now).await?;
+        let payload = serde_json::json!({"survivor": survivor, "absorbed": [absorbed], "action": action});
+        tx.push_event("profile.merged", Some(survivor), None, &payload, now);
+        let records: Vec<Arc<PreparedRecord>> = members.values().flatten().map(|(_, r)| r.clone()).collect();
+        let before = rows.iter().find(|p| p.id == survivor);
+        self.store_golden(tx, survivor, before, &records, now).await?;
+        Ok(survivor)
+    }
+
+    /// Split `split` (record ids) out of `profile`: they are re-clustered into new profiles,
+    /// the remaining records re-clustered too (the cluster holding the oldest record keeps the
+    /// id), and never-merge pairs keep what a person separated from being merged back.
+    /// Returns the ids of every profile created.
+    pub async fn unmerge(&self, tx: &mut WriteTx, profile: i64, split: &[i64], now: i64) -> Result<Vec<i64>, MatchError> {
+        let rows = tx.lock_profiles(&[profile]).await?;
+        let row = rows.first().ok_or(MatchError::NoProfile(profile))?;
+        if let Some(survivor) = row.merged_into {
+            return Err(MatchError::Invalid(format!("profile {profile} was merged into {survivor}; unmerge from that one")));
+        }
+        let members = self.members(tx, &[profile]).await?.remove(&profile).unwrap_or_default();
+        let split: BTreeSet<i64> = split.iter().copied().collect();
+        let (out, keep): (Vec<_>, Vec<_>) = members.into_iter().partition(|(id, _)| split.contains(id));
+        if out.len() != split.len() {
+            return Err(MatchError::Invalid("every record to split out must belong to the profile".into()));
+        }
+        if keep.is_empty() {
+            return Err(MatchError::Invalid("cannot split every record out of a profile".into()));
+        }
+        let mut created = Vec::new();
+        let action = serde_json::to_value(LinkEvidence::Manual { action: "unmerge".into() }).expect("serialises");
+        let mut groups = self.clusters_of(&keep);
+        let kept = groups.remove(0);
+        for group in groups.into_iter().chain(self.clusters_of(&out)) {
+            let id = tx.create_profile(now).await?;
+            for (record, _) in &group {
+                tx.relink(*record, id, &action).await?;
+            }
+            let records: Vec<Arc<PreparedRecord>> = group.iter().map(|(_, r)| r.clone()).collect();
+            self.store_golden(tx, id, None, &records, now).await?;
+            created.push(id);
+        }
+        for (record, _) in &out {
+            tx.add_never_merge(*record, kept[0].0, now).await?;
+        }
+        let records: Vec<Arc<PreparedRecord>> = kept.iter().map(|(_, r)| r.clone()).collect();
+        self.store_golden(tx, profile, Some(row), &records, now).await?;
+        let payload = serde_json::json!({"profileId": profile, "created": created, "records": split});
+        tx.push_event("profile.unmerged", Some(profile), None, &payload, now);
+        Ok(created)
+    }
+
+    /// Re-cluster records with the identity core; clusters in order of their oldest record.
+    fn clusters_of(&self, records: &[(i64, Arc<PreparedRecord>)]) -> Vec<Vec<(i64, Arc<PreparedRecord>)>> {
+        let prepared: Vec<PreparedRecord> = records.iter().map(|(_, r)| (**r).clone()).collect();
+        self.engine
+            .cluster(&prepared)
+            .into_iter()
+            .map(|c| c.into_iter().map(|i| records[i].clone()).collect())
+            .collect()
+    }
+}
+
+fn review_reason(reason: crate::identity::ReviewReason) -> &'static str {
+    match reason {
+        crate::identity::ReviewReason::Uncertain => "uncertain",
+        crate::identity::ReviewReason::Forbidden => "forbidden",
+        crate::identity::ReviewReason::Ambiguous => "ambiguous",
+    }
+}
+
+fn golden_values(golden: &GoldenProfile) -> BTreeMap<&str, &str> {
+    golden.attributes.iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect()
+}
+
+/// Records per transaction on PostgreSQL: enough to amortise the round trips, few enough
+/// that a conflict (rare: a deadlock between two batches) costs little to redo.
+const POSTGRES_CHUNK: usize = 32;
+
+/// Resolve `items` with retries. SQLite: one transaction for the whole batch (one writer,
+/// one commit). PostgreSQL: one transaction per chunk, which first locks the blocking keys of
+/// every record in it (sorted), then resolves them one by one.
+pub async fn resolve_batch(store: &Store, resolver: &Resolver, items: &[IntakeItem]) -> Vec<Result<Resolved, MatchError>> {
+    let chunk = match store.backend() {
+        store::Backend::Sqlite => items.len().max(1),
+        store::Backend::Postgres => POSTGRES_CHUNK,
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for group in items.chunks(chunk) {
+        match resolve_chunk(store, resolver, group).await {
+            Ok(resolved) => out.extend(resolved.into_iter().map(Ok)),
+            // one bad record must not sink the batch: redo it record by record
+            Err(_) if group.len() > 1 => {
+                for item in group {
+                    out.push(resolve_chunk(store, resolver, std::slice::from_ref(item)).await.map(|mut r| r.remove(0)));
+                }
+            }
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    out
+}
+
+async fn resolve_chunk(store: &Store, resolver: &Resolver, items: &[IntakeItem]) -> Result<Vec<Resolved>, MatchError> {
+    let prepared: Vec<(PreparedRecord, Vec<i64>)> = items.iter().map(|i| resolver.prepare(i)).collect();
+    let keys: Vec<i64> = prepared.iter().flat_map(|(_, k)| k.iter().copied()).collect();
+    let mut attempt = 0u32;
+    loop {
+        let result = async {
+            let mut tx = store.begin().await?;
+            tx.lock_keys(&keys).await?;
+            let now = store::now_ms();
+            let mut resolved = Vec::with_capacity(items.len());
+            for (item, p) in items.iter().zip(&prepared) {
+                resolved.push(resolver.resolve(&mut tx, item, p.clone(), now).await?);
+            }
+            tx.commit().await?;
+            Ok::<_, MatchError>(resolved)
+        }
+        .await;
+        match result {
+            Err(e) if e.is_retryable() && attempt < 20 => {
+                attempt += 1;
+                // the failed transaction may have cached records it never committed
+                resolver.cache.forget(items.iter().map(|i| i.id));
+                tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(1..5) * u64::from(attempt))).await;
+            }
+            Err(e) => {
+                resolver.cache.forget(items.iter().map(|i| i.id));
+                return Err(e);
+            }
+            ok => return ok,
+        }
+    }
+}

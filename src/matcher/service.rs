@@ -1,0 +1,184 @@
+//! `cdp matcher`: worker tasks that wake on new intake work, claim it and resolve it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Resolver, resolve_batch};
+use crate::api::ops::{self, Metrics, Shutdown, StartError};
+use crate::store::{Store, StoreError, now_ms};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct MatcherArgs {
+    /// The platform's PipelineConfig (JSON, as the operator mounts it).
+    #[arg(long, env = "CDP_CONFIG")]
+    pub config: PathBuf,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Concurrent workers in this process.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Records claimed at a time by one worker.
+    #[arg(long, default_value_t = 256)]
+    pub batch: i64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerOptions {
+    pub batch: i64,
+    /// A claim older than this is presumed abandoned by a dead worker.
+    pub lease: Duration,
+    /// Sleep between queue checks when no wake-up arrives (work queued by another process
+    /// on SQLite, or a lost LISTEN connection on PostgreSQL).
+    pub idle_poll: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions { batch: 256, lease: Duration::from_secs(60), idle_poll: Duration::from_secs(1) }
+    }
+}
+
+/// One matcher worker.
+pub struct Worker {
+    pub store: Store,
+    pub resolver: Arc<Resolver>,
+    pub metrics: Arc<Metrics>,
+    pub name: String,
+    pub options: WorkerOptions,
+}
+
+impl Worker {
+    /// Claim and resolve one batch; returns how many records were claimed.
+    pub async fn step(&self) -> Result<usize, StoreError> {
+        let items = self.store.claim(&self.name, self.options.batch, self.options.lease).await?;
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let results = resolve_batch(&self.store, &self.resolver, &items).await;
+        let now = now_ms();
+        for (item, result) in items.iter().zip(results) {
+            match result {
+                Ok(resolved) => {
+                    self.metrics.matcher_records.get_or_create(&vec![("decision", resolved.decision.label().into())]).inc();
+                    self.metrics.resolve_lag.observe((now - item.received_at_ms).max(0) as f64 / 1000.0);
+                }
+                Err(error) => {
+                    tracing::warn!(intake_id = item.id, %error, reason = error.reason(), "resolution failed; released for retry");
+                    self.metrics.matcher_errors.get_or_create(&vec![("reason", error.reason().into())]).inc();
+                    self.store.release(&[item.id], error.reason()).await?;
+                }
+            }
+        }
+        Ok(items.len())
+    }
+
+    /// Resolve until the queue is empty.
+    pub async fn drain(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            match self.step().await? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    }
+
+    /// Work until shutdown, sleeping while the queue is empty.
+    pub async fn run(self, shutdown: Shutdown) {
+        while !shutdown.requested() {
+            let signal = match self.store.work_signal().await {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(worker = %self.name, %error, "cannot listen for work; polling");
+                    Arc::new(tokio::sync::Notify::new())
+                }
+            };
+            // registered before looking at the queue, so a wake-up in between is not lost
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let claimed = match self.step().await {
+                Ok(n) => n,
+                Err(error) => {
+                    tracing::warn!(worker = %self.name, %error, reason = error.reason(), "matcher step failed");
+                    self.metrics.matcher_errors.get_or_create(&vec![("reason", error.reason().into())]).inc();
+                    0
+                }
+            };
+            if claimed == 0 {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(self.options.idle_poll) => {}
+                    _ = shutdown.clone().wait() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Start `count` workers sharing one resolver; they stop on shutdown.
+pub fn spawn_workers(
+    store: &Store,
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+    count: usize,
+    options: WorkerOptions,
+    shutdown: &Shutdown,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let id: u32 = rand::random();
+    (0..count)
+        .map(|i| {
+            let worker = Worker {
+                store: store.clone(),
+                resolver: resolver.clone(),
+                metrics: metrics.clone(),
+                name: format!("{host}-{id:08x}-{i}"),
+                options,
+            };
+            tokio::spawn(worker.run(shutdown.clone()))
+        })
+        .collect()
+}
+
+/// Sample the intake queue length into the metrics (what the scaler reads).
+pub fn spawn_queue_gauge(store: Store, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        while !shutdown.requested() {
+            if let Ok(counts) = store.counts().await {
+                metrics.intake_queued.set(counts.queued);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.clone().wait() => {}
+            }
+        }
+    });
+}
+
+/// `cdp matcher`.
+pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
+    let config = ops::load_config(&args.config)?;
+    let store = Store::open(&ops::store_url_from_env()?).await?;
+    let resolver = Arc::new(Resolver::new(&config)?);
+    let metrics = Metrics::new();
+    let (trigger, shutdown) = ops::shutdown_channel();
+    ops::on_signal(trigger);
+    let listener = ops::bind(args.listen).await?;
+    let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
+    let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
+    spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
+    tracing::info!(platform = %config.platform, workers = args.workers, listen = %args.listen, "matcher started");
+    let router = ops::ops_router(store.clone(), metrics);
+    if let Err(error) = ops::serve(listener, router, shutdown).await {
+        tracing::error!(%error, "ops server failed");
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    store.close().await;
+    Ok(())
+}

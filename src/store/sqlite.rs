@@ -1,0 +1,45 @@
+//! SQLite specifics: one file in WAL mode, one writer at a time (`BEGIN IMMEDIATE`), claims
+//! taken by marking rows (the writer lock already serialises claimers), wake-ups in process.
+
+use std::borrow::Cow;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, SqlSafeStr};
+
+/// Claim the oldest queued rows not claimed, or claimed by a worker whose lease ran out.
+pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms = $2
+     WHERE id IN (SELECT id FROM intake WHERE state = 'queued' AND (claimed_at_ms IS NULL OR claimed_at_ms < $3)
+                  ORDER BY id LIMIT $4)
+     RETURNING id, received_at_ms, record";
+
+pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPool, sqlx::Error> {
+    // create the file when missing
+    let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+    options
+        .max_connections(8)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // WAL: readers never block the writer; NORMAL sync is durable across process
+                // crashes in WAL mode; busy_timeout makes concurrent writers queue, not fail.
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000;
+                     PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await
+}
+
+pub(super) fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
+        false,
+    )])
+}

@@ -1,0 +1,141 @@
+//! The profile API over a real socket, fed through intake and the matcher, on SQLite and PostgreSQL.
+
+mod common;
+
+use common::{INTAKE_KEY, READ_TOKEN, TestStore, WRITE_TOKEN, resolver, servers, worker};
+use serde_json::{Value, json};
+
+on_both_stores!(profiles_lookup_explain_and_timeline, review_merge_unmerge_and_quarantine);
+
+struct Client {
+    http: reqwest::Client,
+    ingest: String,
+    api: String,
+}
+
+impl Client {
+    async fn new(t: &TestStore) -> Client {
+        let (ingest, api) = servers(&t.store).await;
+        Client { http: reqwest::Client::new(), ingest, api }
+    }
+
+    async fn send(&self, source: &str, records: Value) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/v1/sources/{source}/records", self.ingest))
+            .bearer_auth(INTAKE_KEY)
+            .json(&records)
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.api)).bearer_auth(token).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(format!("{}{path}", self.api)).bearer_auth(token).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+async fn profiles_lookup_explain_and_timeline(t: TestStore) {
+    let c = Client::new(&t).await;
+    c.send("webshop", json!({"id": "w1", "givenName": "Zoé", "familyName": "Nguyen", "email": "zoe@example.com", "postcode": "75011"})).await;
+    c.send("pos", json!({"id": "p1", "givenName": "ZOE", "familyName": "NGUYEN", "email": " ZOE@example.com", "identifiers": {"loyaltyId": "L77"}})).await;
+    worker(&t.store, resolver(), "w").drain().await.unwrap();
+
+    let (status, found) = c.get("/v1/profiles/lookup?email=Zoe@Example.com", READ_TOKEN).await;
+    assert_eq!(status, 200, "{found}");
+    let profiles = found["profiles"].as_array().unwrap();
+    assert_eq!(profiles.len(), 1);
+    let id = profiles[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(profiles[0]["recordCount"], 2);
+    assert_eq!(profiles[0]["golden"]["attributes"]["identifiers.loyaltyId"]["value"], "L77");
+
+    for query in ["identifier=loyaltyId:L77", "source=pos&sourceRecordId=p1"] {
+        let (_, other) = c.get(&format!("/v1/profiles/lookup?{query}"), READ_TOKEN).await;
+        assert_eq!(other["profiles"][0]["id"], id.as_str(), "{query}");
+    }
+    let (_, searched) = c.get("/v1/profiles/search?familyName=nguyen&postcode=75011", READ_TOKEN).await;
+    assert_eq!(searched["profiles"][0]["id"], id.as_str());
+    let (_, none) = c.get("/v1/profiles/search?familyName=nguyen&postcode=13006", READ_TOKEN).await;
+    assert_eq!(none["profiles"], json!([]));
+
+    let (status, profile) = c.get(&format!("/v1/profiles/{id}"), READ_TOKEN).await;
+    assert_eq!(status, 200);
+    assert_eq!(profile["id"], id.as_str());
+    let (_, explanation) = c.get(&format!("/v1/profiles/{id}/explanation"), READ_TOKEN).await;
+    let links = explanation["links"].as_array().unwrap();
+    assert_eq!(links[1]["evidence"]["decision"], "linked");
+    let pair = &links[1]["evidence"]["links"][0]["pair"];
+    assert!(pair["rule"] == "email-given-name" || pair["probability"].as_f64().unwrap() > 0.95, "{pair}");
+    let (_, timeline) = c.get(&format!("/v1/profiles/{id}/timeline"), READ_TOKEN).await;
+    assert_eq!(timeline["records"].as_array().unwrap().len(), 2);
+    assert!(timeline["events"].as_array().unwrap().iter().any(|e| e["type"] == "profile.created"));
+
+    // errors are JSON with stable codes; tokens are checked
+    assert_eq!(c.get("/v1/profiles/p999999", READ_TOKEN).await.1["error"]["code"], "not_found");
+    assert_eq!(c.get("/v1/profiles/abc", READ_TOKEN).await.1["error"]["code"], "invalid_id");
+    assert_eq!(c.get(&format!("/v1/profiles/{id}"), "nope").await.0, 401);
+    let (status, body) = c.post(&format!("/v1/profiles/{id}/merge"), READ_TOKEN, json!({"other": id})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
+
+    let doc: Value = c.http.get(format!("{}/openapi.json", c.api)).send().await.unwrap().json().await.unwrap();
+    assert!(doc["paths"]["/v1/profiles/{id}"]["get"].is_object());
+    assert!(doc["paths"]["/v1/review/{id}/approve"]["post"].is_object());
+}
+
+async fn review_merge_unmerge_and_quarantine(t: TestStore) {
+    let c = Client::new(&t).await;
+    // same name, nothing else in common: uncertain, goes to review
+    c.send("webshop", json!({"id": "a", "givenName": "Ann", "familyName": "Lee", "email": "ann@example.com"})).await;
+    c.send("pos", json!({"id": "b", "givenName": "Ann", "familyName": "Lee", "phone": "0611223344"})).await;
+    c.send("pos", json!({"id": "c", "givenName": "Ann", "familyName": "Lee", "phone": "0699887766"})).await;
+    worker(&t.store, resolver(), "w").drain().await.unwrap();
+    let (_, review) = c.get("/v1/review", READ_TOKEN).await;
+    let items = review["items"].as_array().unwrap().clone();
+    assert!(items.len() >= 2, "{review}");
+    assert_eq!(items[0]["reason"], "uncertain");
+
+    // approve = merge the two profiles
+    let first = &items[0];
+    let (status, merged) = c.post(&format!("/v1/review/{}/approve", first["id"]), WRITE_TOKEN, json!({})).await;
+    assert_eq!(status, 200, "{merged}");
+    let survivor = merged["survivor"].as_str().unwrap().to_string();
+    for p in [&first["profile"], &first["otherProfile"]] {
+        let (_, profile) = c.get(&format!("/v1/profiles/{}", p.as_str().unwrap()), READ_TOKEN).await;
+        assert_eq!(profile["id"], survivor.as_str(), "both ids resolve to the survivor");
+    }
+    assert_eq!(c.post(&format!("/v1/review/{}/approve", first["id"]), WRITE_TOKEN, json!({})).await.0, 400);
+
+    // reject = never merge: a manual merge of that pair is refused
+    let second = items.iter().find(|i| i["id"] != first["id"]).unwrap();
+    let (status, _) = c.post(&format!("/v1/review/{}/reject", second["id"]), WRITE_TOKEN, json!({})).await;
+    assert_eq!(status, 204);
+    let a = t.store.record(second["recordId"].as_i64().unwrap()).await.unwrap().unwrap().profile_id;
+    let b = t.store.record(second["otherRecordId"].as_i64().unwrap()).await.unwrap().unwrap().profile_id;
+    let (status, body) = c.post(&format!("/v1/profiles/p{a}/merge"), WRITE_TOKEN, json!({"other": format!("p{b}")})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("never_merge")), "{body}");
+
+    // unmerge a record out of the survivor
+    let (_, timeline) = c.get(&format!("/v1/profiles/{survivor}/timeline"), READ_TOKEN).await;
+    let record = timeline["records"][1]["id"].as_i64().unwrap();
+    let (status, split) = c.post(&format!("/v1/profiles/{survivor}/unmerge"), WRITE_TOKEN, json!({"records": [record]})).await;
+    assert_eq!(status, 200, "{split}");
+    let created = split["created"][0].as_str().unwrap();
+    let (_, moved) = c.get(&format!("/v1/profiles/{created}"), READ_TOKEN).await;
+    assert_eq!(moved["recordCount"], 1);
+
+    // quarantine: list, replay still invalid, replay after the record is fixed at the source
+    let body = c.send("webshop", json!({"id": "q1", "email": "broken"})).await;
+    assert_eq!(body["error"]["code"], "validation_failed");
+    let (_, list) = c.get("/v1/quarantine?filter=webshop", READ_TOKEN).await;
+    let entry = list["entries"][0]["id"].as_i64().unwrap();
+    assert_eq!(list["entries"][0]["errors"][0]["field"], "email");
+    let (status, body) = c.post(&format!("/v1/quarantine/{entry}/replay"), WRITE_TOKEN, json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("validation_failed")));
+}

@@ -1,0 +1,139 @@
+//! Shared by the data-plane integration tests: fresh stores on SQLite (a temporary file) and
+//! PostgreSQL (a scratch database on the server `CDP_TEST_POSTGRES_URL` names, started by
+//! `scripts/with-postgres.sh`), a test platform, and HTTP servers on real sockets.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::sync::Arc;
+
+use cdp_operator::api::auth::Tokens;
+use cdp_operator::api::ops::{self, Metrics, Secrets};
+use cdp_operator::crd::SecretKeyRef;
+use cdp_operator::identity::CanonicalRecord;
+use cdp_operator::matcher::{Resolver, Worker, WorkerOptions};
+use cdp_operator::pipeline::PipelineConfig;
+use cdp_operator::store::{Store, scratch_database};
+
+/// A fresh, empty store and the URL that opens it again (for separate pools).
+pub struct TestStore {
+    pub store: Store,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Warnings (e.g. a failed resolution) show in the output of a failing test.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+}
+
+pub async fn sqlite_store() -> TestStore {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("store.db").display());
+    TestStore { store: Store::open(&url).await.unwrap(), url, _dir: Some(dir) }
+}
+
+/// A scratch PostgreSQL database, or `None` (test skipped) when no server is configured.
+/// In CI (`CI=true`) a missing server fails the test instead of skipping it.
+pub async fn postgres_store() -> Option<TestStore> {
+    init_logs();
+    let Ok(server) = std::env::var("CDP_TEST_POSTGRES_URL") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("CDP_TEST_POSTGRES_URL is not set: run the tests through scripts/with-postgres.sh (after scripts/test-deps.sh)");
+        }
+        eprintln!("skipped: CDP_TEST_POSTGRES_URL is not set (run through scripts/with-postgres.sh)");
+        return None;
+    };
+    let url = scratch_database(&server, "cdp_test").await.unwrap();
+    Some(TestStore { store: Store::open(&url).await.unwrap(), url, _dir: None })
+}
+
+/// Generate `sqlite` and `postgres` test modules running the same async cases, each case an
+/// `async fn(TestStore)` in the including file.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case($crate::common::sqlite_store().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    if let Some(store) = $crate::common::postgres_store().await {
+                        super::$case(store).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+pub const INTAKE_KEY: &str = "test-intake-key";
+pub const READ_TOKEN: &str = "test-read";
+pub const WRITE_TOKEN: &str = "test-write";
+
+/// The benchmark's platform: sources `pos`, `ticketing`, `webshop` whose payload fields are
+/// canonical attribute names (`identifiers.loyaltyId` nested), FR phones, the default model.
+pub fn config() -> PipelineConfig {
+    let mut config = cdp_operator::bench::bench_config();
+    for s in &mut config.sources {
+        s.spec.validation.require_any_of = vec!["email".into(), "phone".into(), "identifiers.loyaltyId".into()];
+    }
+    config
+}
+
+pub fn secrets() -> Secrets {
+    Secrets::Values([(SecretKeyRef { name: "bench".into(), key: "token".into() }, INTAKE_KEY.to_string())].into())
+}
+
+pub fn tokens() -> Tokens {
+    Tokens::parse(&format!("reader read {READ_TOKEN}\nwriter read,write {WRITE_TOKEN}\n")).unwrap()
+}
+
+pub fn record(source: &str, id: &str, attributes: &[(&str, &str)]) -> CanonicalRecord {
+    CanonicalRecord {
+        source: source.into(),
+        source_record_id: id.into(),
+        observed_at_ms: 1_700_000_000_000,
+        attributes: attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+pub fn resolver() -> Arc<Resolver> {
+    Arc::new(Resolver::new(&config()).unwrap())
+}
+
+pub fn worker(store: &Store, resolver: Arc<Resolver>, name: &str) -> Worker {
+    Worker {
+        store: store.clone(),
+        resolver,
+        metrics: Metrics::new(),
+        name: name.into(),
+        options: WorkerOptions { batch: 16, ..WorkerOptions::default() },
+    }
+}
+
+/// Ingest and API servers on ephemeral local ports; returns their base URLs.
+pub async fn servers(store: &Store) -> (String, String) {
+    let metrics = Metrics::new();
+    let config = config();
+    let ingest = cdp_operator::ingest::IngestState::new(&config, &secrets(), store.clone(), metrics.clone()).unwrap();
+    let api = cdp_operator::api::ApiState::new(&config, store.clone(), metrics.clone(), resolver(), tokens());
+    let ingest_listener = ops::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let api_listener = ops::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let urls = (
+        format!("http://{}", ingest_listener.local_addr().unwrap()),
+        format!("http://{}", api_listener.local_addr().unwrap()),
+    );
+    // the tests' runtime ends with the test; the servers go with it
+    let (trigger, shutdown) = ops::shutdown_channel();
+    std::mem::forget(trigger);
+    tokio::spawn(ops::serve_with_ops(ingest_listener, cdp_operator::ingest::router(ingest), store.clone(), metrics.clone(), shutdown.clone()));
+    tokio::spawn(ops::serve_with_ops(api_listener, cdp_operator::api::router(api), store.clone(), metrics, shutdown));
+    urls
+}

@@ -1,0 +1,277 @@
+//! Store and matcher behaviour, identical on SQLite and PostgreSQL.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cdp_operator::matcher::{Worker, lookup_key};
+use cdp_operator::store::{FieldError, key_hash};
+use common::{TestStore, record, resolver, worker};
+
+on_both_stores!(
+    redelivery_is_absorbed,
+    claims_do_not_overlap_and_leases_expire,
+    quarantine_lists_and_replays,
+    one_person_across_sources_is_one_profile,
+    a_record_linking_two_profiles_merges_them,
+    unmerge_splits_and_keeps_records_apart,
+    concurrent_workers_agree_with_one_worker,
+);
+
+async fn redelivery_is_absorbed(t: TestStore) {
+    let a = record("webshop", "e1", &[("email", "ann@example.com")]);
+    let b = record("webshop", "e2", &[("email", "bob@example.com")]);
+    let first = t.store.enqueue(&[a.clone(), b, a.clone()]).await.unwrap();
+    assert!(!first[0].duplicate && !first[1].duplicate);
+    assert!(first[2].duplicate);
+    assert_eq!(first[2].intake_id, first[0].intake_id);
+    let again = t.store.enqueue(&[a]).await.unwrap();
+    assert_eq!(again[0].intake_id, first[0].intake_id);
+    assert!(again[0].duplicate);
+    let w = worker(&t.store, resolver(), "w");
+    assert_eq!(w.drain().await.unwrap(), 2);
+    // still absorbed once resolved
+    let after = t.store.enqueue(&[record("webshop", "e1", &[("email", "ann@example.com")])]).await.unwrap();
+    assert!(after[0].duplicate);
+    assert_eq!(w.drain().await.unwrap(), 0);
+    assert_eq!(t.store.counts().await.unwrap().records, 2);
+}
+
+async fn claims_do_not_overlap_and_leases_expire(t: TestStore) {
+    let records: Vec<_> = (0..10).map(|i| record("pos", &format!("r{i}"), &[("email", "x@example.com")])).collect();
+    t.store.enqueue(&records).await.unwrap();
+    let lease = Duration::from_secs(60);
+    let a = t.store.claim("w1", 6, lease).await.unwrap();
+    let b = t.store.claim("w2", 6, lease).await.unwrap();
+    assert_eq!((a.len(), b.len()), (6, 4));
+    let ids: BTreeSet<i64> = a.iter().chain(&b).map(|i| i.id).collect();
+    assert_eq!(ids.len(), 10);
+    assert!(t.store.claim("w3", 10, lease).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // w1 and w2 "died": their claims are taken over once the lease has run out
+    assert_eq!(t.store.claim("w3", 10, Duration::ZERO).await.unwrap().len(), 10);
+}
+
+async fn quarantine_lists_and_replays(t: TestStore) {
+    let errors = vec![FieldError { field: "email".into(), code: "invalid".into(), message: "not an email".into() }];
+    let q1 = t.store.quarantine("webshop", &serde_json::json!({"id": "1", "email": "nope"}), &errors).await.unwrap();
+    let q2 = t.store.quarantine("pos", &serde_json::json!({"id": "2"}), &errors).await.unwrap();
+    let all = t.store.quarantined(None, 0, 10).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), vec![q1, q2]);
+    assert_eq!(all[0].errors, errors);
+    assert_eq!(t.store.quarantined(Some("pos"), 0, 10).await.unwrap().len(), 1);
+    // still invalid: the new errors replace the old ones
+    let still = vec![FieldError { field: "phone".into(), code: "invalid".into(), message: "bad".into() }];
+    assert!(t.store.replay_quarantined(q2, Err(still.clone())).await.unwrap().is_empty());
+    assert_eq!(t.store.quarantine_entry(q2).await.unwrap().unwrap().errors, still);
+    // fixed: queued and gone from quarantine
+    let queued = t.store.replay_quarantined(q1, Ok(vec![record("webshop", "1", &[("email", "a@b.fr")])])).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert!(t.store.quarantine_entry(q1).await.unwrap().is_none());
+    assert_eq!(t.store.counts().await.unwrap().queued, 1);
+}
+
+async fn drain(t: &TestStore) -> Worker {
+    let w = worker(&t.store, resolver(), "w");
+    w.drain().await.unwrap();
+    w
+}
+
+async fn one_person_across_sources_is_one_profile(t: TestStore) {
+    t.store
+        .enqueue(&[
+            record("webshop", "w1", &[("givenName", "Hélène"), ("familyName", "Dupont"), ("email", "helene.dupont@example.com"), ("phone", "06 12 34 56 78")]),
+            record("pos", "p1", &[("givenName", "HELENE"), ("familyName", "DUPONT"), ("phone", "+33612345678"), ("identifiers.loyaltyId", "L1")]),
+            record("ticketing", "t1", &[("givenName", "Helene"), ("familyName", "Dupont"), ("email", "Helene.Dupont@example.com")]),
+        ])
+        .await
+        .unwrap();
+    drain(&t).await;
+    let clusters = t.store.clusters().await.unwrap();
+    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    let first = t.store.record_by_source_id("webshop", "w1").await.unwrap().unwrap();
+    let profile = t.store.profile(first.profile_id).await.unwrap().unwrap();
+    assert_eq!(profile.record_count, 3);
+    let golden = profile.golden.unwrap();
+    assert_eq!(golden["attributes"]["email"]["value"], "helene.dupont@example.com");
+    assert_eq!(golden["attributes"]["phone"]["value"], "+33612345678");
+    // every link is explained
+    let records = t.store.records_of(profile.id).await.unwrap();
+    assert_eq!(records[0].evidence["decision"], "new");
+    assert_eq!(records[1].evidence["decision"], "linked");
+    assert!(records[1].evidence["links"][0]["pair"]["comparisons"].is_array());
+    // and every change is in the outbox, in order
+    let kinds: Vec<String> = t.store.events_of(&[profile.id], 100).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds[..2], ["profile.created", "record.received"]);
+    assert!(kinds.contains(&"profile.updated".to_string()));
+    assert_eq!(kinds.iter().filter(|k| *k == "record.received").count(), 3);
+    // lookups go through hashed identifiers
+    let by_phone = t.store.profiles_with_keys(&[key_hash(&lookup_key("phone", "+33612345678"))], 10).await.unwrap();
+    assert_eq!(by_phone, vec![profile.id]);
+}
+
+/// Two records of one person that share nothing strong (one has the email, one the phone),
+/// then a third carrying both.
+async fn linked_pair(t: &TestStore) -> (i64, i64) {
+    t.store
+        .enqueue(&[
+            record("webshop", "a", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com")]),
+            record("pos", "b", &[("givenName", "Ann"), ("familyName", "Lee"), ("phone", "0611223344")]),
+        ])
+        .await
+        .unwrap();
+    drain(t).await;
+    let a = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap();
+    let b = t.store.record_by_source_id("pos", "b").await.unwrap().unwrap();
+    assert_ne!(a.profile_id, b.profile_id, "names alone must not merge");
+    (a.profile_id, b.profile_id)
+}
+
+async fn a_record_linking_two_profiles_merges_them(t: TestStore) {
+    merge_through_a_third_record(&t).await;
+}
+
+async fn merge_through_a_third_record(t: &TestStore) {
+    let (pa, pb) = linked_pair(t).await;
+    // the name-only pair is uncertain: a person looks at it
+    assert_eq!(t.store.counts().await.unwrap().open_reviews, 1);
+    t.store
+        .enqueue(&[record("ticketing", "c", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com"), ("phone", "+33 6 11 22 33 44")])])
+        .await
+        .unwrap();
+    drain(t).await;
+    let survivor = pa.min(pb);
+    let absorbed = pa.max(pb);
+    assert_eq!(t.store.profile(absorbed).await.unwrap().unwrap().id, survivor, "an absorbed id resolves to the survivor");
+    assert_eq!(t.store.profile_row(absorbed).await.unwrap().unwrap().merged_into, Some(survivor));
+    assert_eq!(t.store.aliases(survivor).await.unwrap(), vec![absorbed]);
+    assert_eq!(t.store.records_of(survivor).await.unwrap().len(), 3);
+    let c = t.store.record_by_source_id("ticketing", "c").await.unwrap().unwrap();
+    assert_eq!(c.evidence["links"].as_array().unwrap().len(), 2);
+    let merged = t.store.events_of(&[survivor], 100).await.unwrap().into_iter().find(|e| e.kind == "profile.merged").unwrap();
+    assert_eq!(merged.payload["absorbed"], serde_json::json!([absorbed]));
+}
+
+async fn unmerge_splits_and_keeps_records_apart(t: TestStore) {
+    merge_through_a_third_record(&t).await;
+    let b = t.store.record_by_source_id("pos", "b").await.unwrap().unwrap();
+    let profile = b.profile_id;
+    let r = resolver();
+    let mut tx = t.store.begin().await.unwrap();
+    let created = r.unmerge(&mut tx, profile, &[b.id], cdp_operator::store::now_ms()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(created.len(), 1);
+    assert_eq!(t.store.record(b.id).await.unwrap().unwrap().profile_id, created[0]);
+    assert_eq!(t.store.records_of(profile).await.unwrap().len(), 2, "the email records stay together");
+    // a new record carrying both identifiers does not glue them back
+    t.store
+        .enqueue(&[record("webshop", "d", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com"), ("phone", "0611223344")])])
+        .await
+        .unwrap();
+    drain(&t).await;
+    assert_ne!(t.store.record(b.id).await.unwrap().unwrap().profile_id, t.store.record_by_source_id("webshop", "d").await.unwrap().unwrap().profile_id);
+    assert_eq!(t.store.clusters().await.unwrap().len(), 2);
+    let forbidden = t.store.review_items("open", 0, 100).await.unwrap().into_iter().filter(|r| r.reason == "forbidden").count();
+    assert_eq!(forbidden, 1);
+    // and merging them by hand is refused
+    let mut tx = t.store.begin().await.unwrap();
+    assert!(r.merge(&mut tx, profile, created[0], "test", 0).await.is_err());
+}
+
+/// People whose records only come together through a third record: the email record and
+/// the phone record of a person resolve apart, the record with both merges them.
+fn people(n: usize) -> Vec<Vec<cdp_operator::identity::CanonicalRecord>> {
+    const GIVEN: &[&str] = &["Ann", "Bruno", "Chloé", "Denis", "Elsa", "Fabien", "Gaëlle", "Hugo", "Inès", "Jules"];
+    const FAMILY: &[&str] = &["Martin", "Bernard", "Petit", "Durand", "Moreau", "Lefèvre", "Roux", "Fournier", "Girard", "Bonnet",
+        "Lambert", "Fontaine", "Rousseau", "Mercier", "Blanc", "Guérin", "Boyer", "Garnier", "Chevalier", "Legrand"];
+    (0..n)
+        .map(|i| {
+            let given = GIVEN[i % GIVEN.len()];
+            let family = FAMILY[(i / GIVEN.len()) % FAMILY.len()];
+            // far apart: no two people's emails, phones or birth dates are near-misses
+            let email = format!("{:08x}@example.com", (i as u32).wrapping_mul(2_654_435_761));
+            let phone = format!("0612{:06}", i * 3_797);
+            let born = format!("{}-{:02}-{:02}", 1940 + i % 60, 1 + i % 12, 1 + (i * 7) % 28);
+            let name = [("givenName", given), ("familyName", family)];
+            let with = |extra: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+                name.iter().chain(extra).map(|(k, v)| (*k, v.to_string())).collect()
+            };
+            let as_record = |source: &str, id: String, attrs: Vec<(&str, String)>| {
+                let attrs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                record(source, &id, &attrs)
+            };
+            vec![
+                as_record("webshop", format!("{i}-email"), with(&[("email", &email)])),
+                as_record("pos", format!("{i}-phone"), with(&[("phone", &phone)])),
+                as_record("ticketing", format!("{i}-both"), with(&[("email", &email), ("phone", &phone), ("birthDate", &born)])),
+            ]
+        })
+        .collect()
+}
+
+fn truth(people: &[Vec<cdp_operator::identity::CanonicalRecord>]) -> Vec<Vec<(String, String)>> {
+    let mut out: Vec<Vec<(String, String)>> = people
+        .iter()
+        .map(|p| {
+            let mut c: Vec<(String, String)> = p.iter().map(|r| (r.source.clone(), r.source_record_id.clone())).collect();
+            c.sort();
+            c
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn concurrent_workers_agree_with_one_worker(t: TestStore) {
+    let people = people(150);
+    let expected = truth(&people);
+
+    // one worker, records in arrival order
+    let single = common::sqlite_store().await;
+    single.store.enqueue(&people.concat()).await.unwrap();
+    drain(&single).await;
+    assert_people(&single.store.clusters().await.unwrap(), &expected);
+
+    // adversarial order: the linking record first for some people, last for others, the
+    // three records of a person next to each other so that different workers take them at once
+    let mut order = Vec::new();
+    for (i, p) in people.iter().enumerate() {
+        match i % 3 {
+            0 => order.extend([p[2].clone(), p[0].clone(), p[1].clone()]),
+            1 => order.extend([p[0].clone(), p[1].clone(), p[2].clone()]),
+            _ => order.extend([p[1].clone(), p[2].clone(), p[0].clone()]),
+        }
+    }
+    t.store.enqueue(&order).await.unwrap();
+    // several workers in this process, plus (the same database through separate pools, as
+    // separate processes would) two more stores
+    let mut stores = vec![t.store.clone()];
+    for _ in 0..2 {
+        stores.push(cdp_operator::store::Store::open(&t.url).await.unwrap());
+    }
+    let r = resolver();
+    let mut tasks = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        for j in 0..3 {
+            let mut w = worker(store, if i == 0 { r.clone() } else { resolver() }, &format!("w{i}-{j}"));
+            w.options.batch = 1;
+            tasks.push(tokio::spawn(async move { w.drain().await.unwrap() }));
+        }
+    }
+    let mut resolved = 0;
+    for task in tasks {
+        resolved += task.await.unwrap();
+    }
+    assert_eq!(resolved, order.len(), "every record resolved exactly once");
+    let retried = worker(&t.store, resolver(), "check").drain().await.unwrap();
+    assert_eq!(retried, 0, "nothing failed and came back: {:?}", t.store.counts().await.unwrap());
+    assert_people(&t.store.clusters().await.unwrap(), &expected);
+    assert_eq!(t.store.counts().await.unwrap().profiles, people.len() as i64, "no duplicate profile");
+}
+
+fn assert_people(clusters: &[Vec<(String, String)>], expected: &[Vec<(String, String)>]) {
+    let wrong: Vec<_> = clusters.iter().filter(|c| !expected.contains(c)).collect();
+    assert!(wrong.is_empty(), "clusters that are not one person: {wrong:?}");
+    assert_eq!(clusters.len(), expected.len());
+}
