@@ -53,7 +53,11 @@ fn workload(ctx: &Context, config: &PipelineConfig, workload: Workload) -> Value
 }
 
 fn egress(ctx: &Context, config: &PipelineConfig, workload: Workload) -> Value {
-    let dns = json!({"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]});
+    // 5353 too: on OpenShift the DNS pods listen there, and policies apply after the service NAT.
+    let dns = json!({"ports": [
+        {"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53},
+        {"protocol": "UDP", "port": 5353}, {"protocol": "TCP", "port": 5353},
+    ]});
     let store = match ctx.platform.spec.store.external {
         Some(_) => json!({"ports": [{"protocol": "TCP", "port": POSTGRES_PORT}]}),
         None => json!({
