@@ -207,12 +207,15 @@ async fn pause_annotation_stops_changes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(patches_of_objects(&fake), patches_before, "no apply while paused");
     assert_eq!(fake.get::<ConfigMap>(NS, "retail-pipeline").unwrap().resource_version(), before);
+    let in_force = pipeline_config(&fake).unwrap().content_hash();
+    assert_eq!(platform(&fake).status.unwrap().config_hash, Some(in_force.clone()), "status shows the config in force");
 
     fake.modify::<CustomerDataPlatform>(NS, "retail", |p| {
         p.annotations_mut().remove("cdp.dev/paused");
     });
     fake.wait_until(WAIT, |f| pipeline_config(f).and_then(|c| c.source("pos").map(|s| s.spec.trust_rank)) == Some(99)).await;
     fake.wait_until(WAIT, |f| condition(f, "Paused").is_some_and(|(s, _)| s == "False")).await;
+    assert_ne!(platform(&fake).status.unwrap().config_hash, Some(in_force), "the new config is in force once resumed");
     task.abort();
 }
 

@@ -290,14 +290,21 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
         Phase::Ready { .. } => Duration::from_secs(300),
         _ => Duration::from_secs(15),
     };
-    write_platform_status(ctx, platform, &compiled, phase, workloads, Some(paused)).await?;
+    // The config in force is the one in the ConfigMap: while paused it is not the compiled one.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let in_force = config_maps
+        .get_opt(&render::config_map_name(platform))
+        .await?
+        .and_then(|cm| cm.annotations().get(render::CONFIG_HASH_ANNOTATION).cloned());
+    write_platform_status(ctx, platform, &compiled, phase, workloads, in_force, Some(paused)).await?;
     Ok(Action::requeue(requeue))
 }
 
 /// Stalled until a spec (or RBAC) changes: say why, with an Event, and retry only slowly.
 async fn stall(ctx: &Context, platform: &CustomerDataPlatform, compiled: &Compiled, reason: &str, message: String) -> Result<Action, Error> {
     let phase = Phase::Stalled { reason: reason.to_string(), message };
-    write_platform_status(ctx, platform, compiled, phase, vec![], None).await?;
+    let in_force = platform.status.as_ref().and_then(|s| s.config_hash.clone());
+    write_platform_status(ctx, platform, compiled, phase, vec![], in_force, None).await?;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
@@ -426,6 +433,7 @@ async fn write_platform_status(
     compiled: &Compiled,
     phase: Phase,
     workloads: Vec<crate::crd::platform::WorkloadStatus>,
+    config_hash: Option<String>,
     paused: Option<bool>,
 ) -> Result<(), kube::Error> {
     let previous = platform.status.clone().unwrap_or_default();
@@ -443,7 +451,7 @@ async fn write_platform_status(
             Some(_) => "external".to_string(),
             None => render::store_endpoint(&platform.namespace().unwrap_or_default(), &platform.name_any()),
         }),
-        config_hash: Some(compiled.hash.clone()),
+        config_hash,
         workloads,
         members: Some(MemberCounts {
             sources: count("Source"),
