@@ -279,7 +279,7 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
         Some(_) => true,
         None => {
             let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-            sts.get_opt(&format!("{name}-postgres"))
+            sts.get_opt(&render::store_name(&name))
                 .await?
                 .and_then(|s| s.status)
                 .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= 1)

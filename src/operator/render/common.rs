@@ -22,8 +22,6 @@ pub enum Workload {
 
 impl Workload {
     pub const ALL: [Workload; 4] = [Workload::Ingest, Workload::Matcher, Workload::Api, Workload::Feeds];
-    /// Workloads whose replicas the operator's scaler owns (api scales with an HPA).
-    pub const SCALED: [Workload; 3] = [Workload::Ingest, Workload::Matcher, Workload::Feeds];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -12,7 +12,7 @@ mod postgres;
 mod service;
 
 pub use common::{CONFIG_HASH_ANNOTATION, Workload, labels, selector_labels};
-pub use postgres::{STORE_PASSWORD_KEY, endpoint as store_endpoint, store_secret_name, volume_claim_name as store_volume_claim_name};
+pub use postgres::{STORE_PASSWORD_KEY, endpoint as store_endpoint, store_name, store_secret_name, volume_claim_name as store_volume_claim_name};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;

@@ -105,7 +105,7 @@ fn store(ctx: &Context) -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": ctx.metadata(&format!("{}-postgres", ctx.name), "store"),
+        "metadata": ctx.metadata(&super::postgres::store_name(&ctx.name), "store"),
         "spec": {
             "podSelector": {"matchLabels": selector_labels(&ctx.name, "store")},
             "policyTypes": ["Ingress", "Egress"],

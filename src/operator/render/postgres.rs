@@ -16,7 +16,8 @@ pub fn store_secret_name(platform: &str) -> String {
     format!("{platform}-store")
 }
 
-fn store_name(platform: &str) -> String {
+/// Name of the store's StatefulSet, Service and NetworkPolicy.
+pub fn store_name(platform: &str) -> String {
     format!("{platform}-postgres")
 }
 
