@@ -1,0 +1,51 @@
+//! The load figures each data-plane service reports at `GET /v1/load` (on its ops port, next to
+//! `/metrics`), which the operator polls to feed [`super::decision::decide`]. One shape for
+//! every workload so the poller stays generic; workload-specific parts are optional.
+
+use serde::{Deserialize, Serialize};
+
+use super::Workload;
+
+/// One replica's view of its workload's load over the last reporting window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadReport {
+    pub workload: Workload,
+    /// Which replica answered (the pod name in a cluster, a local name otherwise).
+    pub replica: String,
+    /// When the figures were gathered, Unix milliseconds.
+    pub at_ms: i64,
+    /// Length of the window the rates are averaged over.
+    pub window_seconds: f64,
+    /// Work items arriving per second for the whole workload (records at intake, events in the
+    /// outbox): a shared figure, read from the store, the same on every replica.
+    pub arrival_per_second: f64,
+    /// Work items this replica finished per second.
+    pub processed_per_second: f64,
+    /// Fraction of the window this replica spent working, in `[0, 1]`.
+    pub busy_fraction: f64,
+    /// Items waiting for the whole workload (intake queue, undelivered outbox events).
+    pub backlog: u64,
+    /// Age of the oldest waiting item, seconds (0 with no backlog).
+    pub oldest_backlog_seconds: f64,
+    /// Per-feed figures (feeds workload only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedLoad>,
+}
+
+/// Delivery figures of one Feed, copied by the operator into the Feed's status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedLoad {
+    /// The Feed's name.
+    pub name: String,
+    /// Events waiting for this feed.
+    pub lag: u64,
+    pub delivered_per_second: f64,
+    /// Failed delivery attempts since the service started.
+    pub failures: u64,
+    /// Events in the dead-letter list.
+    pub dead_lettered: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
