@@ -15,6 +15,7 @@ on_both_stores!(
     quarantine_lists_and_replays,
     one_person_across_sources_is_one_profile,
     a_record_linking_two_profiles_merges_them,
+    one_batch_merges_profiles_it_created,
     unmerge_splits_and_keeps_records_apart,
     concurrent_workers_agree_with_one_worker,
 );
@@ -153,6 +154,39 @@ async fn merge_through_a_third_record(t: &TestStore) {
     assert_eq!(merged.payload["absorbed"], serde_json::json!([absorbed]));
 }
 
+/// The same three records as above, resolved in one batch: the profiles the first two create
+/// are merged before they ever reach the store, and the store holds the same final state.
+async fn one_batch_merges_profiles_it_created(t: TestStore) {
+    t.store
+        .enqueue(&[
+            record("webshop", "a", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com")]),
+            record("pos", "b", &[("givenName", "Ann"), ("familyName", "Lee"), ("phone", "0611223344")]),
+            record("ticketing", "c", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com"), ("phone", "+33 6 11 22 33 44")]),
+        ])
+        .await
+        .unwrap();
+    let w = drain(&t).await;
+    assert!(w.options.batch >= 3, "one claim holds all three");
+    let a = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap();
+    let survivor = t.store.profile(a.profile_id).await.unwrap().unwrap();
+    assert_eq!(survivor.record_count, 3);
+    assert_eq!(t.store.records_of(survivor.id).await.unwrap().len(), 3);
+    let aliases = t.store.aliases(survivor.id).await.unwrap();
+    assert_eq!(aliases.len(), 1, "the second profile became an alias");
+    let alias = t.store.profile_row(aliases[0]).await.unwrap().unwrap();
+    assert!(alias.golden.is_none() && alias.record_count == 0);
+    assert_eq!(t.store.profile(aliases[0]).await.unwrap().unwrap().id, survivor.id);
+    assert_eq!(survivor.golden.unwrap()["attributes"]["phone"]["value"], "+33611223344");
+    let kinds: Vec<String> = t.store.events_of(&[survivor.id], 100).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&"profile.merged".to_string()), "{kinds:?}");
+    // the batch's profile ids do not collide with later ones
+    t.store.enqueue(&[record("pos", "z", &[("givenName", "Zoe"), ("familyName", "Kim"), ("phone", "0699887766")])]).await.unwrap();
+    drain(&t).await;
+    let z = t.store.record_by_source_id("pos", "z").await.unwrap().unwrap();
+    assert!(z.profile_id > aliases[0], "new profile {} after {}", z.profile_id, aliases[0]);
+    assert_eq!(t.store.clusters().await.unwrap().len(), 2);
+}
+
 async fn unmerge_splits_and_keeps_records_apart(t: TestStore) {
     merge_through_a_third_record(&t).await;
     let b = t.store.record_by_source_id("pos", "b").await.unwrap().unwrap();
@@ -255,7 +289,8 @@ async fn concurrent_workers_agree_with_one_worker(t: TestStore) {
     for (i, store) in stores.iter().enumerate() {
         for j in 0..3 {
             let mut w = worker(store, if i == 0 { r.clone() } else { resolver() }, &format!("w{i}-{j}"));
-            w.options.batch = 1;
+            // batches of different sizes, so records of one person meet inside a batch too
+            w.options.batch = [1, 3, 16][j];
             tasks.push(tokio::spawn(async move { w.drain().await.unwrap() }));
         }
     }

@@ -14,6 +14,8 @@
 //! other profiles go to review. This stops one ambiguous record (say, one with no given name)
 //! from chaining a whole household into one profile.
 
+use std::borrow::Borrow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::identity::engine::PreparedRecord;
@@ -21,9 +23,9 @@ use crate::identity::engine::{Engine, PairEvidence, PairScore};
 
 /// A profile the record may belong to: its opaque id and the prepared records it holds.
 #[derive(Clone, Copy, Debug)]
-pub struct CandidateProfile<'a> {
+pub struct CandidateProfile<'a, R: Borrow<PreparedRecord> = PreparedRecord> {
     pub id: &'a str,
-    pub records: &'a [PreparedRecord],
+    pub records: &'a [R],
 }
 
 /// What to do with the record.
@@ -96,12 +98,12 @@ pub struct ProfileScore {
 
 impl Engine {
     /// Score a record against a profile's records (average linkage; see the module docs).
-    pub fn score_profile(
+    pub fn score_profile<R: Borrow<PreparedRecord>>(
         &self,
         r: &PreparedRecord,
-        records: &[PreparedRecord],
+        records: &[R],
     ) -> Option<ProfileScore> {
-        self.score_profile_iter(r, records.iter())
+        self.score_profile_iter(r, records.iter().map(Borrow::borrow))
     }
 
     fn score_profile_iter<'a>(
@@ -149,12 +151,12 @@ impl Engine {
     /// conflict across them, and either their mean linkage reaches the review threshold or
     /// none of their cross pairs disagrees on anything (they describe different facets of one
     /// person, say an email-only and a phone-only profile).
-    pub fn profiles_compatible(&self, a: &[PreparedRecord], b: &[PreparedRecord]) -> bool {
+    pub fn profiles_compatible<R: Borrow<PreparedRecord>>(&self, a: &[R], b: &[R]) -> bool {
         let mut sum = 0.0;
         let mut n = 0usize;
         let mut disagree = false;
-        for x in a {
-            for y in b {
+        for x in a.iter().map(Borrow::borrow) {
+            for y in b.iter().map(Borrow::borrow) {
                 let s = self.score(x, y);
                 if s.forbidden.is_some() {
                     return false;
@@ -167,19 +169,19 @@ impl Engine {
         n > 0 && (sum / n as f64 >= self.review_weight() || !disagree)
     }
 
-    fn link(&self, r: &PreparedRecord, c: &CandidateProfile<'_>, s: &ProfileScore) -> ProfileLink {
+    fn link<R: Borrow<PreparedRecord>>(&self, r: &PreparedRecord, c: &CandidateProfile<'_, R>, s: &ProfileScore) -> ProfileLink {
         ProfileLink {
             profile: c.id.to_string(),
             profile_weight: s.weight,
             profile_probability: crate::identity::engine::prob_of_weight(s.weight),
             closest_record: s.best,
-            evidence: self.compare(r, &c.records[s.best]),
+            evidence: self.compare(r, c.records[s.best].borrow()),
         }
     }
 
     /// Decide where a record goes among candidate profiles (pass them oldest first: the
     /// survivor of a merge is the first linked profile in this order).
-    pub fn resolve(&self, r: &PreparedRecord, candidates: &[CandidateProfile<'_>]) -> Resolution {
+    pub fn resolve<R: Borrow<PreparedRecord>>(&self, r: &PreparedRecord, candidates: &[CandidateProfile<'_, R>]) -> Resolution {
         let scores: Vec<Option<ProfileScore>> = candidates
             .iter()
             .map(|c| self.score_profile(r, c.records))

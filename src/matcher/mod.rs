@@ -9,6 +9,7 @@
 //! they did, the transaction is retried. Keys are always locked before profiles. Two batches
 //! can still deadlock on profile rows (PostgreSQL detects it); that too is a retry.
 
+mod batch;
 mod cache;
 mod service;
 pub mod train;
@@ -18,11 +19,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::identity::{
-    CandidateProfile, Engine, GoldenProfile, Outcome, PairEvidence, PreparedRecord, ProfileLink, SourcedRecord,
-};
+use crate::identity::{Engine, GoldenProfile, PairEvidence, PreparedRecord, SourcedRecord};
 use crate::pipeline::PipelineConfig;
-use crate::store::{self, IntakeItem, NewRecord, NewReview, ProfileRow, Store, StoreError, WriteTx, key_hash};
+use crate::store::{self, GoldenUpdate, IntakeItem, ProfileRow, Store, StoreError, WriteTx, key_hash};
+
+/// Prepared records of profiles: profile id → `(record id, record)` in record id order.
+type Members = BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>>;
 
 pub use service::{MatcherArgs, Worker, WorkerOptions, run, spawn_queue_gauge, spawn_workers};
 
@@ -157,144 +159,16 @@ impl Resolver {
         (prepared, blocking)
     }
 
-    /// Resolve one intake item inside `tx`, which must already hold the locks on its
-    /// blocking keys (see [`WriteTx::lock_keys`]).
-    pub async fn resolve(
-        &self,
-        tx: &mut WriteTx,
-        item: &IntakeItem,
-        (prepared, blocking): (PreparedRecord, Vec<i64>),
-        now: i64,
-    ) -> Result<Resolved, MatchError> {
-        let candidates = tx.candidate_profiles(&blocking).await?;
-        let locked = tx.lock_profiles(&candidates).await?;
-        if locked.iter().any(|p| p.merged_into.is_some()) || locked.len() != candidates.len() {
-            return Err(MatchError::Stale);
-        }
-        // a concurrent unmerge may have moved records between our look-up and our locks
-        if !tx.serialised() && tx.candidate_profiles(&blocking).await? != candidates {
-            return Err(MatchError::Stale);
-        }
-        let members = self.members(tx, &candidates).await?;
-        let cands: Vec<(String, Vec<PreparedRecord>)> = candidates
-            .iter()
-            .map(|p| (p.to_string(), members[p].iter().map(|(_, r)| (**r).clone()).collect()))
-            .collect();
-        let views: Vec<CandidateProfile<'_>> =
-            cands.iter().map(|(id, records)| CandidateProfile { id, records }).collect();
-        let resolution = self.engine.resolve(&prepared, &views);
-
-        let record_of = |link: &ProfileLink| -> i64 {
-            let profile: i64 = link.profile.parse().expect("profile ids are ours");
-            members[&profile][link.closest_record].0
-        };
-        let detail = |link: &ProfileLink| LinkDetail {
-            profile_id: link.profile.parse().expect("profile ids are ours"),
-            profile_weight: link.profile_weight,
-            probability: link.profile_probability,
-            closest_record_id: record_of(link),
-            pair: link.evidence.clone(),
-        };
-        let mut reviews: Vec<(i64, &'static str, f64, PairEvidence)> = resolution
-            .review
-            .iter()
-            .map(|r| (record_of(&r.link), review_reason(r.reason), r.link.profile_probability, r.link.evidence.clone()))
-            .collect();
-
-        let (target, decision, absorbed) = match &resolution.outcome {
-            Outcome::New => (tx.create_profile(now).await?, Decision::New, Vec::new()),
-            Outcome::Join { profile } => (profile.parse().expect("profile ids are ours"), Decision::Join, Vec::new()),
-            Outcome::Merge { survivor, absorbed } => {
-                let survivor: i64 = survivor.parse().expect("profile ids are ours");
-                let absorbed: Vec<i64> = absorbed.iter().map(|a| a.parse().expect("profile ids are ours")).collect();
-                // people said these must stay apart: join the survivor, send the others to review
-                let (allowed, forbidden) = self.split_forbidden(tx, &members, survivor, &absorbed).await?;
-                for p in forbidden {
-                    if let Some(link) = resolution.links.iter().find(|l| l.profile == p.to_string()) {
-                        reviews.push((record_of(link), "forbidden", link.profile_probability, link.evidence.clone()));
-                    }
-                }
-                let decision = if allowed.is_empty() { Decision::Join } else { Decision::Merge };
-                (survivor, decision, allowed)
-            }
-        };
-        let evidence = match decision {
-            Decision::New => LinkEvidence::New,
-            _ => LinkEvidence::Linked {
-                links: resolution
-                    .links
-                    .iter()
-                    .filter(|l| {
-                        let p: i64 = l.profile.parse().expect("profile ids are ours");
-                        p == target || absorbed.contains(&p)
-                    })
-                    .map(detail)
-                    .collect(),
-            },
-        };
-        let evidence = serde_json::to_value(&evidence).expect("evidence serialises");
-
-        if !absorbed.is_empty() {
-            tx.merge_profiles(target, &absorbed, now).await?;
-            let payload = serde_json::json!({"survivor": target, "absorbed": absorbed, "recordId": item.id});
-            tx.push_event("profile.merged", Some(target), Some(item.id), &payload, now);
-        }
-        let mut keys = blocking;
-        keys.extend(
-            prepared
-                .values
-                .iter()
-                .filter(|(a, _)| is_lookup_attribute(a))
-                .map(|(a, v)| key_hash(&lookup_key(a, v))),
-        );
-        let record = &item.record;
-        tx.insert_record(&NewRecord {
-            id: item.id,
-            source: &record.source,
-            source_record_id: &record.source_record_id,
-            observed_at_ms: record.observed_at_ms,
-            received_at_ms: item.received_at_ms,
-            profile_id: target,
-            attributes: &record.attributes,
-            normalised: &prepared.values,
-            evidence: &evidence,
-            keys: &keys,
-        })
-        .await?;
-        for (other, reason, probability, pair) in &reviews {
-            let evidence = serde_json::to_value(pair).expect("evidence serialises");
-            let review = NewReview { record_id: item.id, other_record_id: *other, reason, probability: *probability, evidence: &evidence };
-            tx.add_review(&review, now).await?;
-        }
-
-        // golden record of the target over every record it now holds
-        let mut records: Vec<Arc<PreparedRecord>> = Vec::new();
-        for p in std::iter::once(&target).chain(&absorbed) {
-            records.extend(members.get(p).into_iter().flatten().map(|(_, r)| r.clone()));
-        }
-        let prepared = Arc::new(prepared);
-        self.cache.insert(item.id, prepared.clone());
-        records.push(prepared);
-        let before = locked.iter().find(|p| p.id == target);
-        self.store_golden(tx, target, before, &records, now).await?;
-        let payload = serde_json::json!({
-            "recordId": item.id, "source": record.source, "sourceRecordId": record.source_record_id, "profileId": target,
-        });
-        tx.push_event("record.received", Some(target), Some(item.id), &payload, now);
-        tx.finish_intake(item.id);
-        Ok(Resolved { intake_id: item.id, profile_id: target, decision })
-    }
-
     /// Prepared records of each profile, `(record id, record)` in id order.
     async fn members(
         &self,
         tx: &mut WriteTx,
         profiles: &[i64],
-    ) -> Result<BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>>, MatchError> {
+    ) -> Result<Members, MatchError> {
         let ids = tx.record_ids_of(profiles).await?;
         let record_ids: Vec<i64> = ids.iter().map(|(r, _)| *r).collect();
         let prepared = self.prepared(tx, &record_ids).await?;
-        let mut out: BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>> = profiles.iter().map(|p| (*p, Vec::new())).collect();
+        let mut out: Members = profiles.iter().map(|p| (*p, Vec::new())).collect();
         for ((record, profile), p) in ids.into_iter().zip(prepared) {
             out.entry(profile).or_default().push((record, p));
         }
@@ -321,12 +195,14 @@ impl Resolver {
     async fn split_forbidden(
         &self,
         tx: &mut WriteTx,
-        members: &BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>>,
+        members: &Members,
         survivor: i64,
         absorbed: &[i64],
     ) -> Result<(Vec<i64>, Vec<i64>), MatchError> {
-        let profile_of: HashMap<i64, i64> =
-            members.iter().flat_map(|(p, rs)| rs.iter().map(move |(r, _)| (*r, *p))).collect();
+        let profile_of: HashMap<i64, i64> = std::iter::once(&survivor)
+            .chain(absorbed)
+            .flat_map(|p| members.get(p).into_iter().flatten().map(move |(r, _)| (*r, *p)))
+            .collect();
         let all: Vec<i64> = profile_of.keys().copied().collect();
         let pairs = tx.never_merge_pairs(&all).await?;
         let mut group: BTreeSet<i64> = BTreeSet::from([survivor]);
@@ -346,43 +222,36 @@ impl Resolver {
         Ok((allowed, forbidden))
     }
 
-    /// Recompute a profile's golden record; emit `profile.created` or `profile.updated` with
-    /// the attributes that changed.
+    /// The golden record of a profile holding `records`.
+    fn golden_of(&self, records: &[(i64, Arc<PreparedRecord>)]) -> GoldenProfile {
+        let sourced: Vec<SourcedRecord<'_>> = records
+            .iter()
+            .map(|(_, r)| SourcedRecord { record: r, trust_rank: self.trust.get(&r.source).copied().unwrap_or(0) })
+            .collect();
+        self.engine.golden(&sourced)
+    }
+
+    /// Recompute and store a profile's golden record, with its `profile.created` or
+    /// `profile.updated` event.
     async fn store_golden(
         &self,
         tx: &mut WriteTx,
         profile: i64,
         before: Option<&ProfileRow>,
-        records: &[Arc<PreparedRecord>],
+        records: &[(i64, Arc<PreparedRecord>)],
         now: i64,
     ) -> Result<(), MatchError> {
-        let sourced: Vec<SourcedRecord<'_>> = records
-            .iter()
-            .map(|r| SourcedRecord { record: r, trust_rank: self.trust.get(&r.source).copied().unwrap_or(0) })
-            .collect();
-        let golden = self.engine.golden(&sourced);
-        let value = serde_json::to_value(&golden).expect("golden serialises");
-        tx.set_golden(profile, &value, records.len() as i64, now).await?;
+        let golden = self.golden_of(records);
+        let update = GoldenUpdate {
+            id: profile,
+            golden: serde_json::to_string(&golden).expect("golden serialises"),
+            record_count: records.len() as i64,
+        };
+        tx.set_goldens(&[update], now).await?;
         let old: Option<GoldenProfile> =
             before.and_then(|p| p.golden.as_ref()).and_then(|g| serde_json::from_value(g.clone()).ok());
-        match old {
-            None => {
-                let payload = serde_json::json!({"profileId": profile, "attributes": golden_values(&golden)});
-                tx.push_event("profile.created", Some(profile), None, &payload, now);
-            }
-            Some(old) => {
-                let changed: BTreeMap<&str, Option<&str>> = golden
-                    .attributes
-                    .keys()
-                    .chain(old.attributes.keys())
-                    .filter(|a| golden.get(a) != old.get(a))
-                    .map(|a| (a.as_str(), golden.get(a)))
-                    .collect();
-                if !changed.is_empty() {
-                    let payload = serde_json::json!({"profileId": profile, "changed": changed});
-                    tx.push_event("profile.updated", Some(profile), None, &payload, now);
-                }
-            }
+        if let Some((kind, payload)) = golden_event(profile, old.as_ref(), &golden) {
+            tx.push_event(kind, Some(profile), None, &payload, now);
         }
         Ok(())
     }
@@ -412,7 +281,8 @@ impl Resolver {
         tx.merge_profiles(survivor, &[absorbed], now).await?;
         let payload = serde_json::json!({"survivor": survivor, "absorbed": [absorbed], "action": action});
         tx.push_event("profile.merged", Some(survivor), None, &payload, now);
-        let records: Vec<Arc<PreparedRecord>> = members.values().flatten().map(|(_, r)| r.clone()).collect();
+        let mut records: Vec<(i64, Arc<PreparedRecord>)> = members.into_values().flatten().collect();
+        records.sort_by_key(|(id, _)| *id);
         let before = rows.iter().find(|p| p.id == survivor);
         self.store_golden(tx, survivor, before, &records, now).await?;
         Ok(survivor)
@@ -446,15 +316,13 @@ impl Resolver {
             for (record, _) in &group {
                 tx.relink(*record, id, &action).await?;
             }
-            let records: Vec<Arc<PreparedRecord>> = group.iter().map(|(_, r)| r.clone()).collect();
-            self.store_golden(tx, id, None, &records, now).await?;
+            self.store_golden(tx, id, None, &group, now).await?;
             created.push(id);
         }
         for (record, _) in &out {
             tx.add_never_merge(*record, kept[0].0, now).await?;
         }
-        let records: Vec<Arc<PreparedRecord>> = kept.iter().map(|(_, r)| r.clone()).collect();
-        self.store_golden(tx, profile, Some(row), &records, now).await?;
+        self.store_golden(tx, profile, Some(row), &kept, now).await?;
         let payload = serde_json::json!({"profileId": profile, "created": created, "records": split});
         tx.push_event("profile.unmerged", Some(profile), None, &payload, now);
         Ok(created)
@@ -481,6 +349,24 @@ fn review_reason(reason: crate::identity::ReviewReason) -> &'static str {
 
 fn golden_values(golden: &GoldenProfile) -> BTreeMap<&str, &str> {
     golden.attributes.iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect()
+}
+
+/// The event a golden record change makes: `profile.created` for a profile's first golden
+/// record, `profile.updated` with the attributes that changed, nothing when none did.
+fn golden_event(profile: i64, before: Option<&GoldenProfile>, golden: &GoldenProfile) -> Option<(&'static str, serde_json::Value)> {
+    match before {
+        None => Some(("profile.created", serde_json::json!({"profileId": profile, "attributes": golden_values(golden)}))),
+        Some(old) => {
+            let changed: BTreeMap<&str, Option<&str>> = golden
+                .attributes
+                .keys()
+                .chain(old.attributes.keys())
+                .filter(|a| golden.get(a) != old.get(a))
+                .map(|a| (a.as_str(), golden.get(a)))
+                .collect();
+            (!changed.is_empty()).then(|| ("profile.updated", serde_json::json!({"profileId": profile, "changed": changed})))
+        }
+    }
 }
 
 /// Records per transaction on PostgreSQL: enough to amortise the round trips, few enough
@@ -519,11 +405,12 @@ async fn resolve_chunk(store: &Store, resolver: &Resolver, items: &[IntakeItem])
         let result = async {
             let mut tx = store.begin().await?;
             tx.lock_keys(&keys).await?;
-            let now = store::now_ms();
+            let mut batch = batch::Batch::load(resolver, &mut tx, &keys, store::now_ms()).await?;
             let mut resolved = Vec::with_capacity(items.len());
-            for (item, p) in items.iter().zip(&prepared) {
-                resolved.push(resolver.resolve(&mut tx, item, p.clone(), now).await?);
+            for (i, (item, p)) in items.iter().zip(&prepared).enumerate() {
+                resolved.push(batch.resolve(&mut tx, item, p.clone(), items.len() - i).await?);
             }
+            batch.flush(&mut tx).await?;
             tx.commit().await?;
             Ok::<_, MatchError>(resolved)
         }

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::identity::CanonicalRecord;
 
-pub use write::{NewRecord, NewReview, WriteTx};
+pub use write::{GoldenUpdate, NewProfile, NewRecord, NewReview, WriteTx};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +214,23 @@ impl Backend {
         match self {
             Backend::Sqlite => format!("{column} IN (SELECT value FROM json_each(${n}))"),
             Backend::Postgres => format!("{column} = ANY(ARRAY(SELECT json_array_elements_text(${n}::json)::bigint))"),
+        }
+    }
+}
+
+impl Backend {
+    /// A derived table `x` with the given `(column, PostgreSQL type)` columns, read from the
+    /// JSON array of objects bound at `$n` (one object per row, keyed by column), in order.
+    fn json_rows(self, columns: &[(&str, &str)], n: u8) -> String {
+        match self {
+            Backend::Sqlite => {
+                let cols: Vec<String> = columns.iter().map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}")).collect();
+                format!("(SELECT {} FROM json_each(${n}) ORDER BY key) AS x", cols.join(", "))
+            }
+            Backend::Postgres => {
+                let cols: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
+                format!("json_to_recordset(${n}::json) AS x({})", cols.join(", "))
+            }
         }
     }
 }

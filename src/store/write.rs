@@ -1,9 +1,7 @@
 //! Write transactions: the primitives the matcher and the API compose. Every change and the
 //! outbox event describing it are written in the same transaction.
 
-use std::collections::BTreeMap;
-
-use sqlx::any::Any;
+use sqlx::any::{Any, AnyRow};
 use sqlx::{AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use super::{
@@ -21,38 +19,111 @@ pub struct WriteTx {
     finished: Vec<i64>,
 }
 
-/// An outbox row, in the JSON shape the insert at commit reads.
+/// An outbox row, keyed by column for [`WriteTx::bulk_insert`].
 #[derive(serde::Serialize)]
 struct PendingEvent {
-    p: Option<i64>,
-    r: Option<i64>,
-    t: &'static str,
-    d: String,
-    a: i64,
+    profile_id: Option<i64>,
+    record_id: Option<i64>,
+    r#type: &'static str,
+    payload: String,
+    created_at_ms: i64,
 }
 
-/// A resolved record to store.
-pub struct NewRecord<'a> {
+const EVENT_COLUMNS: &[(&str, &str)] = &[
+    ("profile_id", "bigint"),
+    ("record_id", "bigint"),
+    ("type", "text"),
+    ("payload", "text"),
+    ("created_at_ms", "bigint"),
+];
+
+/// A resolved record to store; its JSON columns are serialised already.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NewRecord {
     pub id: i64,
-    pub source: &'a str,
-    pub source_record_id: &'a str,
+    pub source: String,
+    pub source_record_id: String,
     pub observed_at_ms: i64,
     pub received_at_ms: i64,
     pub profile_id: i64,
-    pub attributes: &'a BTreeMap<String, String>,
-    pub normalised: &'a BTreeMap<String, String>,
-    pub evidence: &'a serde_json::Value,
+    pub attributes: String,
+    pub normalised: String,
+    pub evidence: String,
     /// Hashes of its blocking keys and lookup identifiers.
-    pub keys: &'a [i64],
+    #[serde(skip)]
+    pub keys: Vec<i64>,
 }
 
-pub struct NewReview<'a> {
+const RECORD_INSERT_COLUMNS: &[(&str, &str)] = &[
+    ("id", "bigint"),
+    ("source", "text"),
+    ("source_record_id", "text"),
+    ("observed_at_ms", "bigint"),
+    ("received_at_ms", "bigint"),
+    ("profile_id", "bigint"),
+    ("attributes", "text"),
+    ("normalised", "text"),
+    ("evidence", "text"),
+];
+
+#[derive(serde::Serialize)]
+struct RecordKey {
+    hash: i64,
+    record_id: i64,
+}
+
+const RECORD_KEY_COLUMNS: &[(&str, &str)] = &[("hash", "bigint"), ("record_id", "bigint")];
+
+/// A pair for a person to look at.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NewReview {
     pub record_id: i64,
     pub other_record_id: i64,
-    pub reason: &'a str,
+    pub reason: &'static str,
     pub probability: f64,
-    pub evidence: &'a serde_json::Value,
+    pub evidence: String,
+    pub created_at_ms: i64,
 }
+
+const REVIEW_COLUMNS: &[(&str, &str)] = &[
+    ("record_id", "bigint"),
+    ("other_record_id", "bigint"),
+    ("reason", "text"),
+    ("probability", "double precision"),
+    ("evidence", "text"),
+    ("created_at_ms", "bigint"),
+];
+
+/// A profile created with an id from [`WriteTx::reserve_profile_ids`], in its final state.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NewProfile {
+    pub id: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Set when it was merged away in the transaction that created it.
+    pub merged_into: Option<i64>,
+    pub golden: Option<String>,
+    pub record_count: i64,
+}
+
+const PROFILE_INSERT_COLUMNS: &[(&str, &str)] = &[
+    ("id", "bigint"),
+    ("created_at_ms", "bigint"),
+    ("updated_at_ms", "bigint"),
+    ("merged_into", "bigint"),
+    ("golden", "text"),
+    ("record_count", "bigint"),
+];
+
+/// A live profile's recomputed golden record.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GoldenUpdate {
+    pub id: i64,
+    pub golden: String,
+    pub record_count: i64,
+}
+
+const GOLDEN_COLUMNS: &[(&str, &str)] = &[("id", "bigint"), ("golden", "text"), ("record_count", "bigint")];
 
 impl WriteTx {
     pub(super) fn new(tx: Transaction<'static, Any>, backend: Backend) -> Self {
@@ -71,21 +142,8 @@ impl WriteTx {
 
     pub async fn commit(mut self) -> Result<()> {
         if !self.events.is_empty() {
-            // one statement for every event, inserted in the order they were pushed
-            let sql = match self.backend {
-                Backend::Sqlite => {
-                    "INSERT INTO outbox (profile_id, record_id, type, payload, created_at_ms)
-                     SELECT json_extract(value, '$.p'), json_extract(value, '$.r'), json_extract(value, '$.t'),
-                            json_extract(value, '$.d'), json_extract(value, '$.a')
-                     FROM json_each($1) ORDER BY key"
-                }
-                Backend::Postgres => {
-                    "INSERT INTO outbox (profile_id, record_id, type, payload, created_at_ms)
-                     SELECT p, r, t, d, a FROM json_to_recordset($1::json) AS x(p bigint, r bigint, t text, d text, a bigint)"
-                }
-            };
-            let events = serde_json::to_string(&self.events)?;
-            sqlx::query(sql).bind(events).execute(&mut *self.tx).await?;
+            let events = std::mem::take(&mut self.events);
+            self.bulk_insert("outbox", EVENT_COLUMNS, &events).await?;
         }
         if !self.finished.is_empty() {
             let sql = format!(
@@ -95,6 +153,17 @@ impl WriteTx {
             sqlx::query(AssertSqlSafe(sql)).bind(json_ids(&self.finished)).execute(&mut *self.tx).await?;
         }
         self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Insert `rows` (serialised to objects keyed by column name) in one statement, in order.
+    async fn bulk_insert<T: serde::Serialize>(&mut self, table: &str, columns: &[(&str, &str)], rows: &[T]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let names = columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
+        let sql = format!("INSERT INTO {table} ({names}) SELECT {names} FROM {}", self.backend.json_rows(columns, 1));
+        sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(rows)?).execute(&mut *self.tx).await?;
         Ok(())
     }
 
@@ -156,31 +225,42 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Live profiles holding a record with one of these key hashes, oldest first.
-    pub async fn candidate_profiles(&mut self, hashes: &[i64]) -> Result<Vec<i64>> {
+    /// `(key hash, profile)` for every stored record carrying one of these key hashes, sorted.
+    /// The profiles are live: a merge moves the records of the profiles it absorbs.
+    pub async fn key_profiles(&mut self, hashes: &[i64]) -> Result<Vec<(i64, i64)>> {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT DISTINCT r.profile_id FROM record_keys k JOIN source_records r ON r.id = k.record_id
-             WHERE {} ORDER BY r.profile_id",
+            "SELECT DISTINCT k.hash, r.profile_id FROM record_keys k JOIN source_records r ON r.id = k.record_id
+             WHERE {} ORDER BY k.hash, r.profile_id",
             self.backend.in_ids("k.hash", 1)
         );
         let rows = sqlx::query(AssertSqlSafe(sql)).bind(json_ids(hashes)).fetch_all(&mut *self.tx).await?;
-        rows.iter().map(|r| Ok(r.try_get("profile_id")?)).collect()
+        rows.iter().map(|r| Ok((r.try_get("hash")?, r.try_get("profile_id")?))).collect()
     }
 
     /// Lock profile rows and return them. PostgreSQL: `NOWAIT`, because a transaction that
     /// resolves several records locks profiles in record order, not in one global order, so
     /// waiting could deadlock; a lock held elsewhere fails fast instead and the caller retries.
     pub async fn lock_profiles(&mut self, ids: &[i64]) -> Result<Vec<ProfileRow>> {
+        let rows = self.lock_profile_rows(PROFILE_COLUMNS, ids).await?;
+        rows.iter().map(profile_of).collect()
+    }
+
+    /// Lock profile rows as [`WriteTx::lock_profiles`] does; return `(id, merged_into)` only.
+    pub async fn lock_profile_ids(&mut self, ids: &[i64]) -> Result<Vec<(i64, Option<i64>)>> {
+        let rows = self.lock_profile_rows("id, merged_into", ids).await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("merged_into")?))).collect()
+    }
+
+    async fn lock_profile_rows(&mut self, columns: &str, ids: &[i64]) -> Result<Vec<AnyRow>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let lock = if self.backend == Backend::Postgres { " FOR UPDATE NOWAIT" } else { "" };
-        let sql = format!("SELECT {PROFILE_COLUMNS} FROM profiles WHERE {} ORDER BY id{lock}", self.backend.in_ids("id", 1));
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids)).fetch_all(&mut *self.tx).await?;
-        rows.iter().map(profile_of).collect()
+        let sql = format!("SELECT {columns} FROM profiles WHERE {} ORDER BY id{lock}", self.backend.in_ids("id", 1));
+        Ok(sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids)).fetch_all(&mut *self.tx).await?)
     }
 
     /// `(record id, profile id)` of every record of these profiles.
@@ -213,27 +293,67 @@ impl WriteTx {
         Ok(row.try_get("id")?)
     }
 
-    pub async fn insert_record(&mut self, r: &NewRecord<'_>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO source_records (id, source, source_record_id, observed_at_ms, received_at_ms, profile_id,
-                                         attributes, normalised, evidence)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(r.id)
-        .bind(r.source)
-        .bind(r.source_record_id)
-        .bind(r.observed_at_ms)
-        .bind(r.received_at_ms)
-        .bind(r.profile_id)
-        .bind(serde_json::to_string(r.attributes)?)
-        .bind(serde_json::to_string(r.normalised)?)
-        .bind(r.evidence.to_string())
-        .execute(&mut *self.tx)
-        .await?;
-        if !r.keys.is_empty() {
-            let sql = format!("INSERT INTO record_keys (hash, record_id) SELECT DISTINCT id, $2 FROM {} AS k", self.backend.id_table(1));
-            sqlx::query(AssertSqlSafe(sql)).bind(json_ids(r.keys)).bind(r.id).execute(&mut *self.tx).await?;
+    /// `n` ids for profiles this transaction creates with [`WriteTx::insert_profiles`], ascending.
+    /// SQLite: the next ids after the highest ever used (the writer lock keeps them ours);
+    /// PostgreSQL: drawn from the identity sequence, so concurrent transactions never share one.
+    pub async fn reserve_profile_ids(&mut self, n: usize) -> Result<Vec<i64>> {
+        match self.backend {
+            Backend::Sqlite => {
+                let row = sqlx::query(
+                    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'profiles'), 0),
+                                COALESCE((SELECT MAX(id) FROM profiles), 0)) AS top",
+                )
+                .fetch_one(&mut *self.tx)
+                .await?;
+                let top: i64 = row.try_get("top")?;
+                Ok((top + 1..=top + n as i64).collect())
+            }
+            Backend::Postgres => {
+                let rows = sqlx::query(
+                    "SELECT nextval(pg_get_serial_sequence('profiles', 'id')) AS id FROM generate_series(1, $1)",
+                )
+                .bind(n as i64)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                let mut ids = rows.iter().map(|r| r.try_get("id")).collect::<std::result::Result<Vec<i64>, _>>()?;
+                ids.sort_unstable();
+                Ok(ids)
+            }
         }
+    }
+
+    pub async fn insert_profiles(&mut self, profiles: &[NewProfile]) -> Result<()> {
+        self.bulk_insert("profiles", PROFILE_INSERT_COLUMNS, profiles).await
+    }
+
+    /// Store resolved records and their key hashes (two statements whatever their number).
+    pub async fn insert_records(&mut self, records: &[NewRecord]) -> Result<()> {
+        self.bulk_insert("source_records", RECORD_INSERT_COLUMNS, records).await?;
+        let mut keys: Vec<RecordKey> = Vec::new();
+        for r in records {
+            let mut hashes = r.keys.clone();
+            hashes.sort_unstable();
+            hashes.dedup();
+            keys.extend(hashes.into_iter().map(|hash| RecordKey { hash, record_id: r.id }));
+        }
+        self.bulk_insert("record_keys", RECORD_KEY_COLUMNS, &keys).await
+    }
+
+    pub async fn add_reviews(&mut self, reviews: &[NewReview]) -> Result<()> {
+        self.bulk_insert("review_items", REVIEW_COLUMNS, reviews).await
+    }
+
+    /// Store recomputed golden records of live profiles (one statement).
+    pub async fn set_goldens(&mut self, updates: &[GoldenUpdate], now: i64) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE profiles SET golden = x.golden, record_count = x.record_count, updated_at_ms = $2,
+             version = version + 1 FROM {} WHERE profiles.id = x.id",
+            self.backend.json_rows(GOLDEN_COLUMNS, 1)
+        );
+        sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(updates)?).bind(now).execute(&mut *self.tx).await?;
         Ok(())
     }
 
@@ -272,39 +392,15 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Store a profile's recomputed golden record and record count.
-    pub async fn set_golden(&mut self, profile: i64, golden: &serde_json::Value, records: i64, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE profiles SET golden = $1, record_count = $2, updated_at_ms = $3, version = version + 1 WHERE id = $4",
-        )
-        .bind(golden.to_string())
-        .bind(records)
-        .bind(now)
-        .bind(profile)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
     /// Append an event to the outbox (written at commit, in call order).
     pub fn push_event(&mut self, kind: &'static str, profile: Option<i64>, record: Option<i64>, payload: &serde_json::Value, at: i64) {
-        self.events.push(PendingEvent { p: profile, r: record, t: kind, d: payload.to_string(), a: at });
-    }
-
-    pub async fn add_review(&mut self, r: &NewReview<'_>, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO review_items (record_id, other_record_id, reason, probability, evidence, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(r.record_id)
-        .bind(r.other_record_id)
-        .bind(r.reason)
-        .bind(r.probability)
-        .bind(r.evidence.to_string())
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        self.events.push(PendingEvent {
+            profile_id: profile,
+            record_id: record,
+            r#type: kind,
+            payload: payload.to_string(),
+            created_at_ms: at,
+        });
     }
 
     /// Close an open review item; false when it was not open any more.

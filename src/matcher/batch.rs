@@ -1,0 +1,290 @@
+//! Resolution of a batch of intake records in one transaction. The profiles that the batch's
+//! blocking keys reach are read (and locked, on PostgreSQL) once; each record is then resolved
+//! in memory against that view, which the batch keeps current as it creates, joins and merges
+//! profiles; records, new profiles, golden records and review items reach the store in a few
+//! multi-row statements at the end. A batch costs a fixed number of round trips, not several
+//! per record.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::{
+    Decision, LinkDetail, LinkEvidence, MatchError, Members, Resolved, Resolver, golden_event, is_lookup_attribute,
+    lookup_key, review_reason,
+};
+use crate::identity::{CandidateProfile, GoldenProfile, Outcome, PreparedRecord, ProfileLink};
+use crate::store::{GoldenUpdate, IntakeItem, NewProfile, NewRecord, NewReview, WriteTx, key_hash};
+
+pub(super) struct Batch<'r> {
+    resolver: &'r Resolver,
+    now: i64,
+    /// Profiles holding a record with each blocking key (some may have been merged away since:
+    /// see [`Batch::live`]).
+    by_key: HashMap<i64, Vec<i64>>,
+    /// Records of every live profile in view, in id order.
+    members: Members,
+    /// Current golden record of the live profiles this batch changed.
+    golden: HashMap<i64, GoldenProfile>,
+    /// Profiles merged away in this batch → the profile that absorbed them.
+    merged: HashMap<i64, i64>,
+    /// Ids reserved for new profiles, largest first.
+    spare_ids: Vec<i64>,
+    created: BTreeSet<i64>,
+    /// Live profiles whose golden record changed.
+    changed: BTreeSet<i64>,
+    records: Vec<NewRecord>,
+    reviews: Vec<NewReview>,
+}
+
+impl<'r> Batch<'r> {
+    /// Read and lock the profiles that these blocking-key hashes reach. `tx` must hold the
+    /// locks on the keys already ([`WriteTx::lock_keys`]).
+    pub(super) async fn load(resolver: &'r Resolver, tx: &mut WriteTx, keys: &[i64], now: i64) -> Result<Self, MatchError> {
+        let pairs = tx.key_profiles(keys).await?;
+        let mut profiles: Vec<i64> = pairs.iter().map(|(_, p)| *p).collect();
+        profiles.sort_unstable();
+        profiles.dedup();
+        let rows = tx.lock_profile_ids(&profiles).await?;
+        if rows.len() != profiles.len() || rows.iter().any(|(_, merged_into)| merged_into.is_some()) {
+            return Err(MatchError::Stale);
+        }
+        // a concurrent unmerge may have moved records between our look-up and our locks
+        if !tx.serialised() && tx.key_profiles(keys).await? != pairs {
+            return Err(MatchError::Stale);
+        }
+        let members = resolver.members(tx, &profiles).await?;
+        let mut by_key: HashMap<i64, Vec<i64>> = HashMap::new();
+        for (hash, profile) in pairs {
+            by_key.entry(hash).or_default().push(profile);
+        }
+        Ok(Batch {
+            resolver,
+            now,
+            by_key,
+            members,
+            golden: HashMap::new(),
+            merged: HashMap::new(),
+            spare_ids: Vec::new(),
+            created: BTreeSet::new(),
+            changed: BTreeSet::new(),
+            records: Vec::new(),
+            reviews: Vec::new(),
+        })
+    }
+
+    /// The live profile `profile` is now part of.
+    fn live(&self, mut profile: i64) -> i64 {
+        while let Some(next) = self.merged.get(&profile) {
+            profile = *next;
+        }
+        profile
+    }
+
+    /// A new profile id; reserves enough for the `remaining` records of the batch at once.
+    async fn new_profile(&mut self, tx: &mut WriteTx, remaining: usize) -> Result<i64, MatchError> {
+        if self.spare_ids.is_empty() {
+            self.spare_ids = tx.reserve_profile_ids(remaining.max(1)).await?;
+            self.spare_ids.reverse();
+        }
+        let id = self.spare_ids.pop().expect("reserved above");
+        self.created.insert(id);
+        self.members.insert(id, Vec::new());
+        Ok(id)
+    }
+
+    /// Resolve one record against the view; `remaining` counts it and the records after it.
+    pub(super) async fn resolve(
+        &mut self,
+        tx: &mut WriteTx,
+        item: &IntakeItem,
+        (prepared, blocking): (PreparedRecord, Vec<i64>),
+        remaining: usize,
+    ) -> Result<Resolved, MatchError> {
+        let candidates: Vec<i64> = blocking
+            .iter()
+            .filter_map(|h| self.by_key.get(h))
+            .flatten()
+            .map(|p| self.live(*p))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let cands: Vec<(String, Vec<Arc<PreparedRecord>>)> = candidates
+            .iter()
+            .map(|p| (p.to_string(), self.members[p].iter().map(|(_, r)| r.clone()).collect()))
+            .collect();
+        let views: Vec<CandidateProfile<'_, Arc<PreparedRecord>>> =
+            cands.iter().map(|(id, records)| CandidateProfile { id, records }).collect();
+        let resolution = self.resolver.engine.resolve(&prepared, &views);
+
+        // everything that reads the profiles' records, before a merge moves them
+        let members = &self.members;
+        let profile_id = |link: &ProfileLink| -> i64 { link.profile.parse().expect("profile ids are ours") };
+        let record_of = |link: &ProfileLink| -> i64 { members[&profile_id(link)][link.closest_record].0 };
+        let review = |link: &ProfileLink, reason: &'static str| NewReview {
+            record_id: item.id,
+            other_record_id: record_of(link),
+            reason,
+            probability: link.profile_probability,
+            evidence: serde_json::to_string(&link.evidence).expect("evidence serialises"),
+            created_at_ms: self.now,
+        };
+        let mut reviews: Vec<NewReview> =
+            resolution.review.iter().map(|r| review(&r.link, review_reason(r.reason))).collect();
+        let details: Vec<LinkDetail> = resolution
+            .links
+            .iter()
+            .map(|link| LinkDetail {
+                profile_id: profile_id(link),
+                profile_weight: link.profile_weight,
+                probability: link.profile_probability,
+                closest_record_id: record_of(link),
+                pair: link.evidence.clone(),
+            })
+            .collect();
+        let (target, decision, absorbed) = match &resolution.outcome {
+            Outcome::New => (None, Decision::New, Vec::new()),
+            Outcome::Join { profile } => (Some(profile.parse().expect("profile ids are ours")), Decision::Join, Vec::new()),
+            Outcome::Merge { survivor, absorbed } => {
+                let survivor: i64 = survivor.parse().expect("profile ids are ours");
+                let absorbed: Vec<i64> = absorbed.iter().map(|a| a.parse().expect("profile ids are ours")).collect();
+                // people said these must stay apart: join the survivor, send the others to review
+                let (allowed, forbidden) = self.resolver.split_forbidden(tx, members, survivor, &absorbed).await?;
+                for p in forbidden {
+                    if let Some(link) = resolution.links.iter().find(|l| profile_id(l) == p) {
+                        reviews.push(review(link, "forbidden"));
+                    }
+                }
+                let decision = if allowed.is_empty() { Decision::Join } else { Decision::Merge };
+                (Some(survivor), decision, allowed)
+            }
+        };
+        let evidence = match decision {
+            Decision::New => LinkEvidence::New,
+            _ => LinkEvidence::Linked {
+                links: details
+                    .into_iter()
+                    .filter(|d| Some(d.profile_id) == target || absorbed.contains(&d.profile_id))
+                    .collect(),
+            },
+        };
+        let target = match target {
+            Some(t) => t,
+            None => self.new_profile(tx, remaining).await?,
+        };
+        // the golden record before this record (and any merge it makes): as stored, which is
+        // the survivorship of the stored records; none for a profile created in this batch
+        let before = match self.golden.remove(&target) {
+            Some(golden) => Some(golden),
+            None if self.created.contains(&target) => None,
+            None => Some(self.resolver.golden_of(&self.members[&target])),
+        };
+        if !absorbed.is_empty() {
+            self.merge(tx, target, &absorbed, item.id).await?;
+        }
+
+        let mut keys = blocking.clone();
+        keys.extend(
+            prepared
+                .values
+                .iter()
+                .filter(|(a, _)| is_lookup_attribute(a))
+                .map(|(a, v)| key_hash(&lookup_key(a, v))),
+        );
+        for hash in blocking {
+            self.by_key.entry(hash).or_default().push(target);
+        }
+        let record = &item.record;
+        self.records.push(NewRecord {
+            id: item.id,
+            source: record.source.clone(),
+            source_record_id: record.source_record_id.clone(),
+            observed_at_ms: record.observed_at_ms,
+            received_at_ms: item.received_at_ms,
+            profile_id: target,
+            attributes: serde_json::to_string(&record.attributes).expect("attributes serialise"),
+            normalised: serde_json::to_string(&prepared.values).expect("values serialise"),
+            evidence: serde_json::to_string(&evidence).expect("evidence serialises"),
+            keys,
+        });
+        self.reviews.extend(reviews);
+        let prepared = Arc::new(prepared);
+        self.resolver.cache.insert(item.id, prepared.clone());
+        let held = self.members.entry(target).or_default();
+        held.push((item.id, prepared));
+
+        let golden = self.resolver.golden_of(held);
+        if let Some((kind, payload)) = golden_event(target, before.as_ref(), &golden) {
+            tx.push_event(kind, Some(target), None, &payload, self.now);
+        }
+        self.golden.insert(target, golden);
+        self.changed.insert(target);
+        let payload = serde_json::json!({
+            "recordId": item.id, "source": record.source, "sourceRecordId": record.source_record_id, "profileId": target,
+        });
+        tx.push_event("record.received", Some(target), Some(item.id), &payload, self.now);
+        tx.finish_intake(item.id);
+        Ok(Resolved { intake_id: item.id, profile_id: target, decision })
+    }
+
+    /// Merge `absorbed` into `survivor`, in the store for stored profiles and in the view.
+    async fn merge(&mut self, tx: &mut WriteTx, survivor: i64, absorbed: &[i64], record: i64) -> Result<(), MatchError> {
+        let stored: Vec<i64> = absorbed.iter().copied().filter(|p| !self.created.contains(p)).collect();
+        // the survivor is the oldest (smallest id) candidate, and ids created here come after
+        // every stored one, so a stored profile is never absorbed into one created here
+        debug_assert!(stored.is_empty() || !self.created.contains(&survivor));
+        tx.merge_profiles(survivor, &stored, self.now).await?;
+        for p in absorbed {
+            let moved = self.members.remove(p).unwrap_or_default();
+            self.members.entry(survivor).or_default().extend(moved);
+            self.golden.remove(p);
+            self.changed.remove(p);
+            self.merged.insert(*p, survivor);
+        }
+        if let Some(held) = self.members.get_mut(&survivor) {
+            held.sort_by_key(|(id, _)| *id);
+        }
+        let payload = serde_json::json!({"survivor": survivor, "absorbed": absorbed, "recordId": record});
+        tx.push_event("profile.merged", Some(survivor), Some(record), &payload, self.now);
+        Ok(())
+    }
+
+    /// Write what the batch resolved: new profiles, records with their keys, review items and
+    /// the golden records of the profiles that changed.
+    pub(super) async fn flush(mut self, tx: &mut WriteTx) -> Result<(), MatchError> {
+        let golden_json = |g: &GoldenProfile| serde_json::to_string(g).expect("golden serialises");
+        let profiles: Vec<NewProfile> = self
+            .created
+            .iter()
+            .map(|&id| {
+                let merged_into = self.merged.contains_key(&id).then(|| self.live(id));
+                let golden = self.golden.get(&id).filter(|_| merged_into.is_none());
+                NewProfile {
+                    id,
+                    created_at_ms: self.now,
+                    updated_at_ms: self.now,
+                    merged_into,
+                    golden: golden.map(golden_json),
+                    record_count: if merged_into.is_some() { 0 } else { self.members.get(&id).map_or(0, Vec::len) as i64 },
+                }
+            })
+            .collect();
+        tx.insert_profiles(&profiles).await?;
+        let mut records = std::mem::take(&mut self.records);
+        for r in &mut records {
+            r.profile_id = self.live(r.profile_id);
+        }
+        tx.insert_records(&records).await?;
+        tx.add_reviews(&self.reviews).await?;
+        let updates: Vec<GoldenUpdate> = self
+            .changed
+            .iter()
+            .filter(|p| !self.created.contains(p))
+            .filter_map(|p| {
+                let golden = self.golden.get(p)?;
+                Some(GoldenUpdate { id: *p, golden: golden_json(golden), record_count: self.members[p].len() as i64 })
+            })
+            .collect();
+        tx.set_goldens(&updates, self.now).await?;
+        Ok(())
+    }
+}
