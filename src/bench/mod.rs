@@ -116,11 +116,25 @@ pub struct ThroughputReport {
     /// Records resolved per second by the matcher workers.
     pub resolved_per_second: f64,
     pub resolve_seconds: f64,
+    /// CPU time this process used while resolving (all threads, the store's included): on a
+    /// busy machine, records per CPU-second is the steadier figure.
+    pub resolve_cpu_seconds: f64,
+    pub resolved_per_cpu_second: f64,
     pub profiles: i64,
     pub open_reviews: i64,
     /// Pairwise quality of the final profiles against the generator's truth.
     pub pairwise: PairwiseMetrics,
     pub rss_mb: f64,
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat` (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime: fields 14 and 15 of the line, indices 11 and 12 after the name; 100 ticks/s
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn rss_mb() -> f64 {
@@ -133,7 +147,7 @@ fn rss_mb() -> f64 {
     kb / 1024.0
 }
 
-async fn open_scratch(postgres: Option<&str>) -> Result<(Store, Option<PathBuf>), StoreError> {
+pub(crate) async fn open_scratch(postgres: Option<&str>) -> Result<(Store, Option<PathBuf>), StoreError> {
     match postgres {
         Some(url) => Ok((Store::open(&scratch_database(url, "cdp_bench").await?).await?, None)),
         None => {
@@ -143,7 +157,7 @@ async fn open_scratch(postgres: Option<&str>) -> Result<(Store, Option<PathBuf>)
     }
 }
 
-fn remove_sqlite(path: Option<PathBuf>) {
+pub(crate) fn remove_sqlite(path: Option<PathBuf>) {
     if let Some(path) = path {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -171,7 +185,7 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
     let resolver = Arc::new(Resolver::new(&config)?);
     let (trigger, shutdown) = ops::shutdown_channel();
     let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
-    let started = Instant::now();
+    let (started, cpu_started) = (Instant::now(), cpu_seconds());
     let workers = spawn_workers(&store, resolver, Metrics::new(), args.workers, options, &shutdown);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -181,6 +195,7 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
         }
     }
     let resolve_seconds = started.elapsed().as_secs_f64();
+    let resolve_cpu_seconds = cpu_seconds() - cpu_started;
     trigger.trigger();
     for w in workers {
         let _ = w.await;
@@ -205,6 +220,8 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
         enqueue_per_second: args.records as f64 / enqueue_seconds,
         resolved_per_second: args.records as f64 / resolve_seconds,
         resolve_seconds,
+        resolve_cpu_seconds,
+        resolved_per_cpu_second: args.records as f64 / resolve_cpu_seconds.max(0.01),
         profiles: counts.profiles,
         open_reviews: counts.open_reviews,
         pairwise: pairwise(&refs, &clusters),
@@ -230,7 +247,7 @@ pub struct LatencyReport {
 }
 
 /// Nest dotted attribute names (`identifiers.loyaltyId`) into JSON objects.
-fn payload(record: &crate::identity::CanonicalRecord) -> Value {
+pub(crate) fn payload(record: &crate::identity::CanonicalRecord) -> Value {
     let mut v = serde_json::json!({"id": record.source_record_id});
     for (k, val) in &record.attributes {
         match k.split_once('.') {
@@ -354,7 +371,8 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         BenchKind::Throughput(a) => serde_json::to_value(throughput(a).await?),
         BenchKind::Latency(a) => serde_json::to_value(latency(a).await?),
         BenchKind::Accuracy(a) => {
-            print!("{}", accuracy::table(&accuracy::run(a)?));
+            let (rows, stored) = accuracy::run(a).await?;
+            print!("{}", accuracy::table(&rows, &stored));
             return Ok(());
         }
     }
