@@ -97,6 +97,10 @@ async fn one_person_across_sources_is_one_profile(t: TestStore) {
     let golden = profile.golden.unwrap();
     assert_eq!(golden["attributes"]["email"]["value"], "helene.dupont@example.com");
     assert_eq!(golden["attributes"]["phone"]["value"], "+33612345678");
+    // people see a value as a source sent it; matching uses the normalised one
+    let given = &golden["attributes"]["givenName"];
+    assert!(["Hélène", "HELENE", "Helene"].contains(&given["display"].as_str().unwrap()), "{given}");
+    assert_ne!(given["display"], given["value"]);
     // every link is explained
     let records = t.store.records_of(profile.id).await.unwrap();
     assert_eq!(records[0].evidence["decision"], "new");

@@ -80,11 +80,22 @@ pub struct PreparedRecord {
     /// Attributes whose raw value failed to normalise, with the reason (left out of `values`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub invalid: Vec<(String, String)>,
+    /// Attribute → the value as the source sent it (trimmed), for the attributes in `values`:
+    /// what a golden record shows people ("Hélène", not "helene").
+    #[serde(skip)]
+    pub display: BTreeMap<String, String>,
     #[serde(skip)]
     pub(crate) features: Vec<Option<Feature>>,
 }
 
 impl PreparedRecord {
+    /// Take display values from the attributes as the source sent them (a record read back
+    /// from the store is prepared from its normalised values).
+    pub fn with_display(mut self, sent: &BTreeMap<String, String>) -> Self {
+        self.display = sent.iter().filter(|(a, _)| self.values.contains_key(*a)).map(|(a, v)| (a.clone(), v.trim().to_string())).collect();
+        self
+    }
+
     pub fn get(&self, attribute: &str) -> Option<&str> {
         self.values.get(attribute).map(String::as_str)
     }
@@ -442,11 +453,13 @@ impl Engine {
     /// normalise are left out and listed in `invalid` (ingest has already reported them).
     pub fn prepare(&self, record: &CanonicalRecord, default_region: &str) -> PreparedRecord {
         let mut values = BTreeMap::new();
+        let mut display = BTreeMap::new();
         let mut invalid = Vec::new();
         for (attr, raw) in &record.attributes {
             match normalise_with(attr, raw, default_region, self.flags) {
                 Ok(Some(v)) => {
                     values.insert(attr.clone(), v);
+                    display.insert(attr.clone(), raw.trim().to_string());
                 }
                 Ok(None) => {}
                 Err(e) => invalid.push((attr.clone(), e.to_string())),
@@ -458,6 +471,7 @@ impl Engine {
             observed_at_ms: record.observed_at_ms,
             values,
             invalid,
+            display,
             features: Vec::new(),
         };
         self.refresh(&mut p);

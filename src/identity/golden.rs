@@ -19,7 +19,11 @@ pub struct SourcedRecord<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GoldenValue {
+    /// The normalised value (what matching and lookups use).
     pub value: String,
+    /// The value as its source sent it, for people and outbound feeds.
+    #[serde(default)]
+    pub display: String,
     pub source: String,
     pub source_record_id: String,
     pub observed_at_ms: i64,
@@ -94,6 +98,7 @@ pub fn golden(rules: &Survivorship, records: &[SourcedRecord<'_>]) -> GoldenProf
             attr.to_string(),
             GoldenValue {
                 value: best.0.to_string(),
+                display: best.1.record.display.get(attr).cloned().unwrap_or_else(|| best.0.to_string()),
                 source: best.1.record.source.clone(),
                 source_record_id: best.1.record.source_record_id.clone(),
                 observed_at_ms: best.1.record.observed_at_ms,
