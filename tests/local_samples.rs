@@ -42,7 +42,7 @@ fn febrl_sample_loads_and_maps_a_row() {
         "rec-1496-org", "1496", "mitchell", "green", "7", "wallaby place", "delmar", "cleveland", "2119", "sa", "19560409", "1804974",
     ]);
     let payload = cdp_operator::ingest::mapping::row_to_json(&headers, &row);
-    let record = map_record(source, normalise_flags(&loaded.config), &payload, 0).unwrap();
+    let record = map_record(source, normalise_flags(&loaded.config), &payload, 0).unwrap().record;
     assert_eq!(record.source_record_id, "rec-1496-org");
     assert_eq!(record.attributes["birthDate"], "19560409");
     assert_eq!(record.attributes["street"], "wallaby place");

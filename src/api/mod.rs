@@ -582,7 +582,7 @@ async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(i
         .source(&entry.source)
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "unknown_source", format!("source {:?} is gone", entry.source)))?;
     // validated again with the Source as it is now (the point of a replay after a fix)
-    let outcome = crate::ingest::mapping::map_record(source, s.flags, &entry.payload, entry.received_at_ms).map(|r| vec![r]);
+    let outcome = crate::ingest::mapping::map_record(source, s.flags, &entry.payload, entry.received_at_ms).map(|m| vec![m.record]);
     let errors = outcome.as_ref().err().cloned();
     let enqueued: Vec<Enqueued> = s.store.replay_quarantined(id, outcome).await?;
     if let Some(errors) = errors {

@@ -15,7 +15,7 @@ use super::{BENCH_KEY, open_scratch, payload, remove_sqlite};
 use crate::api::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::matching::MatchingModel;
-use crate::crd::source::{Delivery, FieldMapping, HttpDelivery, SourceSpec};
+use crate::crd::source::{Delivery, FieldMapping, HttpDelivery, InvalidValuePolicy, SourceSpec, ValidationRules};
 use crate::identity::eval::{self, AccuracyRow, LabelledRecord, PairwiseMetrics, pairwise};
 use crate::identity::{ModelError, TrainOptions, default_model};
 use crate::matcher::{Resolver, WorkerOptions, spawn_workers};
@@ -98,7 +98,9 @@ fn dataset_config(data: &[LabelledRecord], model: &MatchingModel) -> PipelineCon
                 mapping: attributes.iter().map(|a| FieldMapping { from: (*a).into(), to: (*a).into() }).collect(),
                 event_id_field: "id".into(),
                 observed_at_field: None,
-                validation: Default::default(),
+                // the datasets corrupt some values on purpose (impossible dates): every record
+                // is matched, on its valid values, as a Source that keeps invalid values does
+                validation: ValidationRules { on_invalid_value: InvalidValuePolicy::Keep, ..Default::default() },
                 default_phone_region: Some(region.to_string()),
                 trust_rank: 50,
             },

@@ -137,6 +137,19 @@ pub struct ValidationRules {
     /// At least one of these must be present (e.g. `email`, `phone`, `identifiers.loyaltyId`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub require_any_of: Vec<String>,
+    /// A value that cannot be normalised (an impossible date, a malformed phone number):
+    /// `Reject` refuses the record (422, kept in quarantine); `Keep` accepts it, stores the
+    /// value as sent, leaves it out of matching and reports it as a warning. A required
+    /// attribute must always be valid.
+    #[serde(default)]
+    pub on_invalid_value: InvalidValuePolicy,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum InvalidValuePolicy {
+    #[default]
+    Reject,
+    Keep,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]

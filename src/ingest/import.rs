@@ -77,7 +77,8 @@ pub struct ImportSummary {
     pub accepted: usize,
     pub duplicates: usize,
     pub rejected: usize,
-    /// `field: code` → how many records failed that way.
+    /// `field: code` → how many records failed that way (or, marked kept, carried an invalid
+    /// value the Source keeps).
     pub reasons: BTreeMap<String, usize>,
 }
 
@@ -146,7 +147,12 @@ pub async fn import_file(
         let mut valid = Vec::with_capacity(chunk.len());
         for payload in &chunk {
             match map_record(named, flags, payload, now) {
-                Ok(record) => valid.push(record),
+                Ok(mapped) => {
+                    for w in &mapped.warnings {
+                        *summary.reasons.entry(format!("{}: {} (kept)", w.field, w.code)).or_default() += 1;
+                    }
+                    valid.push(mapped.record);
+                }
                 Err(errors) => {
                     store.quarantine(source, payload, &errors).await?;
                     summary.rejected += 1;

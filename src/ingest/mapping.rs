@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::crd::source::InvalidValuePolicy;
 use crate::identity::normalise::{NormaliseFlags, normalise_with};
 use crate::identity::CanonicalRecord;
 use crate::pipeline::NamedSource;
@@ -28,13 +29,20 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
+/// A payload mapped to a record, with the invalid values the Source keeps anyway.
+#[derive(Clone, Debug)]
+pub struct Mapped {
+    pub record: CanonicalRecord,
+    pub warnings: Vec<FieldError>,
+}
+
 /// Map and validate one payload. Every failing field is reported, not just the first.
 pub fn map_record(
     source: &NamedSource,
     flags: NormaliseFlags,
     payload: &Value,
     received_at_ms: i64,
-) -> Result<CanonicalRecord, Vec<FieldError>> {
+) -> Result<Mapped, Vec<FieldError>> {
     let spec = &source.spec;
     if !payload.is_object() {
         return Err(vec![error("$", "notAnObject", "a record must be a JSON object")]);
@@ -63,6 +71,7 @@ pub fn map_record(
     };
     let region = spec.default_phone_region.as_deref().unwrap_or("");
     let mut attributes = BTreeMap::new();
+    let mut warnings = Vec::new();
     for m in &spec.mapping {
         let Some(v) = at_path(payload, &m.from) else { continue };
         let Some(raw) = scalar(v) else {
@@ -74,18 +83,31 @@ pub fn map_record(
                 attributes.insert(m.to.clone(), raw);
             }
             Ok(None) => {}
-            Err(e) => errors.push(error(&m.to, "invalid", format!("{}: {e}", m.from))),
+            Err(e) => {
+                let issue = error(&m.to, "invalid", format!("{}: {e}", m.from));
+                match spec.validation.on_invalid_value {
+                    InvalidValuePolicy::Reject => errors.push(issue),
+                    InvalidValuePolicy::Keep => {
+                        attributes.insert(m.to.clone(), raw);
+                        warnings.push(issue);
+                    }
+                }
+            }
         }
     }
     let failed = |a: &str| errors.iter().any(|e| e.field == a);
+    let kept_invalid = |a: &str| warnings.iter().any(|e| e.field == a);
+    let usable = |a: &str| attributes.contains_key(a) && !kept_invalid(a);
     let rules = &spec.validation;
     let mut missing = Vec::new();
     for a in &rules.required {
-        if !attributes.contains_key(a) && !failed(a) {
+        if kept_invalid(a) {
+            missing.push(error(a, "invalid", "required by the Source, and its value is invalid"));
+        } else if !attributes.contains_key(a) && !failed(a) {
             missing.push(error(a, "required", "required by the Source"));
         }
     }
-    if !rules.require_any_of.is_empty() && !rules.require_any_of.iter().any(|a| attributes.contains_key(a)) {
+    if !rules.require_any_of.is_empty() && !rules.require_any_of.iter().any(|a| usable(a)) {
         missing.push(error(
             &rules.require_any_of.join("|"),
             "requireAnyOf",
@@ -96,7 +118,7 @@ pub fn map_record(
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(CanonicalRecord { source: source.name.clone(), source_record_id, observed_at_ms, attributes })
+    Ok(Mapped { record: CanonicalRecord { source: source.name.clone(), source_record_id, observed_at_ms, attributes }, warnings })
 }
 
 /// A flat row (CSV) as a JSON object; `a.b` column names become nested objects so the
@@ -148,6 +170,7 @@ mod tests {
                 validation: ValidationRules {
                     required: vec!["identifiers.loyaltyId".into()],
                     require_any_of: vec!["email".into(), "phone".into()],
+                    on_invalid_value: InvalidValuePolicy::Reject,
                 },
                 default_phone_region: Some("FR".into()),
                 trust_rank: 10,
@@ -159,7 +182,7 @@ mod tests {
     fn maps_nested_fields_and_numbers() {
         let payload = serde_json::json!({"id": 42, "at": "2025-03-01T10:00:00Z", "card": 1234,
             "c": {"email": " Ann@Example.com ", "phone": "06 12 34 56 78", "first": "Ann"}});
-        let r = map_record(&source(), NormaliseFlags::default(), &payload, 7).unwrap();
+        let r = map_record(&source(), NormaliseFlags::default(), &payload, 7).unwrap().record;
         assert_eq!(r.source_record_id, "42");
         assert_eq!(r.observed_at_ms, 1_740_823_200_000);
         assert_eq!(r.attributes["identifiers.loyaltyId"], "1234");
@@ -183,6 +206,25 @@ mod tests {
                 ("email|phone", "requireAnyOf"),
             ]
         );
+    }
+
+    #[test]
+    fn a_source_may_keep_invalid_values_but_never_for_required_attributes() {
+        let mut keeping = source();
+        keeping.spec.validation.on_invalid_value = InvalidValuePolicy::Keep;
+        let payload = serde_json::json!({"id": 1, "card": 7, "c": {"phone": "06 12 34 56 78", "born": "1990-02-31"}});
+        let mapped = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap();
+        assert_eq!(mapped.record.attributes["birthDate"], "1990-02-31", "stored as sent");
+        let warned: Vec<&str> = mapped.warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(warned, ["birthDate"]);
+        // the only contact value is invalid: requireAnyOf still fails
+        let payload = serde_json::json!({"id": 1, "card": 7, "c": {"email": "nope"}});
+        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap_err();
+        assert_eq!(errors.iter().map(|e| e.code.as_str()).collect::<Vec<_>>(), ["requireAnyOf"]);
+        keeping.spec.validation.required.push("birthDate".into());
+        let payload = serde_json::json!({"id": 1, "card": 7, "c": {"phone": "0612345678", "born": "1990-02-31"}});
+        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap_err();
+        assert_eq!(errors.iter().map(|e| (e.field.as_str(), e.code.as_str())).collect::<Vec<_>>(), [("birthDate", "invalid")]);
     }
 
     #[test]

@@ -86,6 +86,9 @@ struct AcceptedRecord {
     index: usize,
     #[serde(flatten)]
     enqueued: Enqueued,
+    /// Invalid values the Source keeps (`onInvalidValue: Keep`): stored, not matched on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<FieldError>,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,14 +148,17 @@ async fn receive(
     let mut invalid = Vec::new();
     for (index, payload) in payloads.iter().enumerate() {
         match mapping::map_record(&intake.source, state.flags, payload, received) {
-            Ok(record) => valid.push((index, record)),
+            Ok(mapped) => valid.push((index, mapped)),
             Err(errors) => invalid.push((index, errors)),
         }
     }
-    let records: Vec<_> = valid.iter().map(|(_, r)| r.clone()).collect();
+    let records: Vec<_> = valid.iter().map(|(_, m)| m.record.clone()).collect();
     let enqueued = if records.is_empty() { Vec::new() } else { state.store.enqueue(&records).await? };
-    let accepted: Vec<AcceptedRecord> =
-        valid.iter().zip(enqueued).map(|((index, _), enqueued)| AcceptedRecord { index: *index, enqueued }).collect();
+    let accepted: Vec<AcceptedRecord> = valid
+        .into_iter()
+        .zip(enqueued)
+        .map(|((index, mapped), enqueued)| AcceptedRecord { index, enqueued, warnings: mapped.warnings })
+        .collect();
     let mut rejected = Vec::with_capacity(invalid.len());
     for (index, errors) in invalid {
         let quarantine_id = state.store.quarantine(&source, &payloads[index], &errors).await?;
