@@ -80,6 +80,9 @@ pub struct Store {
     /// Wakes matcher workers of this process when work arrives (PostgreSQL feeds it from LISTEN).
     work: Arc<Notify>,
     listener: Arc<tokio::sync::OnceCell<()>>,
+    /// SQLite has one writer: this process's writers queue here, in order, instead of in
+    /// SQLite's busy handler, which polls with sleeps of up to 100 ms.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Outcome of enqueuing one record.
@@ -332,6 +335,7 @@ impl Store {
             url: url.into(),
             work: Arc::new(Notify::new()),
             listener: Arc::new(tokio::sync::OnceCell::new()),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -351,11 +355,14 @@ impl Store {
 
     /// Begin a write transaction (SQLite: takes the single writer lock up front).
     pub async fn begin(&self) -> Result<WriteTx> {
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        let (tx, writer) = match self.backend {
+            Backend::Sqlite => {
+                let writer = self.writer.clone().lock_owned().await;
+                (self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(writer))
+            }
+            Backend::Postgres => (self.pool.begin().await?, None),
         };
-        Ok(WriteTx::new(tx, self.backend))
+        Ok(WriteTx::new(tx, self.backend, writer))
     }
 
     /// Durably queue valid records; redeliveries (same source + record id) are absorbed.
@@ -379,6 +386,7 @@ impl Store {
 
     /// Keep an invalid record with every reason it failed.
     pub async fn quarantine(&self, source: &str, payload: &serde_json::Value, errors: &[FieldError]) -> Result<i64> {
+        let mut tx = self.begin().await?;
         let row = sqlx::query(
             "INSERT INTO quarantine (source, received_at_ms, payload, errors) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -386,8 +394,9 @@ impl Store {
         .bind(now_ms())
         .bind(payload.to_string())
         .bind(serde_json::to_string(errors)?)
-        .fetch_one(&self.pool)
+        .fetch_one(tx.conn())
         .await?;
+        tx.commit().await?;
         Ok(row.try_get("id")?)
     }
 
@@ -489,7 +498,9 @@ impl Store {
              WHERE {}",
             self.backend.in_ids("id", 2)
         );
-        sqlx::query(AssertSqlSafe(sql)).bind(error).bind(json_ids(ids)).execute(&self.pool).await?;
+        let mut tx = self.begin().await?;
+        sqlx::query(AssertSqlSafe(sql)).bind(error).bind(json_ids(ids)).execute(tx.conn()).await?;
+        tx.commit().await?;
         Ok(())
     }
 

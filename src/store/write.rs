@@ -15,6 +15,8 @@ use crate::identity::CanonicalRecord;
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
     backend: Backend,
+    /// SQLite: this process's writer slot, held until the transaction ends.
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
     events: Vec<PendingEvent>,
     finished: Vec<i64>,
 }
@@ -126,8 +128,8 @@ pub struct GoldenUpdate {
 const GOLDEN_COLUMNS: &[(&str, &str)] = &[("id", "bigint"), ("golden", "text"), ("record_count", "bigint")];
 
 impl WriteTx {
-    pub(super) fn new(tx: Transaction<'static, Any>, backend: Backend) -> Self {
-        WriteTx { tx, backend, events: Vec::new(), finished: Vec::new() }
+    pub(super) fn new(tx: Transaction<'static, Any>, backend: Backend, writer: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
+        WriteTx { tx, backend, _writer: writer, events: Vec::new(), finished: Vec::new() }
     }
 
     /// Whether this transaction excludes every other writer (SQLite's single writer lock):
