@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Resolver, resolve_batch};
+use crate::api::load;
 use crate::api::ops::{self, Metrics, Shutdown, StartError};
 use crate::store::{Store, StoreError, now_ms};
 
@@ -53,11 +54,13 @@ pub struct Worker {
 impl Worker {
     /// Claim and resolve one batch; returns how many records were claimed.
     pub async fn step(&self) -> Result<usize, StoreError> {
+        let work = self.metrics.meters.matcher.start();
         let items = self.store.claim(&self.name, self.options.batch, self.options.lease).await?;
         if items.is_empty() {
             return Ok(0);
         }
         let results = resolve_batch(&self.store, &self.resolver, &items).await;
+        work.finished(items.len() as u64);
         let now = now_ms();
         for (item, result) in items.iter().zip(results) {
             match result {
@@ -130,6 +133,7 @@ pub fn spawn_workers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let id: u32 = rand::random();
+    metrics.meters.matcher.set_slots(count as u32);
     (0..count)
         .map(|i| {
             let worker = Worker {
@@ -172,7 +176,8 @@ pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
     tracing::info!(platform = %config.platform, workers = args.workers, listen = %args.listen, "matcher started");
-    let router = ops::ops_router(store.clone(), metrics);
+    let load = load::router(store.clone(), &metrics, crate::scaling::Workload::Matcher);
+    let router = ops::ops_router(store.clone(), metrics).merge(load);
     if let Err(error) = ops::serve(listener, router, shutdown).await {
         tracing::error!(%error, "ops server failed");
     }
