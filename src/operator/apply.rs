@@ -52,12 +52,20 @@ pub async fn apply_status<K>(client: &Client, obj: &K, status: impl Serialize) -
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
 {
+    apply_status_as(client, obj, MANAGER, status).await
+}
+
+/// [`apply_status`] as field manager `manager`, which owns only the status fields it applies.
+pub async fn apply_status_as<K>(client: &Client, obj: &K, manager: &str, status: impl Serialize) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
     let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(body)).await?;
+    api.patch_status(&obj.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(body)).await?;
     Ok(())
 }

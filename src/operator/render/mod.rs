@@ -11,7 +11,7 @@ mod network_policy;
 mod postgres;
 mod service;
 
-pub use common::{CONFIG_HASH_ANNOTATION, Workload, labels, selector_labels};
+pub use common::{CONFIG_HASH_ANNOTATION, PORT, Workload, labels, selector_labels};
 pub use postgres::{STORE_PASSWORD_KEY, endpoint as store_endpoint, store_name, store_secret_name, volume_claim_name as store_volume_claim_name};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};

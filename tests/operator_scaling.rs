@@ -1,0 +1,196 @@
+//! The built-in scaler, driven by the real controller against the API fake, reading load from
+//! a real HTTP server standing in for the matcher's pods.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cdp_operator::crd::{CustomerDataPlatform, ScalingPolicy};
+use cdp_operator::crd::platform::ScaledWorkloadStatus;
+use cdp_operator::operator::{Context, Metrics, SCALING_PAUSED_ANNOTATION, ScalerOptions, run_controllers};
+use cdp_operator::scaling::Workload;
+use cdp_operator::scaling::load::LoadReport;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::ResourceExt;
+use support::fake_api::FakeApi;
+
+const NS: &str = "default";
+const WAIT: Duration = Duration::from_secs(20);
+const INTERVAL: Duration = Duration::from_millis(200);
+
+/// What the stand-in matcher pods report; `age` dates the report in the past.
+#[derive(Clone)]
+struct Served {
+    report: LoadReport,
+    age: Duration,
+}
+
+/// A matcher replica measured at 100 records/s (50/s processed while busy half the time),
+/// with `backlog` records waiting.
+fn matcher_load(backlog: u64) -> Served {
+    let report = LoadReport {
+        workload: Workload::Matcher,
+        replica: "retail-matcher-0".into(),
+        at_ms: 0,
+        window_seconds: 30.0,
+        arrival_per_second: 50.0,
+        processed_per_second: 50.0,
+        busy_fraction: 0.5,
+        backlog,
+        oldest_backlog_seconds: 12.0,
+        feeds: vec![],
+    };
+    Served { report, age: Duration::ZERO }
+}
+
+/// `GET /v1/load` answering what `served` holds, on an ephemeral port of 127.0.0.1.
+async fn load_server(served: Arc<Mutex<Served>>) -> u16 {
+    let app = axum::Router::new().route(
+        "/v1/load",
+        axum::routing::get(move || {
+            let served = served.lock().unwrap().clone();
+            async move {
+                let mut report = served.report;
+                report.at_ms = jiff::Timestamp::now().as_millisecond() - served.age.as_millis() as i64;
+                axum::Json(report)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+/// A ready matcher pod whose load endpoint is the test's server.
+fn matcher_pod(name: &str) -> Pod {
+    let labels = cdp_operator::operator::render::selector_labels("retail", "matcher");
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {"containers": [{"name": "matcher", "image": "cdp"}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+    .unwrap()
+}
+
+/// The samples without their peak windows (a Saturday run would otherwise start at a floor),
+/// the controllers running with a fast scaler reading `served`.
+async fn start(served: Served, annotate: &[(&str, &str)]) -> (FakeApi, Arc<Mutex<Served>>, tokio::task::JoinHandle<()>) {
+    let served = Arc::new(Mutex::new(served));
+    let port = load_server(served.clone()).await;
+    let (fake, client) = FakeApi::new();
+    support::samples::put_samples(&fake);
+    fake.modify::<ScalingPolicy>(NS, "retail", |p| p.spec.peak_windows.clear());
+    fake.modify::<CustomerDataPlatform>(NS, "retail", |p| {
+        p.annotations_mut().extend(annotate.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    });
+    fake.put(&matcher_pod("retail-matcher-0"));
+    let options = ScalerOptions { interval: INTERVAL, load_port: port, ..ScalerOptions::default() };
+    let ctx = Arc::new(Context::with_scaler(client, Metrics::default(), options));
+    let task = tokio::spawn(async move { run_controllers(ctx, &[NS.to_string()]).await });
+    (fake, served, task)
+}
+
+fn replicas(fake: &FakeApi, name: &str) -> Option<i32> {
+    fake.get::<Deployment>(NS, name).and_then(|d| d.spec?.replicas)
+}
+
+fn scaled(fake: &FakeApi, workload: &str) -> Option<ScaledWorkloadStatus> {
+    let platform: CustomerDataPlatform = fake.get(NS, "retail")?;
+    platform.status?.scaling?.workloads.into_iter().find(|w| w.name == workload)
+}
+
+#[tokio::test]
+async fn backlog_scales_the_matcher_up_with_a_reason_and_an_event() {
+    let (fake, _served, task) = start(matcher_load(3000), &[]).await;
+    fake.wait_until(WAIT, |f| replicas(f, "retail-matcher") == Some(3)).await;
+    // 100 records/s per replica; 50/s arriving at 90% utilisation plus 3000 drained in the
+    // policy's 20 s catch-up: 206/s, three replicas.
+    let status = scaled(&fake, "matcher").unwrap();
+    assert_eq!((status.current_replicas, status.desired_replicas), (1, 3), "{status:?}");
+    assert_eq!((status.decision.as_str(), status.cause.as_str()), ("up", "backlog"), "{status:?}");
+    assert!(status.reason.starts_with("backlog 3.0k, drains in"), "{}", status.reason);
+    assert!(jiff::Timestamp::now().as_second() - status.decided_at.parse::<jiff::Timestamp>().unwrap().as_second() < 20);
+
+    let events: Vec<Event> = fake.list(Some(NS));
+    let scaled_up: Vec<&Event> = events.iter().filter(|e| e.reason.as_deref() == Some("ScaledUp")).collect();
+    assert_eq!(scaled_up.len(), 1, "one change, one Event: {events:?}");
+    let note = scaled_up[0].note.as_deref().unwrap();
+    assert!(note.starts_with("matcher scaled up from 1 to 3: backlog 3.0k"), "{note}");
+    assert_eq!(scaled_up[0].regarding.as_ref().unwrap().name.as_deref(), Some("retail"));
+
+    // Workloads without load figures hold their size and say so.
+    let ingest = scaled(&fake, "ingest").unwrap();
+    assert_eq!((ingest.desired_replicas, ingest.cause.as_str()), (2, "noMetrics"));
+    assert!(ingest.reason.contains("no load metrics"), "{}", ingest.reason);
+    // Only the scaler's field manager owns the matcher's replicas.
+    let matcher: Deployment = fake.get(NS, "retail-matcher").unwrap();
+    let owners: Vec<_> = matcher
+        .managed_fields()
+        .iter()
+        .filter(|m| m.fields_v1.as_ref().is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some()))
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(owners, ["cdp-operator-scaler"]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_backlog_beyond_the_maximum_is_capped_by_the_policy() {
+    let (fake, _served, task) = start(matcher_load(100_000), &[]).await;
+    fake.wait_until(WAIT, |f| replicas(f, "retail-matcher") == Some(8)).await;
+    let status = scaled(&fake, "matcher").unwrap();
+    assert_eq!((status.desired_replicas, status.cause.as_str()), (8, "bounds"), "{status:?}");
+    assert!(status.reason.ends_with("capped at the maximum 8"), "{}", status.reason);
+    task.abort();
+}
+
+#[tokio::test]
+async fn stale_load_figures_hold_the_size_and_say_so() {
+    let mut served = matcher_load(100_000);
+    served.age = Duration::from_secs(600);
+    let (fake, served, task) = start(served, &[]).await;
+    fake.wait_until(WAIT, |f| scaled(f, "matcher").is_some_and(|s| s.cause == "noMetrics")).await;
+    let status = scaled(&fake, "matcher").unwrap();
+    assert!(status.reason.starts_with("load metrics stale (600 s old)"), "{}", status.reason);
+    assert_eq!((status.current_replicas, status.desired_replicas, status.decision.as_str()), (1, 1, "hold"));
+    tokio::time::sleep(INTERVAL * 5).await;
+    assert_eq!(replicas(&fake, "retail-matcher"), Some(1), "stale figures never move the size");
+
+    // Fresh figures again: the backlog is served.
+    served.lock().unwrap().age = Duration::ZERO;
+    fake.wait_until(WAIT, |f| replicas(f, "retail-matcher") == Some(8)).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn the_scaling_pause_annotation_holds_every_size() {
+    let (fake, served, task) = start(matcher_load(0), &[]).await;
+    fake.wait_until(WAIT, |f| scaled(f, "matcher").is_some_and(|s| s.decision == "hold" && s.cause != "noMetrics")).await;
+    fake.modify::<CustomerDataPlatform>(NS, "retail", |p| {
+        p.annotations_mut().insert(SCALING_PAUSED_ANNOTATION.into(), "true".into());
+    });
+    let paused = |f: &FakeApi| {
+        let platform: CustomerDataPlatform = f.get(NS, "retail").unwrap();
+        platform.status.and_then(|s| s.scaling).map(|s| (s.paused, s.message))
+    };
+    fake.wait_until(WAIT, |f| paused(f).is_some_and(|(p, _)| p)).await;
+    let message = paused(&fake).unwrap().1;
+    assert!(message.contains(SCALING_PAUSED_ANNOTATION), "{message}");
+    served.lock().unwrap().report.backlog = 3000;
+    tokio::time::sleep(INTERVAL * 5).await;
+    assert_eq!(replicas(&fake, "retail-matcher"), Some(1), "paused: the backlog does not scale");
+
+    fake.modify::<CustomerDataPlatform>(NS, "retail", |p| {
+        p.annotations_mut().remove(SCALING_PAUSED_ANNOTATION);
+    });
+    fake.wait_until(WAIT, |f| replicas(f, "retail-matcher") == Some(3)).await;
+    fake.wait_until(WAIT, |f| scaled(f, "matcher").is_some_and(|s| s.desired_replicas == 3)).await;
+    assert_eq!(paused(&fake), Some((false, String::new())));
+    task.abort();
+}
