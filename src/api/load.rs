@@ -40,6 +40,7 @@ pub struct LoadMetrics {
     arrival: Family<Labels, Gauge<f64, AtomicU64>>,
     backlog: Family<Labels, Gauge>,
     oldest_backlog: Family<Labels, Gauge<f64, AtomicU64>>,
+    slots: Family<Labels, Gauge>,
 }
 
 impl LoadMetrics {
@@ -54,6 +55,7 @@ impl LoadMetrics {
         registry.register("load_arrival_per_second", "Work items arriving per second for the whole workload", m.arrival.clone());
         registry.register("load_backlog", "Work items waiting for the whole workload", m.backlog.clone());
         registry.register("load_oldest_backlog_seconds", "Age of the oldest waiting work item", m.oldest_backlog.clone());
+        registry.register("load_slots", "Units of work this replica runs at once (matcher workers)", m.slots.clone());
         m
     }
 }
@@ -67,6 +69,8 @@ pub struct WorkMeter {
 }
 
 struct MeterState {
+    /// Rates are averaged over about this long.
+    window: Duration,
     slots: u32,
     in_flight: u32,
     last_change: Instant,
@@ -95,6 +99,7 @@ pub struct Measured {
 impl MeterState {
     fn new(slots: u32, now: Instant) -> MeterState {
         MeterState {
+            window: LOAD_WINDOW,
             slots,
             in_flight: 0,
             last_change: now,
@@ -113,9 +118,9 @@ impl MeterState {
         busy
     }
 
-    /// Figures since the last mark at least [`LOAD_WINDOW`] old (or the first one).
+    /// Figures since the last mark at least one window old (or the first one).
     fn measure(&mut self, now: Instant) -> Measured {
-        let base = self.marks.iter().rposition(|m| now.saturating_duration_since(m.at) >= LOAD_WINDOW).unwrap_or(0);
+        let base = self.marks.iter().rposition(|m| now.saturating_duration_since(m.at) >= self.window).unwrap_or(0);
         self.marks.drain(..base);
         let mark = Mark { at: now, busy: self.busy, processed: self.processed };
         self.marks.push_back(mark);
@@ -152,6 +157,16 @@ impl WorkMeter {
     /// How many units of work can run at once (matcher workers in this process).
     pub fn set_slots(&self, slots: u32) {
         self.lock_now().slots = slots;
+        self.metrics.slots.get_or_create(&labels(self.workload)).set(i64::from(slots));
+    }
+
+    /// Average rates over about `window` ([`LOAD_WINDOW`] unless set).
+    pub fn set_window(&self, window: Duration) {
+        self.lock_now().window = window;
+    }
+
+    pub fn window(&self) -> Duration {
+        self.lock_now().window
     }
 
     /// Start one unit of work; it is busy until the returned guard drops.
@@ -160,7 +175,7 @@ impl WorkMeter {
         Work { meter: self.clone() }
     }
 
-    /// Processed rate and busy fraction over about the last [`LOAD_WINDOW`] (successive
+    /// Processed rate and busy fraction over about the last window (successive
     /// reports difference cumulative figures, so any number of readers may ask).
     pub fn measure(&self) -> Measured {
         self.lock_now().measure(Instant::now())
@@ -252,8 +267,8 @@ async fn load(State(state): State<LoadState>) -> Result<Json<LoadReport>, ApiErr
 /// The load report of `meter`'s workload now.
 pub async fn report(store: &Store, meter: &WorkMeter, replica: &str) -> Result<LoadReport, crate::store::StoreError> {
     let at_ms = now_ms();
-    let window_ms = LOAD_WINDOW.as_millis() as i64;
-    let intake = store.intake_load(at_ms - window_ms).await?;
+    let window = meter.window();
+    let intake = store.intake_load(at_ms - window.as_millis() as i64).await?;
     let measured = meter.measure();
     // Intake answers each request as it comes: nothing waits for it in the store. The intake
     // queue is the matcher's backlog.
@@ -269,7 +284,7 @@ pub async fn report(store: &Store, meter: &WorkMeter, replica: &str) -> Result<L
         replica: replica.to_string(),
         at_ms,
         window_seconds: measured.window_seconds,
-        arrival_per_second: intake.received as f64 / LOAD_WINDOW.as_secs_f64(),
+        arrival_per_second: intake.received as f64 / window.as_secs_f64(),
         processed_per_second: measured.processed_per_second,
         busy_fraction: measured.busy_fraction,
         backlog,

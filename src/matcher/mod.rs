@@ -24,7 +24,7 @@ use crate::identity::{
 use crate::pipeline::PipelineConfig;
 use crate::store::{self, IntakeItem, NewRecord, NewReview, ProfileRow, Store, StoreError, WriteTx, key_hash};
 
-pub use service::{MatcherArgs, Worker, WorkerOptions, run, spawn_queue_gauge, spawn_workers};
+pub use service::{MatcherArgs, Worker, WorkerOptions, run, spawn_queue_gauge, spawn_workers, worker_spawner};
 
 /// Attributes indexed for lookup and search (as keyed hashes, never as plain values).
 const LOOKUP_ATTRIBUTES: &[&str] = &["email", "phone", "nationalId", "familyName", "givenName", "postcode"];

@@ -131,21 +131,33 @@ pub fn spawn_workers(
     options: WorkerOptions,
     shutdown: &Shutdown,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let spawn = worker_spawner(store, resolver, metrics, options);
+    (0..count).map(|_| spawn(shutdown.clone())).collect()
+}
+
+/// A function that starts one more worker, running until the shutdown it is given; worker
+/// names stay unique within the process (claims are recorded under them).
+pub fn worker_spawner(
+    store: &Store,
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+    options: WorkerOptions,
+) -> impl Fn(Shutdown) -> tokio::task::JoinHandle<()> + Send + Sync + 'static {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let id: u32 = rand::random();
-    metrics.meters.matcher.set_slots(count as u32);
-    (0..count)
-        .map(|i| {
-            let worker = Worker {
-                store: store.clone(),
-                resolver: resolver.clone(),
-                metrics: metrics.clone(),
-                name: format!("{host}-{id:08x}-{i}"),
-                options,
-            };
-            tokio::spawn(worker.run(shutdown.clone()))
-        })
-        .collect()
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let store = store.clone();
+    move |shutdown| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let worker = Worker {
+            store: store.clone(),
+            resolver: resolver.clone(),
+            metrics: metrics.clone(),
+            name: format!("{host}-{id:08x}-{i}"),
+            options,
+        };
+        tokio::spawn(worker.run(shutdown))
+    }
 }
 
 /// Sample the intake queue length into the metrics (what the scaler reads).
@@ -173,6 +185,7 @@ pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
     ops::on_signal(trigger);
     let listener = ops::bind(args.listen).await?;
     let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
+    metrics.meters.matcher.set_slots(args.workers as u32);
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
     tracing::info!(platform = %config.platform, workers = args.workers, listen = %args.listen, "matcher started");
