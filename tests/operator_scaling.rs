@@ -194,3 +194,31 @@ async fn the_scaling_pause_annotation_holds_every_size() {
     assert_eq!(paused(&fake), Some((false, String::new())));
     task.abort();
 }
+
+#[tokio::test]
+async fn keda_mode_applies_scaled_objects_and_leaves_replicas_to_them() {
+    let (fake, client) = FakeApi::new();
+    support::samples::put_samples(&fake);
+    fake.modify::<ScalingPolicy>(NS, "retail", |p| p.spec.mode = cdp_operator::crd::scaling::ScalingMode::Keda);
+    fake.put(&matcher_pod("retail-matcher-0"));
+    let options = ScalerOptions { interval: INTERVAL, ..ScalerOptions::default() };
+    let ctx = Arc::new(Context::with_scaler(client, Metrics::default(), options));
+    let task = tokio::spawn(async move { run_controllers(ctx, &[NS.to_string()]).await });
+    let scaled_object_writes = |f: &FakeApi, method: http::Method| {
+        f.requests().iter().filter(|r| r.method == method && r.path.contains("/apis/keda.sh/v1alpha1/namespaces/default/scaledobjects/")).count()
+    };
+    fake.wait_until(WAIT, |f| scaled_object_writes(f, http::Method::PATCH) >= 3).await;
+    fake.wait_until(WAIT, |f| {
+        let platform: CustomerDataPlatform = f.get(NS, "retail").unwrap();
+        platform.status.and_then(|s| s.scaling).is_some_and(|s| s.mode == "keda")
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 5).await;
+    assert_eq!(replicas(&fake, "retail-matcher"), None, "KEDA's HPA sets the replicas, not the operator");
+
+    // Back to the built-in scaler: the ScaledObjects go, the scaler takes the replicas over.
+    fake.modify::<ScalingPolicy>(NS, "retail", |p| p.spec.mode = cdp_operator::crd::scaling::ScalingMode::Builtin);
+    fake.wait_until(WAIT, |f| scaled_object_writes(f, http::Method::DELETE) == 3).await;
+    fake.wait_until(WAIT, |f| replicas(f, "retail-matcher") == Some(1)).await;
+    task.abort();
+}

@@ -407,9 +407,39 @@ async fn apply_bundle(
         apply::apply(client, policy).await?;
     }
     apply::apply(client, &bundle.api_autoscaler).await?;
+    let keda = render::keda::api_resource();
+    for scaled_object in &bundle.scaled_objects {
+        apply::apply_dynamic(client, &keda, scaled_object).await?;
+    }
+    if !bundle.scaled_objects.is_empty() {
+        // KEDA's HPA owns the replica counts.
+        return Ok(());
+    }
+    remove_scaled_objects(client, platform)
+        .await
+        .map_err(|source| apply::ApplyError { object: "ScaledObjects of a former KEDA mode".to_string(), source })?;
     hold_replicas_in_bounds(client, platform, config)
         .await
         .map_err(|source| apply::ApplyError { object: "replica counts".to_string(), source })
+}
+
+/// Out of KEDA mode, its ScaledObjects would fight the built-in scaler: delete any left. A
+/// cluster without KEDA answers 404 for the kind, which means there is nothing to delete.
+async fn remove_scaled_objects(client: &Client, platform: &CustomerDataPlatform) -> Result<(), kube::Error> {
+    let namespace = platform.namespace().unwrap_or_default();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &render::keda::api_resource());
+    for workload in [Workload::Ingest, Workload::Matcher, Workload::Feeds] {
+        let name = workload.object_name(&platform.name_any());
+        match api.get_opt(&name).await {
+            Ok(Some(_)) => {
+                api.delete(&name, &Default::default()).await?;
+            }
+            Ok(None) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// Until load-based scaling decides otherwise, keep each scaled workload within the bounds of
