@@ -6,11 +6,11 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cdp_operator::crd::{CustomerDataPlatform, ScalingPolicy};
+use cdp_operator::crd::{CustomerDataPlatform, Feed, ScalingPolicy};
 use cdp_operator::crd::platform::ScaledWorkloadStatus;
 use cdp_operator::operator::{Context, Metrics, SCALING_PAUSED_ANNOTATION, ScalerOptions, run_controllers};
 use cdp_operator::scaling::Workload;
-use cdp_operator::scaling::load::LoadReport;
+use cdp_operator::scaling::load::{FeedLoad, LoadReport};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
@@ -46,8 +46,8 @@ fn matcher_load(backlog: u64) -> Served {
     Served { report, age: Duration::ZERO }
 }
 
-/// `GET /v1/load` answering what `served` holds, on an ephemeral port of 127.0.0.1.
-async fn load_server(served: Arc<Mutex<Served>>) -> u16 {
+/// `GET /v1/load` answering what `served` holds, on `address` (port 0: any free port).
+async fn load_server(served: Arc<Mutex<Served>>, address: &str) -> u16 {
     let app = axum::Router::new().route(
         "/v1/load",
         axum::routing::get(move || {
@@ -59,41 +59,41 @@ async fn load_server(served: Arc<Mutex<Served>>) -> u16 {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     port
 }
 
-/// A ready matcher pod whose load endpoint is the test's server.
-fn matcher_pod(name: &str) -> Pod {
-    let labels = cdp_operator::operator::render::selector_labels("retail", "matcher");
+/// A ready pod of `workload` at `ip`, where the test serves its load.
+fn pod(workload: &str, name: &str, ip: &str) -> Pod {
+    let labels = cdp_operator::operator::render::selector_labels("retail", workload);
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": NS, "labels": labels},
-        "spec": {"containers": [{"name": "matcher", "image": "cdp"}]},
-        "status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+        "spec": {"containers": [{"name": workload, "image": "cdp"}]},
+        "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
     }))
     .unwrap()
 }
 
 /// The samples without their peak windows (a Saturday run would otherwise start at a floor),
 /// the controllers running with a fast scaler reading `served`.
-async fn start(served: Served, annotate: &[(&str, &str)]) -> (FakeApi, Arc<Mutex<Served>>, tokio::task::JoinHandle<()>) {
+async fn start(served: Served, annotate: &[(&str, &str)]) -> (FakeApi, Arc<Mutex<Served>>, tokio::task::JoinHandle<()>, u16) {
     let served = Arc::new(Mutex::new(served));
-    let port = load_server(served.clone()).await;
+    let port = load_server(served.clone(), "127.0.0.1:0").await;
     let (fake, client) = FakeApi::new();
     support::samples::put_samples(&fake);
     fake.modify::<ScalingPolicy>(NS, "retail", |p| p.spec.peak_windows.clear());
     fake.modify::<CustomerDataPlatform>(NS, "retail", |p| {
         p.annotations_mut().extend(annotate.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     });
-    fake.put(&matcher_pod("retail-matcher-0"));
+    fake.put(&pod("matcher", "retail-matcher-0", "127.0.0.1"));
     let options = ScalerOptions { interval: INTERVAL, load_port: port, ..ScalerOptions::default() };
     let ctx = Arc::new(Context::with_scaler(client, Metrics::default(), options));
     let task = tokio::spawn(async move { run_controllers(ctx, &[NS.to_string()]).await });
-    (fake, served, task)
+    (fake, served, task, port)
 }
 
 fn replicas(fake: &FakeApi, name: &str) -> Option<i32> {
@@ -107,7 +107,7 @@ fn scaled(fake: &FakeApi, workload: &str) -> Option<ScaledWorkloadStatus> {
 
 #[tokio::test]
 async fn backlog_scales_the_matcher_up_with_a_reason_and_an_event() {
-    let (fake, _served, task) = start(matcher_load(3000), &[]).await;
+    let (fake, _served, task, _) = start(matcher_load(3000), &[]).await;
     fake.wait_until(WAIT, |f| replicas(f, "retail-matcher") == Some(3)).await;
     // 100 records/s per replica; 50/s arriving at 90% utilisation plus 3000 drained in the
     // policy's 20 s catch-up: 206/s, three replicas.
@@ -142,7 +142,7 @@ async fn backlog_scales_the_matcher_up_with_a_reason_and_an_event() {
 
 #[tokio::test]
 async fn a_backlog_beyond_the_maximum_is_capped_by_the_policy() {
-    let (fake, _served, task) = start(matcher_load(100_000), &[]).await;
+    let (fake, _served, task, _) = start(matcher_load(100_000), &[]).await;
     fake.wait_until(WAIT, |f| replicas(f, "retail-matcher") == Some(8)).await;
     let status = scaled(&fake, "matcher").unwrap();
     assert_eq!((status.desired_replicas, status.cause.as_str()), (8, "bounds"), "{status:?}");
@@ -154,7 +154,7 @@ async fn a_backlog_beyond_the_maximum_is_capped_by_the_policy() {
 async fn stale_load_figures_hold_the_size_and_say_so() {
     let mut served = matcher_load(100_000);
     served.age = Duration::from_secs(600);
-    let (fake, served, task) = start(served, &[]).await;
+    let (fake, served, task, _) = start(served, &[]).await;
     fake.wait_until(WAIT, |f| scaled(f, "matcher").is_some_and(|s| s.cause == "noMetrics")).await;
     let status = scaled(&fake, "matcher").unwrap();
     assert!(status.reason.starts_with("load metrics stale (600 s old)"), "{}", status.reason);
@@ -170,7 +170,7 @@ async fn stale_load_figures_hold_the_size_and_say_so() {
 
 #[tokio::test]
 async fn the_scaling_pause_annotation_holds_every_size() {
-    let (fake, served, task) = start(matcher_load(0), &[]).await;
+    let (fake, served, task, _) = start(matcher_load(0), &[]).await;
     fake.wait_until(WAIT, |f| scaled(f, "matcher").is_some_and(|s| s.decision == "hold" && s.cause != "noMetrics")).await;
     fake.modify::<CustomerDataPlatform>(NS, "retail", |p| {
         p.annotations_mut().insert(SCALING_PAUSED_ANNOTATION.into(), "true".into());
@@ -200,7 +200,7 @@ async fn keda_mode_applies_scaled_objects_and_leaves_replicas_to_them() {
     let (fake, client) = FakeApi::new();
     support::samples::put_samples(&fake);
     fake.modify::<ScalingPolicy>(NS, "retail", |p| p.spec.mode = cdp_operator::crd::scaling::ScalingMode::Keda);
-    fake.put(&matcher_pod("retail-matcher-0"));
+    fake.put(&pod("matcher", "retail-matcher-0", "127.0.0.1"));
     let options = ScalerOptions { interval: INTERVAL, ..ScalerOptions::default() };
     let ctx = Arc::new(Context::with_scaler(client, Metrics::default(), options));
     let task = tokio::spawn(async move { run_controllers(ctx, &[NS.to_string()]).await });
@@ -220,5 +220,33 @@ async fn keda_mode_applies_scaled_objects_and_leaves_replicas_to_them() {
     fake.modify::<ScalingPolicy>(NS, "retail", |p| p.spec.mode = cdp_operator::crd::scaling::ScalingMode::Builtin);
     fake.wait_until(WAIT, |f| scaled_object_writes(f, http::Method::DELETE) == 3).await;
     fake.wait_until(WAIT, |f| replicas(f, "retail-matcher") == Some(1)).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn feed_delivery_figures_reach_each_feeds_status() {
+    let (fake, _served, task, port) = start(matcher_load(0), &[]).await;
+    // The feeds pods answer on another loopback address, at the same port.
+    let feed = |name: &str, lag: u64, delivered: f64, failures: u64, error: Option<&str>| FeedLoad {
+        name: name.into(),
+        lag,
+        delivered_per_second: delivered,
+        failures,
+        dead_lettered: 0,
+        last_error: error.map(Into::into),
+    };
+    let mut report = matcher_load(0).report;
+    report.workload = Workload::Feeds;
+    report.feeds = vec![feed("crm", 42, 12.5, 3, Some("503 Service Unavailable from the CRM")), feed("sms-gateway", 0, 0.0, 0, None)];
+    load_server(Arc::new(Mutex::new(Served { report, age: Duration::ZERO })), &format!("127.0.0.2:{port}")).await;
+    fake.put(&pod("feeds", "retail-feeds-0", "127.0.0.2"));
+
+    fake.wait_until(WAIT, |f| f.get::<Feed>(NS, "crm").and_then(|c| c.status?.lag) == Some(42)).await;
+    let crm = fake.get::<Feed>(NS, "crm").unwrap().status.unwrap();
+    assert_eq!((crm.delivered_per_second, crm.failures), (Some(12.5), Some(3)));
+    assert_eq!(crm.last_error.as_deref(), Some("503 Service Unavailable from the CRM"));
+    assert!(crm.common.conditions.iter().any(|c| c.type_ == "Ready"), "the reconcile's conditions stay beside the figures");
+    let sms = fake.get::<Feed>(NS, "sms-gateway").unwrap().status.unwrap();
+    assert_eq!((sms.lag, sms.delivered_per_second, sms.last_error), (Some(0), Some(0.0), None));
     task.abort();
 }

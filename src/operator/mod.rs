@@ -4,6 +4,7 @@ pub mod render;
 
 mod apply;
 mod controller;
+mod feed_status;
 pub mod leader;
 mod members;
 mod metrics;

@@ -19,6 +19,7 @@ use kube::{Api, ResourceExt};
 
 use super::apply::{self, SCALER_MANAGER};
 use super::controller::{Context, PAUSED_ANNOTATION};
+use super::feed_status;
 use super::render;
 use crate::crd::platform::{CustomerDataPlatformStatus, ScaledWorkloadStatus, ScalingStatus};
 use crate::crd::scaling::ScalingMode;
@@ -146,6 +147,10 @@ async fn scale_platform(ctx: &Context, platform: &CustomerDataPlatform) -> Resul
     let policies: Vec<ScalingPolicy> =
         policies.list(&ListParams::default()).await?.items.into_iter().filter(|p| p.spec.platform_ref.name == name).collect();
     let effective = effective_policy(platform, policies.iter().map(|p| (p.metadata.name.as_deref().unwrap_or_default(), &p.spec)));
+    // Delivery figures go to the Feeds whatever the scaling mode.
+    let feeds_load = fetch_load(ctx, &namespace, &name, Workload::Feeds).await?;
+    feed_status::copy_feed_figures(ctx, &namespace, &name, &feeds_load).await?;
+    let mut fetched = HashMap::from([(Workload::Feeds, feeds_load)]);
     let previous = platform.status.as_ref().and_then(|s| s.scaling.clone()).unwrap_or_default();
     let effective = match effective {
         Ok(effective) => effective,
@@ -174,7 +179,10 @@ async fn scale_platform(ctx: &Context, platform: &CustomerDataPlatform) -> Resul
             // Not applied yet: the reconcile creates it and sets its first size.
             continue;
         };
-        let reports = fetch_load(ctx, &namespace, &name, workload).await?;
+        let reports = match fetched.remove(&workload) {
+            Some(reports) => reports,
+            None => fetch_load(ctx, &namespace, &name, workload).await?,
+        };
         let input = DecisionInput {
             workload,
             now,
