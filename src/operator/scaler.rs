@@ -90,7 +90,12 @@ pub(super) async fn run(ctx: Arc<Context>, platforms: Store<CustomerDataPlatform
         return;
     }
     loop {
-        for platform in platforms.state() {
+        let platforms = platforms.state();
+        // Forget the decisions of platforms that are gone.
+        ctx.scaler.memory.lock().unwrap_or_else(PoisonError::into_inner).retain(|(namespace, name, _), _| {
+            platforms.iter().any(|p| p.namespace().as_deref() == Some(namespace.as_str()) && &p.name_any() == name)
+        });
+        for platform in platforms {
             if platform.metadata.deletion_timestamp.is_some() {
                 continue;
             }
