@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,23 +22,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Load the samples into the fake and start the operator's controllers on it.
 async fn start() -> (FakeApi, kube::Client, tokio::task::JoinHandle<()>) {
     let (fake, client) = FakeApi::new();
-    let manifests = pipeline::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples")).unwrap();
-    manifests.secrets.iter().for_each(|s| {
-        fake.put(s);
-    });
-    manifests.sources.iter().for_each(|s| {
-        fake.put(s);
-    });
-    manifests.matching_policies.iter().for_each(|p| {
-        fake.put(p);
-    });
-    manifests.feeds.iter().for_each(|f| {
-        fake.put(f);
-    });
-    manifests.scaling_policies.iter().for_each(|p| {
-        fake.put(p);
-    });
-    fake.put(&manifests.platforms[0]);
+    support::samples::put_samples(&fake);
     let ctx = Arc::new(Context::new(client.clone(), Metrics::default()));
     let task = tokio::spawn(async move { run_controllers(ctx, &[NS.to_string()]).await });
     (fake, client, task)
@@ -280,7 +263,7 @@ async fn refused_apply_stalls_with_the_server_message() {
 #[tokio::test]
 async fn failures_are_counted_by_reason_in_metrics() {
     let (fake, client) = FakeApi::new();
-    let manifests = pipeline::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples")).unwrap();
+    let manifests = pipeline::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples")).unwrap();
     manifests.secrets.iter().for_each(|s| {
         fake.put(s);
     });

@@ -160,13 +160,16 @@ fn contradicting_scaling_policies_refuse_the_later_one() {
 }
 
 #[test]
-fn keda_mode_is_refused_until_it_is_rendered() {
+fn keda_mode_is_accepted_when_kedas_cron_can_express_every_window() {
     let mut manifests = samples();
     manifests.scaling_policies[0].spec.mode = cdp_operator::crd::scaling::ScalingMode::Keda;
+    assert!(compile(&manifests).verdict("ScalingPolicy", "retail").unwrap().accepted());
+    // The 1st of the month from 23:00 for four hours crosses midnight on a day of month.
+    manifests.scaling_policies[0].spec.peak_windows[1].schedule = Some("0 23 1 * *".into());
     let compiled = compile(&manifests);
     let refused = compiled.verdict("ScalingPolicy", "retail").unwrap();
     assert_eq!(refused.errors[0].reason(), "InvalidSpec");
-    assert!(refused.errors[0].to_string().contains("spec.mode"));
+    assert!(refused.errors[0].to_string().contains("spec.peakWindows[1]"), "{:?}", refused.errors);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! Every route needs a bearer token with the right scope (read, write).
 
 pub mod auth;
+pub mod load;
 pub mod ops;
 
 use std::collections::BTreeSet;

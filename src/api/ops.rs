@@ -198,6 +198,8 @@ pub struct Metrics {
     pub api_requests: Family<Vec<(&'static str, String)>, Counter>,
     /// Queued intake records (sampled by the matcher, what the scaler reads).
     pub intake_queued: Gauge,
+    /// Work measured per scaled workload, for `/v1/load` and the `cdp_load_*` metrics.
+    pub meters: super::load::Meters,
 }
 
 impl Metrics {
@@ -217,6 +219,7 @@ impl Metrics {
         registry.register("api_requests", "API requests, by route and status", api_requests.clone());
         let intake_queued = Gauge::default();
         registry.register("intake_queued", "Records waiting in the intake queue", intake_queued.clone());
+        let meters = super::load::Meters::new(super::load::LoadMetrics::register(&mut registry));
         Arc::new(Metrics {
             registry,
             intake_records,
@@ -226,6 +229,7 @@ impl Metrics {
             review_items,
             api_requests,
             intake_queued,
+            meters,
         })
     }
 }

@@ -210,6 +210,45 @@ pub struct CustomerDataPlatformStatus {
     /// Counts of the resources compiled into the config, and of those refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<MemberCounts>,
+    /// What the scaler decided for the scaled workloads (written by the scaler alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
+}
+
+/// The scaler's view of a platform.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingStatus {
+    /// `builtin` (the operator's scaler sets replicas) or `keda` (KEDA ScaledObjects do).
+    pub mode: String,
+    /// Replica counts are left as they are (annotation `cdp.dev/scaling-paused`, a paused
+    /// ScalingPolicy, or `cdp.dev/paused`).
+    pub paused: bool,
+    /// Why scaling is paused or cannot run; empty while it runs (always written, so that the
+    /// scaler's apply clears an old message).
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<ScaledWorkloadStatus>,
+}
+
+/// The last scaling decision for one workload.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledWorkloadStatus {
+    pub name: String,
+    /// `spec.replicas` of the Deployment when the decision was taken.
+    pub current_replicas: i32,
+    pub desired_replicas: i32,
+    /// `up`, `down` or `hold`.
+    pub decision: String,
+    /// What drove it (e.g. `backlog`, `load`, `bounds`, `peakFloor`, `noMetrics`).
+    pub cause: String,
+    /// Short human reason, e.g. "backlog 42k, drains in 90 s at 6 replicas".
+    pub reason: String,
+    /// When this decision was first taken (a repeated one keeps its time).
+    #[schemars(extend("format" = "date-time"))]
+    pub decided_at: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

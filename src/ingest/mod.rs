@@ -143,6 +143,7 @@ async fn receive(
     if payloads.is_empty() {
         return Err(ApiError::bad_request("empty", "no record in the body"));
     }
+    let work = state.metrics.meters.ingest.start();
     let received = crate::store::now_ms();
     let mut valid = Vec::new();
     let mut invalid = Vec::new();
@@ -170,6 +171,7 @@ async fn receive(
             state.metrics.intake_records.get_or_create(&labels).inc_by(n as u64);
         }
     };
+    work.finished(payloads.len() as u64);
     let duplicates = accepted.iter().filter(|a| a.enqueued.duplicate).count();
     count("accepted", accepted.len() - duplicates);
     count("duplicate", duplicates);
@@ -199,7 +201,8 @@ pub async fn run(args: IngestArgs) -> Result<(), StartError> {
     ops::on_signal(trigger);
     let listener = ops::bind(args.listen).await?;
     tracing::info!(platform = %config.platform, listen = %args.listen, "ingest started");
-    ops::serve_with_ops(listener, router(state), store.clone(), metrics, shutdown).await;
+    let load = crate::api::load::router(store.clone(), &metrics, crate::scaling::Workload::Ingest);
+    ops::serve_with_ops(listener, router(state).merge(load), store.clone(), metrics, shutdown).await;
     store.close().await;
     Ok(())
 }

@@ -13,9 +13,11 @@ use crate::api::auth::{Scope, TokenLine, Tokens, parse_lines};
 use crate::api::ops::{self, Metrics, Secrets, StartError};
 use crate::ingest::IngestState;
 use crate::ingest::import::{Format, import_file, progress_bar};
-use crate::matcher::{Resolver, WorkerOptions, spawn_queue_gauge, spawn_workers};
+use crate::matcher::{Resolver, WorkerOptions, spawn_queue_gauge, worker_spawner};
 use crate::pipeline::{self, NamedSource, PipelineConfig};
 use crate::store::Store;
+
+pub mod pool;
 
 /// Where a platform's config comes from: a directory of manifests, or a compiled config.
 #[derive(clap::Args, Clone, Debug)]
@@ -131,7 +133,8 @@ pub struct LocalArgs {
     pub listen_ingest: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub listen_api: SocketAddr,
-    /// Matcher workers.
+    /// Matcher workers at start; the pool then grows and shrinks with the load, within the
+    /// matcher bounds of the platform's ScalingPolicy.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
     /// Import a file at start, as `SOURCE=FILE` (CSV or NDJSON); repeatable.
@@ -187,6 +190,11 @@ pub fn sample_payload(source: &NamedSource) -> Value {
 
 /// `cdp local`.
 pub async fn run(args: LocalArgs) -> Result<(), StartError> {
+    run_with(args, |options| options).await
+}
+
+/// `cdp local`, with the matcher pool's options (from the platform) adjusted by `tune`.
+pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> pool::PoolOptions) -> Result<(), StartError> {
     let LoadedPlatform { config, secrets, warnings } = args.platform.load()?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -210,8 +218,14 @@ pub async fn run(args: LocalArgs) -> Result<(), StartError> {
     ops::on_signal(trigger);
     let ingest_listener = ops::bind(args.listen_ingest).await?;
     let api_listener = ops::bind(args.listen_api).await?;
-    let options = WorkerOptions::default();
-    let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
+    let matchers = pool::ScaledPool {
+        workload: crate::scaling::Workload::Matcher,
+        store: store.clone(),
+        meter: metrics.meters.matcher.clone(),
+        spawn: Box::new(worker_spawner(&store, resolver, metrics.clone(), WorkerOptions::default())),
+        options: tune(pool::PoolOptions::for_platform(&config, crate::scaling::Workload::Matcher)),
+    }
+    .start(args.workers as u32, shutdown.clone());
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
 
     println!("{}", banner(&config, &secrets, &args, &token_lines));
@@ -231,7 +245,7 @@ pub async fn run(args: LocalArgs) -> Result<(), StartError> {
         let summary = import_file(&store, &config, source, file, Format::of(file), progress_bar(label)).await?;
         println!("import {source} {}:\n{summary}", file.display());
     }
-    for task in servers.into_iter().chain(workers) {
+    for task in servers.into_iter().chain([matchers]) {
         let _ = task.await;
     }
     store.close().await;

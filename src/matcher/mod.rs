@@ -26,7 +26,7 @@ use crate::store::{self, GoldenUpdate, IntakeItem, ProfileRow, Store, StoreError
 /// Prepared records of profiles: profile id → `(record id, record)` in record id order.
 type Members = BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>>;
 
-pub use service::{MatcherArgs, Worker, WorkerOptions, run, spawn_queue_gauge, spawn_workers};
+pub use service::{MatcherArgs, Worker, WorkerOptions, run, spawn_queue_gauge, spawn_workers, worker_spawner};
 
 /// Attributes indexed for lookup and search (as keyed hashes, never as plain values).
 const LOOKUP_ATTRIBUTES: &[&str] = &["email", "phone", "nationalId", "familyName", "givenName", "postcode"];

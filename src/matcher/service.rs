@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Resolver, resolve_batch};
+use crate::api::load;
 use crate::api::ops::{self, Metrics, Shutdown, StartError};
 use crate::store::{Store, StoreError, now_ms};
 
@@ -53,11 +54,13 @@ pub struct Worker {
 impl Worker {
     /// Claim and resolve one batch; returns how many records were claimed.
     pub async fn step(&self) -> Result<usize, StoreError> {
+        let work = self.metrics.meters.matcher.start();
         let items = self.store.claim(&self.name, self.options.batch, self.options.lease).await?;
         if items.is_empty() {
             return Ok(0);
         }
         let results = resolve_batch(&self.store, &self.resolver, &items).await;
+        work.finished(items.len() as u64);
         let now = now_ms();
         for (item, result) in items.iter().zip(results) {
             match result {
@@ -128,20 +131,33 @@ pub fn spawn_workers(
     options: WorkerOptions,
     shutdown: &Shutdown,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let spawn = worker_spawner(store, resolver, metrics, options);
+    (0..count).map(|_| spawn(shutdown.clone())).collect()
+}
+
+/// A function that starts one more worker, running until the shutdown it is given; worker
+/// names stay unique within the process (claims are recorded under them).
+pub fn worker_spawner(
+    store: &Store,
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+    options: WorkerOptions,
+) -> impl Fn(Shutdown) -> tokio::task::JoinHandle<()> + Send + Sync + 'static {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let id: u32 = rand::random();
-    (0..count)
-        .map(|i| {
-            let worker = Worker {
-                store: store.clone(),
-                resolver: resolver.clone(),
-                metrics: metrics.clone(),
-                name: format!("{host}-{id:08x}-{i}"),
-                options,
-            };
-            tokio::spawn(worker.run(shutdown.clone()))
-        })
-        .collect()
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let store = store.clone();
+    move |shutdown| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let worker = Worker {
+            store: store.clone(),
+            resolver: resolver.clone(),
+            metrics: metrics.clone(),
+            name: format!("{host}-{id:08x}-{i}"),
+            options,
+        };
+        tokio::spawn(worker.run(shutdown))
+    }
 }
 
 /// Sample the intake queue length into the metrics (what the scaler reads).
@@ -169,10 +185,12 @@ pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
     ops::on_signal(trigger);
     let listener = ops::bind(args.listen).await?;
     let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
+    metrics.meters.matcher.set_slots(args.workers as u32);
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
     tracing::info!(platform = %config.platform, workers = args.workers, listen = %args.listen, "matcher started");
-    let router = ops::ops_router(store.clone(), metrics);
+    let load = load::router(store.clone(), &metrics, crate::scaling::Workload::Matcher);
+    let router = ops::ops_router(store.clone(), metrics).merge(load);
     if let Err(error) = ops::serve(listener, router, shutdown).await {
         tracing::error!(%error, "ops server failed");
     }

@@ -47,8 +47,25 @@ where
         .map_err(|source| ApplyError { object: format!("{} {}", K::kind(&()), obj.name_any()), source })
 }
 
+/// Server-side apply an object of a kind the operator has no type for (KEDA's ScaledObject).
+pub async fn apply_dynamic(client: &Client, resource: &kube::api::ApiResource, obj: &kube::api::DynamicObject) -> Result<(), ApplyError> {
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &obj.namespace().unwrap_or_default(), resource);
+    api.patch(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await
+        .map_err(|source| ApplyError { object: format!("{} {}", resource.kind, obj.name_any()), source })?;
+    Ok(())
+}
+
 /// Apply `status` to the status subresource of `obj` (the body must carry apiVersion and kind).
 pub async fn apply_status<K>(client: &Client, obj: &K, status: impl Serialize) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    apply_status_as(client, obj, MANAGER, status).await
+}
+
+/// [`apply_status`] as field manager `manager`, which owns only the status fields it applies.
+pub async fn apply_status_as<K>(client: &Client, obj: &K, manager: &str, status: impl Serialize) -> Result<(), kube::Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
 {
@@ -58,6 +75,6 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(body)).await?;
+    api.patch_status(&obj.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(body)).await?;
     Ok(())
 }

@@ -25,6 +25,7 @@ use super::leader::{self, LeaderConfig};
 use super::members;
 use super::metrics::Metrics;
 use super::render::{self, RenderError, StorePassword, Workload};
+use super::scaler::{self, Scaler, ScalerOptions};
 use super::status::{self, Phase};
 use crate::crd::common::{CommonStatus, condition};
 use crate::crd::platform::{CustomerDataPlatformStatus, MemberCounts};
@@ -81,12 +82,18 @@ pub struct Context {
     recorder: Recorder,
     /// Consecutive failures per platform, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<CustomerDataPlatform>, u32>>,
+    pub(super) scaler: Scaler,
 }
 
 impl Context {
     pub fn new(client: Client, metrics: Metrics) -> Self {
+        Self::with_scaler(client, metrics, ScalerOptions::default())
+    }
+
+    /// A context whose scaler polls and decides as `options` say.
+    pub fn with_scaler(client: Client, metrics: Metrics, options: ScalerOptions) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter::from("cdp-operator"));
-        Self { client, metrics, recorder, failures: Mutex::default() }
+        Self { client, metrics, recorder, failures: Mutex::default(), scaler: Scaler::new(options) }
     }
 
     pub(super) async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
@@ -169,7 +176,8 @@ async fn controller(ctx: Arc<Context>, scope: Option<&str>) {
     let config = watcher::Config::default().any_semantic();
     let controller = Controller::new(scoped::<CustomerDataPlatform>(client, scope), config.clone());
     let platforms = controller.store();
-    controller
+    let scaling = scaler::run(ctx.clone(), platforms.clone());
+    let reconciling = controller
         .owns(scoped::<Deployment>(client, scope), config.clone())
         .owns(scoped::<StatefulSet>(client, scope), config.clone())
         .owns(scoped::<ConfigMap>(client, scope), config.clone())
@@ -189,8 +197,12 @@ async fn controller(ctx: Arc<Context>, scope: Option<&str>) {
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile request failed");
             }
-        })
-        .await;
+        });
+    // The scaler lives as long as the controller (it stops with it on a signal).
+    tokio::select! {
+        _ = reconciling => {}
+        _ = scaling => {}
+    }
 }
 
 fn platform_of<K: Resource>(member: &K, platform: &str) -> Option<ObjectRef<CustomerDataPlatform>> {
@@ -290,6 +302,9 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
         Phase::Ready { .. } => Duration::from_secs(300),
         _ => Duration::from_secs(15),
     };
+    // Back when a peak window's floor rises, so its replicas are there at the lead time.
+    let next_floor = effective_policy(platform, &compiled.config).and_then(|e| scaler::until_next_floor(&e, jiff::Timestamp::now()));
+    let requeue = next_floor.map_or(requeue, |d| requeue.min(d + Duration::from_secs(1)));
     // The config in force is the one in the ConfigMap: while paused it is not the compiled one.
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let in_force = config_maps
@@ -392,9 +407,39 @@ async fn apply_bundle(
         apply::apply(client, policy).await?;
     }
     apply::apply(client, &bundle.api_autoscaler).await?;
+    let keda = render::keda::api_resource();
+    for scaled_object in &bundle.scaled_objects {
+        apply::apply_dynamic(client, &keda, scaled_object).await?;
+    }
+    if !bundle.scaled_objects.is_empty() {
+        // KEDA's HPA owns the replica counts.
+        return Ok(());
+    }
+    remove_scaled_objects(client, platform)
+        .await
+        .map_err(|source| apply::ApplyError { object: "ScaledObjects of a former KEDA mode".to_string(), source })?;
     hold_replicas_in_bounds(client, platform, config)
         .await
         .map_err(|source| apply::ApplyError { object: "replica counts".to_string(), source })
+}
+
+/// Out of KEDA mode, its ScaledObjects would fight the built-in scaler: delete any left. A
+/// cluster without KEDA answers 404 for the kind, which means there is nothing to delete.
+async fn remove_scaled_objects(client: &Client, platform: &CustomerDataPlatform) -> Result<(), kube::Error> {
+    let namespace = platform.namespace().unwrap_or_default();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &render::keda::api_resource());
+    for workload in [Workload::Ingest, Workload::Matcher, Workload::Feeds] {
+        let name = workload.object_name(&platform.name_any());
+        match api.get_opt(&name).await {
+            Ok(Some(_)) => {
+                api.delete(&name, &Default::default()).await?;
+            }
+            Ok(None) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// Until load-based scaling decides otherwise, keep each scaled workload within the bounds of
@@ -403,10 +448,9 @@ async fn apply_bundle(
 /// never sets it.
 async fn hold_replicas_in_bounds(client: &Client, platform: &CustomerDataPlatform, config: &PipelineConfig) -> Result<(), kube::Error> {
     use crate::scaling::{Workload as Scaled, policy};
-    let policies: Vec<(&str, &crate::crd::ScalingPolicySpec)> = config.scaling.iter().map(|p| (p.name.as_str(), &p.spec)).collect();
     let defaults = policy::PlatformDefaults::of(&platform.spec);
-    let effective = policy::combine(&policies, &defaults).ok();
-    if effective.as_ref().is_some_and(|e| e.paused) {
+    let effective = effective_policy(platform, config);
+    if scaler::pause_reason(platform, effective.as_ref()).is_some() {
         return Ok(());
     }
     let floors = effective.as_ref().map(|e| policy::floors_at(e, jiff::Timestamp::now()));
@@ -425,6 +469,12 @@ async fn hold_replicas_in_bounds(client: &Client, platform: &CustomerDataPlatfor
         }
     }
     Ok(())
+}
+
+/// The compiled config's ScalingPolicies combined; `None` when they contradict (the policies'
+/// own status says why).
+fn effective_policy(platform: &CustomerDataPlatform, config: &PipelineConfig) -> Option<crate::scaling::policy::EffectivePolicy> {
+    scaler::effective_policy(platform, config.scaling.iter().map(|p| (p.name.as_str(), &p.spec))).ok()
 }
 
 async fn write_platform_status(
@@ -460,6 +510,8 @@ async fn write_platform_status(
             scaling_policies: count("ScalingPolicy"),
             rejected: compiled.rejected() as u32,
         }),
+        // The scaler's part, applied by its own field manager.
+        scaling: None,
     };
     let unchanged = status::same_status(&previous.common, &next.common)
         && previous.store_endpoint == next.store_endpoint

@@ -4,13 +4,16 @@ pub mod render;
 
 mod apply;
 mod controller;
+mod feed_status;
 pub mod leader;
 mod members;
 mod metrics;
+mod scaler;
 mod status;
 
 pub use controller::{Context, OperatorArgs, reconcile_platform, run, run_controllers};
 pub use metrics::Metrics;
+pub use scaler::{SCALING_PAUSED_ANNOTATION, ScalerOptions, observe};
 
 use std::path::Path;
 

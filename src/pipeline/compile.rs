@@ -247,10 +247,14 @@ fn model_errors(model: &MatchingModel) -> Vec<MemberError> {
 
 fn scaling_errors(spec: &crate::crd::ScalingPolicySpec) -> Vec<MemberError> {
     match spec.mode {
-        crate::crd::scaling::ScalingMode::Keda => vec![MemberError::Invalid {
-            field: "spec.mode".to_string(),
-            message: "KEDA ScaledObjects are not rendered yet; use mode: builtin".to_string(),
-        }],
+        // KEDA's cron trigger must be able to express every peak window.
+        crate::crd::scaling::ScalingMode::Keda => spec
+            .peak_windows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| crate::scaling::keda::cron_span(w).err().map(|e| (i, e)))
+            .map(|(i, e)| MemberError::Invalid { field: format!("spec.peakWindows[{i}]"), message: e.to_string() })
+            .collect(),
         crate::crd::scaling::ScalingMode::Builtin => Vec::new(),
     }
 }

@@ -13,6 +13,7 @@
 //!   hindsight oracle on load traces (`cdp simulate`).
 
 pub mod decision;
+pub mod keda;
 pub mod load;
 pub mod policy;
 pub mod schedule;

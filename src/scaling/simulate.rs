@@ -349,7 +349,7 @@ impl Default for SimParams {
             scaler_interval_seconds: 15,
             // Half the SLO's worth of work per replica: at the equilibrium a lag target reaches
             // the queue holds about lag-per-replica ÷ rate seconds of work.
-            keda_lag_per_replica: 250.0,
+            keda_lag_per_replica: f64::from(super::keda::LAG_PER_REPLICA),
             keda_polling_seconds: 30,
             hpa: HpaBehavior::default(),
         }

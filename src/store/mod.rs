@@ -6,6 +6,7 @@
 //! how a writer takes its transaction, how work is claimed and locked, how workers are woken.
 //! Migrations are versioned under `migrations/{sqlite,postgres}` and applied at start.
 
+mod load;
 mod postgres;
 mod sqlite;
 mod write;
@@ -22,6 +23,7 @@ use tokio::sync::Notify;
 
 use crate::identity::CanonicalRecord;
 
+pub use load::IntakeLoad;
 pub use write::{GoldenUpdate, NewProfile, NewRecord, NewReview, WriteTx};
 
 /// Why a store operation failed.

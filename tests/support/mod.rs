@@ -1,3 +1,5 @@
 //! Test support shared by the integration tests.
 
 pub mod fake_api;
+
+pub mod samples;

@@ -117,6 +117,14 @@ compares the two).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# KEDA mode: ScaledObjects instead of the built-in scaler; leaving KEDA mode deletes them.
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "create", "patch", "delete"]
+# The scaler finds the ready pods of the scaled workloads and reads their load (GET /v1/load).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # Whether the store's data volume exists before generating a password for it.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]

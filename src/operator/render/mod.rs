@@ -7,11 +7,12 @@
 mod common;
 mod config_map;
 mod deployment;
+pub mod keda;
 mod network_policy;
 mod postgres;
 mod service;
 
-pub use common::{CONFIG_HASH_ANNOTATION, Workload, labels, selector_labels};
+pub use common::{CONFIG_HASH_ANNOTATION, PORT, Workload, labels, selector_labels};
 pub use postgres::{STORE_PASSWORD_KEY, endpoint as store_endpoint, store_name, store_secret_name, volume_claim_name as store_volume_claim_name};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -69,6 +70,8 @@ pub struct Bundle {
     pub disruption_budgets: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
     pub api_autoscaler: HorizontalPodAutoscaler,
+    /// KEDA ScaledObjects, in KEDA mode only.
+    pub scaled_objects: Vec<kube::api::DynamicObject>,
 }
 
 impl Bundle {
@@ -88,6 +91,7 @@ impl Bundle {
         self.disruption_budgets.iter().for_each(|o| push(&mut out, o));
         self.network_policies.iter().for_each(|o| push(&mut out, o));
         push(&mut out, &self.api_autoscaler);
+        self.scaled_objects.iter().for_each(|o| push(&mut out, o));
         out
     }
 }
@@ -127,6 +131,10 @@ pub fn render(
             .map(|p| ctx.typed("NetworkPolicy", p))
             .collect::<Result<_, _>>()?,
         api_autoscaler: ctx.typed("HorizontalPodAutoscaler", service::api_autoscaler(&ctx))?,
+        scaled_objects: keda::scaled_objects(&ctx, config)
+            .into_iter()
+            .map(|o| ctx.typed("ScaledObject", o))
+            .collect::<Result<_, _>>()?,
     })
 }
 

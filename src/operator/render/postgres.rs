@@ -124,3 +124,16 @@ pub fn stateful_set(ctx: &Context) -> Value {
         },
     })
 }
+
+/// How KEDA's PostgreSQL trigger reaches the in-cluster store: the scale target's own
+/// `CDP_STORE_PASSWORD`, so the password never sits in a manifest.
+pub fn keda_connection(ctx: &Context) -> Value {
+    json!({
+        "host": format!("{}.{}.svc", store_name(&ctx.name), ctx.namespace),
+        "port": PORT.to_string(),
+        "userName": USER,
+        "dbName": DATABASE,
+        "sslmode": "disable",
+        "passwordFromEnv": "CDP_STORE_PASSWORD",
+    })
+}
