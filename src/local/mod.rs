@@ -211,6 +211,7 @@ pub async fn run(args: LocalArgs) -> Result<(), StartError> {
     let ingest_listener = ops::bind(args.listen_ingest).await?;
     let api_listener = ops::bind(args.listen_api).await?;
     let options = WorkerOptions::default();
+    crate::privacy::retention::spawn(&store, &config, resolver.clone(), shutdown.clone());
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
 

@@ -10,6 +10,7 @@
 //! can still deadlock on profile rows (PostgreSQL detects it); that too is a retry.
 
 mod cache;
+mod privacy;
 mod service;
 pub mod train;
 
@@ -365,6 +366,7 @@ impl Resolver {
         tx.set_golden(profile, &value, records.len() as i64, now).await?;
         let old: Option<GoldenProfile> =
             before.and_then(|p| p.golden.as_ref()).and_then(|g| serde_json::from_value(g.clone()).ok());
+        privacy::push_consent_changes(tx, profile, old.as_ref(), &golden, now);
         match old {
             None => {
                 let payload = serde_json::json!({"profileId": profile, "attributes": golden_values(&golden)});

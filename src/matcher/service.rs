@@ -169,6 +169,7 @@ pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
     ops::on_signal(trigger);
     let listener = ops::bind(args.listen).await?;
     let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
+    crate::privacy::retention::spawn(&store, &config, resolver.clone(), shutdown.clone());
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
     tracing::info!(platform = %config.platform, workers = args.workers, listen = %args.listen, "matcher started");

@@ -7,6 +7,7 @@
 //! Migrations are versioned under `migrations/{sqlite,postgres}` and applied at start.
 
 mod postgres;
+mod privacy;
 mod sqlite;
 mod write;
 
@@ -22,6 +23,7 @@ use tokio::sync::Notify;
 
 use crate::identity::CanonicalRecord;
 
+pub use privacy::{ErasureAudit, ErasureRow, Removed};
 pub use write::{NewRecord, NewReview, WriteTx};
 
 /// Why a store operation failed.

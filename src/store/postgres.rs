@@ -20,13 +20,22 @@ pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms
      RETURNING id, received_at_ms, record";
 
 pub(super) fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            Cow::Borrowed("privacy"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0003_privacy.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 /// Forward notifications on [`CHANNEL`] to the process's workers. The listener reconnects by

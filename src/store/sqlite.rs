@@ -35,11 +35,20 @@ pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPoo
 }
 
 pub(super) fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            Cow::Borrowed("privacy"),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0003_privacy.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }

@@ -16,7 +16,7 @@ use crate::identity::CanonicalRecord;
 /// few multi-row statements at commit (same transaction, same order), which saves round trips.
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
-    backend: Backend,
+    pub(super) backend: Backend,
     events: Vec<PendingEvent>,
     finished: Vec<i64>,
 }
