@@ -282,9 +282,11 @@ impl Privacy {
     }
 
     async fn erase_once(&self, erasure: &Erasure<'_>) -> Result<ErasureReport, PrivacyError> {
+        // before the transaction: on SQLite, making the key needs the writer lock it holds
+        let key = self.key().await?;
         let mut tx = self.store.begin().await?;
         let mut removed = Removed::default();
-        let report = self.erase_in(&mut tx, erasure, &mut removed).await?;
+        let report = self.erase_in(&mut tx, &key, erasure, &mut removed).await?;
         tx.commit().await?;
         Ok(report)
     }
@@ -292,13 +294,18 @@ impl Privacy {
     /// The erasure proper, inside `tx`: profiles (live ones, locked, plus their aliases) and
     /// what hangs off them, then quarantined and queued payloads carrying one of the person's
     /// identifiers, the audit entry, the suppression list, one `profile.erased` per profile.
-    async fn erase_in(&self, tx: &mut WriteTx, erasure: &Erasure<'_>, removed: &mut Removed) -> Result<ErasureReport, PrivacyError> {
+    async fn erase_in(
+        &self,
+        tx: &mut WriteTx,
+        key: &SubjectKey,
+        erasure: &Erasure<'_>,
+        removed: &mut Removed,
+    ) -> Result<ErasureReport, PrivacyError> {
         let now = now_ms();
         let locked = tx.lock_profiles(erasure.profiles).await?;
         if locked.len() != erasure.profiles.len() || locked.iter().any(|p| p.merged_into.is_some()) {
             return Err(MatchError::Stale.into());
         }
-        let key = self.key().await?;
         let mut hashes = erasure.named.clone();
         let record_ids: Vec<i64> = tx.record_ids_of(erasure.profiles).await?.into_iter().map(|(r, _)| r).collect();
         for record in tx.records(&record_ids).await? {
@@ -313,7 +320,7 @@ impl Privacy {
             erased_events.push((profile, aliases));
         }
         if !hashes.is_empty() {
-            self.drop_unresolved(tx, hashes, removed).await?;
+            self.drop_unresolved(tx, key, hashes, removed).await?;
         }
         let audit = ErasureAudit {
             subject_hashes: hashes,
@@ -335,15 +342,20 @@ impl Privacy {
     }
 
     /// Drop quarantined and queued payloads carrying one of `hashes`.
-    async fn drop_unresolved(&self, tx: &mut WriteTx, hashes: &BTreeSet<String>, removed: &mut Removed) -> Result<(), PrivacyError> {
-        let key = self.key().await?;
+    async fn drop_unresolved(
+        &self,
+        tx: &mut WriteTx,
+        key: &SubjectKey,
+        hashes: &BTreeSet<String>,
+        removed: &mut Removed,
+    ) -> Result<(), PrivacyError> {
         let (mut quarantined, mut queued) = (Vec::new(), Vec::new());
         let mut after = 0;
         loop {
             let page = tx.quarantine_page(after, SCAN_PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.id;
-            quarantined.extend(page.iter().filter(|e| self.entry_matches(&key, e, hashes)).map(|e| e.id));
+            quarantined.extend(page.iter().filter(|e| self.entry_matches(key, e, hashes)).map(|e| e.id));
         }
         after = 0;
         loop {
@@ -373,11 +385,17 @@ impl Privacy {
         sources.iter().any(|s| key.payload_identifiers(s, &entry.payload, self.flags).keys().any(|h| hashes.contains(h)))
     }
 
-    /// Erase profiles a retention purge emptied: no subject to suppress, audited as `retention`.
-    pub(crate) async fn erase_emptied(&self, tx: &mut WriteTx, profile: i64, removed: &mut Removed) -> Result<i64, PrivacyError> {
+    /// Erase a profile a retention purge emptied: no subject to suppress, audited as `retention`.
+    pub(crate) async fn erase_emptied(
+        &self,
+        tx: &mut WriteTx,
+        key: &SubjectKey,
+        profile: i64,
+        removed: &mut Removed,
+    ) -> Result<i64, PrivacyError> {
         let none = BTreeSet::new();
         let erasure = Erasure { profiles: &[profile], named: &none, reason: "retention", requested_by: "retention", suppress: false };
-        Ok(self.erase_in(tx, &erasure, removed).await?.erasure_id)
+        Ok(self.erase_in(tx, key, &erasure, removed).await?.erasure_id)
     }
 
     /// The consents of the live profile `id` resolves to.

@@ -72,6 +72,8 @@ async fn purge_profile(
     records: &[i64],
     now: i64,
 ) -> Result<(u64, bool), PrivacyError> {
+    // before any transaction: on SQLite, making the key needs the writer lock
+    let key = privacy.key().await?;
     let mut attempt = 0u32;
     loop {
         let result = async {
@@ -79,7 +81,7 @@ async fn purge_profile(
             let mut removed = Removed::default();
             let left = resolver.remove_records(&mut tx, profile, records, &mut removed, now).await?;
             if left == Some(0) {
-                privacy.erase_emptied(&mut tx, profile, &mut removed).await?;
+                privacy.erase_emptied(&mut tx, &key, profile, &mut removed).await?;
             }
             tx.commit().await?;
             Ok::<_, PrivacyError>((removed.records, left == Some(0)))

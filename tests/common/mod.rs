@@ -76,6 +76,7 @@ macro_rules! on_both_stores {
 pub const INTAKE_KEY: &str = "test-intake-key";
 pub const READ_TOKEN: &str = "test-read";
 pub const WRITE_TOKEN: &str = "test-write";
+pub const ERASE_TOKEN: &str = "test-erase";
 
 /// The benchmark's platform: sources `pos`, `ticketing`, `webshop` whose payload fields are
 /// canonical attribute names (`identifiers.loyaltyId` nested), FR phones, the default model.
@@ -83,6 +84,9 @@ pub fn config() -> PipelineConfig {
     let mut config = cdp_operator::bench::bench_config();
     for s in &mut config.sources {
         s.spec.validation.require_any_of = vec!["email".into(), "phone".into(), "identifiers.loyaltyId".into()];
+        for purpose in ["consents.sms", "consents.email_marketing"] {
+            s.spec.mapping.push(cdp_operator::crd::source::FieldMapping { from: purpose.into(), to: purpose.into() });
+        }
     }
     config
 }
@@ -92,7 +96,7 @@ pub fn secrets() -> Secrets {
 }
 
 pub fn tokens() -> Tokens {
-    Tokens::parse(&format!("reader read {READ_TOKEN}\nwriter read,write {WRITE_TOKEN}\n")).unwrap()
+    Tokens::parse(&format!("reader read {READ_TOKEN}\nwriter read,write {WRITE_TOKEN}\neraser read,erase {ERASE_TOKEN}\n")).unwrap()
 }
 
 pub fn record(source: &str, id: &str, attributes: &[(&str, &str)]) -> CanonicalRecord {
