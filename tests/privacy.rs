@@ -10,7 +10,7 @@ use cdp_operator::identity::CanonicalRecord;
 use cdp_operator::pipeline::PipelineConfig;
 use cdp_operator::privacy::{Privacy, retention};
 use cdp_operator::store::{Event, FieldError, Store, now_ms};
-use common::{ERASE_TOKEN, INTAKE_KEY, READ_TOKEN, TestStore, WRITE_TOKEN, config, record, resolver, servers, worker};
+use common::{Client, ERASE_TOKEN, READ_TOKEN, TestStore, WRITE_TOKEN, config, record, resolver, worker};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -113,42 +113,13 @@ async fn consents_follow_merges_and_unmerges(t: TestStore) {
     assert!(last.iter().any(|e| e.profile_id == Some(created[0]) && e.payload["current"] == "withdrawn"));
 }
 
-struct Client {
-    http: reqwest::Client,
-    ingest: String,
-    api: String,
-}
-
-impl Client {
-    async fn new(t: &TestStore) -> Client {
-        let (ingest, api) = servers(&t.store).await;
-        Client { http: reqwest::Client::new(), ingest, api }
-    }
-
-    async fn send(&self, source: &str, records: Value) -> (u16, Value) {
-        let url = format!("{}/v1/sources/{source}/records", self.ingest);
-        let r = self.http.post(url).bearer_auth(INTAKE_KEY).json(&records).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.api)).bearer_auth(token).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}{path}", self.api)).bearer_auth(token).json(&body).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-}
-
 async fn unclear_consent_is_rejected_naming_the_field(t: TestStore) {
     let c = Client::new(&t).await;
-    let (status, body) = c.send("webshop", json!({"id": "w1", "email": "zoe@example.com", "consents": {"sms": "maybe"}})).await;
+    let (status, body) = c.send_status("webshop", json!({"id": "w1", "email": "zoe@example.com", "consents": {"sms": "maybe"}})).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["details"][0]["errors"][0]["field"], "consents.sms");
     assert_eq!(body["error"]["details"][0]["errors"][0]["code"], "invalid");
-    let (status, body) = c.send("webshop", json!({"id": "w2", "email": "zoe@example.com", "consents": {"sms": "1", "email_marketing": "No"}})).await;
+    let (status, body) = c.send_status("webshop", json!({"id": "w2", "email": "zoe@example.com", "consents": {"sms": "1", "email_marketing": "No"}})).await;
     assert_eq!(status, 202, "{body}");
     drain(&t.store).await;
     let record = t.store.record_by_source_id("webshop", "w2").await.unwrap().unwrap();
@@ -214,20 +185,20 @@ fn found<'a>(values: &'a [(String, String)], needles: &[&str]) -> Vec<(&'a str, 
 /// record still queued; plus a bystander.
 async fn subject_everywhere(t: &TestStore, c: &Client) {
     let sent = [
-        c.send("webshop", json!({"id": "a", "givenName": "Annie", "familyName": "Leeson", "email": "ann.lee@example.com", "consents": {"sms": "yes"}})).await,
-        c.send("pos", json!({"id": "b", "givenName": "Annie", "familyName": "Leeson", "phone": "06 11 22 33 44", "street": "3 rue des Lilas", "identifiers": {"loyaltyId": "L-4242"}})).await,
-        c.send("webshop", json!({"id": "bob", "givenName": "Bob", "familyName": "Martin", "email": "bob.martin@example.com"})).await,
+        c.send_status("webshop", json!({"id": "a", "givenName": "Annie", "familyName": "Leeson", "email": "ann.lee@example.com", "consents": {"sms": "yes"}})).await,
+        c.send_status("pos", json!({"id": "b", "givenName": "Annie", "familyName": "Leeson", "phone": "06 11 22 33 44", "street": "3 rue des Lilas", "identifiers": {"loyaltyId": "L-4242"}})).await,
+        c.send_status("webshop", json!({"id": "bob", "givenName": "Bob", "familyName": "Martin", "email": "bob.martin@example.com"})).await,
     ];
     assert!(sent.iter().all(|(status, _)| *status == 202), "{sent:?}");
     drain(&t.store).await;
     assert_eq!(t.store.counts().await.unwrap().open_reviews, 1, "the name-only pair waits for review");
-    let (status, _) = c.send("ticketing", json!({"id": "c", "givenName": "Annie", "familyName": "Leeson", "email": "ann.lee@example.com", "phone": "+33 6 11 22 33 44"})).await;
+    let (status, _) = c.send_status("ticketing", json!({"id": "c", "givenName": "Annie", "familyName": "Leeson", "email": "ann.lee@example.com", "phone": "+33 6 11 22 33 44"})).await;
     assert_eq!(status, 202);
     drain(&t.store).await;
-    let (status, body) = c.send("pos", json!({"id": "q", "email": "ann.lee@example.com", "birthDate": "31/02/1990"})).await;
+    let (status, body) = c.send_status("pos", json!({"id": "q", "email": "ann.lee@example.com", "birthDate": "31/02/1990"})).await;
     assert_eq!((status, body["error"]["details"][0]["quarantineId"].is_i64()), (422, true), "{body}");
     // queued, not yet resolved
-    let (status, _) = c.send("ticketing", json!({"id": "late", "phone": "0611223344"})).await;
+    let (status, _) = c.send_status("ticketing", json!({"id": "late", "phone": "0611223344"})).await;
     assert_eq!(status, 202);
 }
 
@@ -278,7 +249,7 @@ async fn erasure_leaves_no_trace_of_the_person(t: TestStore) {
 
 async fn erased_person_is_refused_unless_the_source_allows(t: TestStore) {
     let c = Client::new(&t).await;
-    let (status, _) = c.send("webshop", json!({"id": "a", "givenName": "Annie", "email": "ann.lee@example.com", "phone": "0611223344"})).await;
+    let (status, _) = c.send_status("webshop", json!({"id": "a", "givenName": "Annie", "email": "ann.lee@example.com", "phone": "0611223344"})).await;
     assert_eq!(status, 202);
     drain(&t.store).await;
     let profile = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id;
@@ -289,7 +260,7 @@ async fn erased_person_is_refused_unless_the_source_allows(t: TestStore) {
     // the same phone, written differently, from another source: refused and not stored;
     // the stranger in the same batch is accepted
     let (status, body) = c
-        .send("pos", json!([{"id": "again", "phone": "+33 6 11 22 33 44", "birthDate": "not a date"}, {"id": "zoe", "email": "zoe@example.com"}]))
+        .send_status("pos", json!([{"id": "again", "phone": "+33 6 11 22 33 44", "birthDate": "not a date"}, {"id": "zoe", "email": "zoe@example.com"}]))
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "erased_subject");
