@@ -319,6 +319,10 @@ async fn export_holds_everything_on_the_person(t: TestStore) {
     assert_eq!((status, &consents["current"]["sms"]["source"]), (200, &json!("webshop")));
     assert_eq!(c.get(&format!("/v1/profiles/p{survivor}/export"), WRITE_TOKEN).await.0, 200);
     assert_eq!(c.get("/v1/profiles/p999999/export", READ_TOKEN).await.0, 404);
+    let doc: Value = c.http.get(format!("{}/openapi.json", c.api)).send().await.unwrap().json().await.unwrap();
+    for path in ["/v1/erasures", "/v1/erasures/{id}", "/v1/profiles/{id}/export", "/v1/profiles/{id}/consents"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
 }
 
 async fn retention_purges_old_records_and_empty_profiles(t: TestStore) {
