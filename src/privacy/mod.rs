@@ -267,18 +267,13 @@ impl Privacy {
     /// Erase a person everywhere, audit it, and suppress their identifiers. Retried on
     /// conflicts with concurrent writers.
     pub async fn erase(&self, subject: &Subject, reason: &str, requested_by: &str) -> Result<ErasureReport, PrivacyError> {
-        let mut attempt = 0u32;
-        loop {
+        retrying(|| async {
+            // looked up again on a retry: a concurrent merge may have changed the live profiles
             let (profiles, named) = self.subject_profiles(subject).await?;
             let erasure = Erasure { profiles: &profiles, named: &named, reason, requested_by, suppress: true };
-            match self.erase_once(&erasure).await {
-                Err(e) if e.is_retryable() && attempt < 20 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(rand::random_range(1..5) * u64::from(attempt))).await;
-                }
-                other => return other,
-            }
-        }
+            self.erase_once(&erasure).await
+        })
+        .await
     }
 
     async fn erase_once(&self, erasure: &Erasure<'_>) -> Result<ErasureReport, PrivacyError> {
@@ -446,6 +441,25 @@ struct Erasure<'a> {
     reason: &'a str,
     requested_by: &'a str,
     suppress: bool,
+}
+
+/// Run `attempt` again while it fails on a conflict with a concurrent writer, at most 20
+/// times, pausing a little longer (and at random) each time.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, PrivacyError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PrivacyError>>,
+{
+    let mut retries = 0u32;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_retryable() && retries < 20 => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(rand::random_range(1..5) * u64::from(retries))).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn consents_of(records: &[StoredRecord]) -> Consents {

@@ -74,27 +74,17 @@ async fn purge_profile(
 ) -> Result<(u64, bool), PrivacyError> {
     // before any transaction: on SQLite, making the key needs the writer lock
     let key = privacy.key().await?;
-    let mut attempt = 0u32;
-    loop {
-        let result = async {
-            let mut tx = privacy.store.begin().await?;
-            let mut removed = Removed::default();
-            let left = resolver.remove_records(&mut tx, profile, records, &mut removed, now).await?;
-            if left == Some(0) {
-                privacy.erase_emptied(&mut tx, &key, profile, &mut removed).await?;
-            }
-            tx.commit().await?;
-            Ok::<_, PrivacyError>((removed.records, left == Some(0)))
+    super::retrying(|| async {
+        let mut tx = privacy.store.begin().await?;
+        let mut removed = Removed::default();
+        let left = resolver.remove_records(&mut tx, profile, records, &mut removed, now).await?;
+        if left == Some(0) {
+            privacy.erase_emptied(&mut tx, &key, profile, &mut removed).await?;
         }
-        .await;
-        match result {
-            Err(e) if e.is_retryable() && attempt < 20 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(rand::random_range(1..5) * u64::from(attempt))).await;
-            }
-            other => return other,
-        }
-    }
+        tx.commit().await?;
+        Ok((removed.records, left == Some(0)))
+    })
+    .await
 }
 
 /// How often the purge runs: retention is declared in days, an hour late is well within it.
