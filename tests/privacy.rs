@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cdp_operator::crd::source::AfterErasure;
 use cdp_operator::identity::CanonicalRecord;
 use cdp_operator::pipeline::PipelineConfig;
-use cdp_operator::privacy::{Privacy, retention};
+use cdp_operator::privacy::{Privacy, PrivacyError, Subject, retention};
 use cdp_operator::store::{Event, FieldError, Store, now_ms};
 use common::{Client, ERASE_TOKEN, READ_TOKEN, TestStore, WRITE_TOKEN, config, record, resolver, worker};
 use serde_json::{Value, json};
@@ -19,6 +19,7 @@ on_both_stores!(
     consents_follow_merges_and_unmerges,
     unclear_consent_is_rejected_naming_the_field,
     erasure_leaves_no_trace_of_the_person,
+    erasure_waits_for_a_record_being_resolved,
     erased_person_is_refused_unless_the_source_allows,
     export_holds_everything_on_the_person,
     retention_purges_old_records_and_empty_profiles,
@@ -245,6 +246,27 @@ async fn erasure_leaves_no_trace_of_the_person(t: TestStore) {
     // nothing of the subject is left to resolve: the queue holds only what was there for others
     drain(&t.store).await;
     assert_eq!(t.store.counts().await.unwrap().records, 1);
+}
+
+async fn erasure_waits_for_a_record_being_resolved(t: TestStore) {
+    let ann = [("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com")];
+    t.store.enqueue(&[record("webshop", "a", &ann)]).await.unwrap();
+    drain(&t.store).await;
+    let profile = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id;
+    // a matcher holds the person's next record: erasing now would let it slip through
+    t.store.enqueue(&[record("pos", "b", &ann)]).await.unwrap();
+    let claimed = t.store.claim("busy", 10, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let subject = Subject::Identifier { attribute: "email".into(), value: "ann.lee@example.com".into(), region: None };
+    let privacy = privacy(&t.store, config());
+    assert!(matches!(privacy.erase(&subject, "test", "tester").await, Err(PrivacyError::InFlight)));
+    assert!(t.store.profile(profile).await.unwrap().is_some(), "nothing is erased half-way");
+    // once resolved, the erasure takes the new record too
+    let resolved = cdp_operator::matcher::resolve_batch(&t.store, &resolver(), &claimed).await;
+    assert!(resolved.iter().all(Result::is_ok));
+    let report = privacy.erase(&subject, "test", "tester").await.unwrap();
+    assert_eq!(report.removed.records, 2);
+    assert_eq!(t.store.counts().await.unwrap().records, 0);
 }
 
 async fn erased_person_is_refused_unless_the_source_allows(t: TestStore) {

@@ -39,6 +39,9 @@ pub enum PrivacyError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// A record of the person is being resolved by a matcher: erasing now could miss it.
+    #[error("a record of this person is being resolved; retry in a moment")]
+    InFlight,
 }
 
 impl PrivacyError {
@@ -48,6 +51,7 @@ impl PrivacyError {
             Self::Match(e) => e.reason(),
             Self::NotFound(_) => "not_found",
             Self::Invalid(_) => "invalid",
+            Self::InFlight => "in_flight",
         }
     }
 
@@ -55,6 +59,7 @@ impl PrivacyError {
         match self {
             Self::Store(e) => e.is_conflict(),
             Self::Match(e) => e.is_retryable(),
+            Self::InFlight => true,
             _ => false,
         }
     }
@@ -344,7 +349,7 @@ impl Privacy {
         hashes: &BTreeSet<String>,
         removed: &mut Removed,
     ) -> Result<(), PrivacyError> {
-        let (mut quarantined, mut queued) = (Vec::new(), Vec::new());
+        let (mut quarantined, mut queued_ids) = (Vec::new(), Vec::new());
         let mut after = 0;
         loop {
             let page = tx.quarantine_page(after, SCAN_PAGE).await?;
@@ -355,18 +360,24 @@ impl Privacy {
         after = 0;
         loop {
             let page = tx.queued_page(after, SCAN_PAGE).await?;
-            let Some((last, _)) = page.last() else { break };
-            after = *last;
-            for (id, record) in &page {
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for queued in &page {
+                let record = &queued.record;
                 let region = self.config.source(&record.source).and_then(|s| s.spec.default_phone_region.as_deref()).unwrap_or("");
                 let attributes = record.attributes.iter().map(|(a, v)| (a.as_str(), v.as_str()));
                 if key.identifiers(attributes, region, self.flags).keys().any(|h| hashes.contains(h)) {
-                    queued.push(*id);
+                    if queued.claimed {
+                        return Err(PrivacyError::InFlight);
+                    }
+                    queued_ids.push(queued.id);
                 }
             }
         }
         tx.delete_quarantine_entries(&quarantined, removed).await?;
-        tx.drop_queued(&queued, removed).await?;
+        if !tx.drop_queued(&queued_ids, removed).await? {
+            return Err(PrivacyError::InFlight);
+        }
         Ok(())
     }
 

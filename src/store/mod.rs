@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 use crate::identity::CanonicalRecord;
 
-pub use privacy::{ErasureAudit, ErasureRow, Removed};
+pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
 pub use write::{NewRecord, NewReview, WriteTx};
 
 /// Why a store operation failed.

@@ -27,6 +27,14 @@ pub struct Removed {
     pub redacted_events: u64,
 }
 
+/// A record in the intake queue.
+pub struct QueuedRecord {
+    pub id: i64,
+    pub record: CanonicalRecord,
+    /// A matcher worker holds it (it may be resolving it right now).
+    pub claimed: bool,
+}
+
 /// An erasure as audited: no value of the person, only keyed hashes and ids.
 pub struct ErasureAudit<'a> {
     pub subject_hashes: &'a BTreeSet<String>,
@@ -225,16 +233,22 @@ impl WriteTx {
         rows.iter().map(quarantine_of).collect()
     }
 
-    /// Records still waiting in the intake queue, `limit` after `after_id`.
-    pub async fn queued_page(&mut self, after_id: i64, limit: i64) -> Result<Vec<(i64, CanonicalRecord)>> {
+    /// Records still in the intake queue, `limit` after `after_id`.
+    pub async fn queued_page(&mut self, after_id: i64, limit: i64) -> Result<Vec<QueuedRecord>> {
         let rows = sqlx::query(
-            "SELECT id, record FROM intake WHERE id > $1 AND state = 'queued' AND record IS NOT NULL ORDER BY id LIMIT $2",
+            "SELECT id, record, claimed_by FROM intake WHERE id > $1 AND state = 'queued' AND record IS NOT NULL
+             ORDER BY id LIMIT $2",
         )
         .bind(after_id)
         .bind(limit)
         .fetch_all(self.conn())
         .await?;
-        rows.iter().map(|r| Ok((r.try_get("id")?, json_col(r, "record")?))).collect()
+        rows.iter()
+            .map(|r| {
+                let claimed_by: Option<String> = r.try_get("claimed_by")?;
+                Ok(QueuedRecord { id: r.try_get("id")?, record: json_col(r, "record")?, claimed: claimed_by.is_some() })
+            })
+            .collect()
     }
 
     pub async fn delete_quarantine_entries(&mut self, ids: &[i64], removed: &mut Removed) -> Result<()> {
@@ -246,16 +260,19 @@ impl WriteTx {
     }
 
     /// Queued records of an erased person: finished without being resolved, their payload
-    /// dropped (the row stays, so a redelivery is still absorbed).
-    pub async fn drop_queued(&mut self, ids: &[i64], removed: &mut Removed) -> Result<()> {
-        if !ids.is_empty() {
-            let sql = format!(
-                "UPDATE intake SET state = 'erased', record = NULL, claimed_by = NULL WHERE state = 'queued' AND {}",
-                self.backend.in_ids("id", 1)
-            );
-            removed.queued_records += self.execute_with_ids(sql, &json_ids(ids)).await?;
+    /// dropped (the row stays, so a redelivery is still absorbed). Only unclaimed rows are
+    /// dropped; returns false when a matcher claimed one meanwhile (it is being resolved).
+    pub async fn drop_queued(&mut self, ids: &[i64], removed: &mut Removed) -> Result<bool> {
+        if ids.is_empty() {
+            return Ok(true);
         }
-        Ok(())
+        let sql = format!(
+            "UPDATE intake SET state = 'erased', record = NULL WHERE state = 'queued' AND claimed_by IS NULL AND {}",
+            self.backend.in_ids("id", 1)
+        );
+        let dropped = self.execute_with_ids(sql, &json_ids(ids)).await?;
+        removed.queued_records += dropped;
+        Ok(dropped == ids.len() as u64)
     }
 
     /// Keep the audit entry of an erasure; returns its id.
