@@ -9,6 +9,7 @@ pub mod local;
 pub mod matcher;
 pub mod operator;
 pub mod pipeline;
+pub mod privacy;
 pub mod scaling;
 pub mod store;
 pub mod telemetry;

@@ -2,45 +2,10 @@
 
 mod common;
 
-use common::{INTAKE_KEY, READ_TOKEN, TestStore, WRITE_TOKEN, resolver, servers, worker};
+use common::{Client, READ_TOKEN, TestStore, WRITE_TOKEN, resolver, worker};
 use serde_json::{Value, json};
 
 on_both_stores!(profiles_lookup_explain_and_timeline, review_merge_unmerge_and_quarantine);
-
-struct Client {
-    http: reqwest::Client,
-    ingest: String,
-    api: String,
-}
-
-impl Client {
-    async fn new(t: &TestStore) -> Client {
-        let (ingest, api) = servers(&t.store).await;
-        Client { http: reqwest::Client::new(), ingest, api }
-    }
-
-    async fn send(&self, source: &str, records: Value) -> Value {
-        let response = self
-            .http
-            .post(format!("{}/v1/sources/{source}/records", self.ingest))
-            .bearer_auth(INTAKE_KEY)
-            .json(&records)
-            .send()
-            .await
-            .unwrap();
-        response.json().await.unwrap()
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.api)).bearer_auth(token).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}{path}", self.api)).bearer_auth(token).json(&body).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-}
 
 async fn profiles_lookup_explain_and_timeline(t: TestStore) {
     let c = Client::new(&t).await;

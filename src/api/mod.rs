@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod load;
 pub mod ops;
+mod privacy;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -641,9 +642,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/review/{id}/reject", post(review_reject))
         .route("/v1/quarantine", get(quarantine_list))
         .route("/v1/quarantine/{id}/replay", post(quarantine_replay))
+        .merge(privacy::router())
         .route_layer(middleware::from_fn_with_state(metrics, count_requests))
         .with_state(state)
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi().merge_from(privacy::PrivacyDoc::openapi())) }))
 }
 
 /// `cdp api`.

@@ -103,6 +103,7 @@ fn dataset_config(data: &[LabelledRecord], model: &MatchingModel) -> PipelineCon
                 validation: ValidationRules { on_invalid_value: InvalidValuePolicy::Keep, ..Default::default() },
                 default_phone_region: Some(region.to_string()),
                 trust_rank: 50,
+                privacy: Default::default(),
             },
         })
         .collect();

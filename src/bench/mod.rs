@@ -90,6 +90,7 @@ pub fn bench_config() -> PipelineConfig {
             validation: Default::default(),
             default_phone_region: Some("FR".into()),
             trust_rank,
+            privacy: Default::default(),
         },
     };
     PipelineConfig {

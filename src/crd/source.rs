@@ -46,6 +46,9 @@ pub struct SourceSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 100))]
     pub trust_rank: i32,
+    /// Retention of this source's records and what happens to a person it sends after erasure.
+    #[serde(default, skip_serializing_if = "SourcePrivacy::is_default")]
+    pub privacy: SourcePrivacy,
 }
 
 impl SourceSpec {
@@ -150,6 +153,34 @@ pub enum InvalidValuePolicy {
     #[default]
     Reject,
     Keep,
+}
+
+/// GDPR settings of a source.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourcePrivacy {
+    /// Records observed longer ago than this many days are purged on a schedule (with their
+    /// quarantined payloads); a profile left with no records is erased. Kept forever when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 36500))]
+    pub retention_days: Option<u32>,
+    /// A record of an erased person arriving from this source: `Refuse` it at intake (not
+    /// stored), or accept it as the start of a `NewProfile` (the person came back).
+    #[serde(default)]
+    pub after_erasure: AfterErasure,
+}
+
+impl SourcePrivacy {
+    fn is_default(&self) -> bool {
+        *self == SourcePrivacy::default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum AfterErasure {
+    #[default]
+    Refuse,
+    NewProfile,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]

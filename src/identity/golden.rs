@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::crd::matching::{Survivorship, SurvivorshipRule};
+use crate::identity::consent::{self, ConsentStatement};
 use crate::identity::engine::{Engine, PreparedRecord};
+use crate::identity::record::CONSENT_PREFIX;
 
 /// A profile's record with what survivorship needs to know about its source.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +36,9 @@ pub struct GoldenValue {
 #[serde(rename_all = "camelCase")]
 pub struct GoldenProfile {
     pub attributes: BTreeMap<String, GoldenValue>,
+    /// Current state per consent purpose: the newest statement, not a survivorship rule.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consents: BTreeMap<String, ConsentStatement>,
 }
 
 impl GoldenProfile {
@@ -54,7 +59,7 @@ pub fn golden(rules: &Survivorship, records: &[SourcedRecord<'_>]) -> GoldenProf
     // attribute -> candidates (value, record)
     let mut by_attr: BTreeMap<&str, Vec<(&str, &SourcedRecord<'_>)>> = BTreeMap::new();
     for r in records {
-        for (a, v) in &r.record.values {
+        for (a, v) in r.record.values.iter().filter(|(a, _)| !a.starts_with(CONSENT_PREFIX)) {
             by_attr.entry(a.as_str()).or_default().push((v.as_str(), r));
         }
     }
@@ -106,5 +111,6 @@ pub fn golden(rules: &Survivorship, records: &[SourcedRecord<'_>]) -> GoldenProf
             },
         );
     }
-    GoldenProfile { attributes: out }
+    let consents = consent::current(&consent::statements(records.iter().map(|r| r.record)));
+    GoldenProfile { attributes: out, consents }
 }

@@ -8,6 +8,7 @@
 //!
 //! [`MatchingModel`]: crate::crd::matching::MatchingModel
 
+pub mod consent;
 pub mod defaults;
 pub mod engine;
 pub mod eval;

@@ -5,6 +5,7 @@
 
 use unicode_normalization::UnicodeNormalization;
 
+use crate::identity::consent::ConsentState;
 use crate::identity::record::{CONSENT_PREFIX, FREE_ATTRIBUTE_PREFIX, IDENTIFIER_PREFIX};
 
 /// Why a raw value could not be normalised. The message is meant for the touchpoint's
@@ -29,6 +30,8 @@ pub enum NormaliseError {
     NationalId,
     #[error("contains no letters or digits")]
     Empty,
+    #[error("not a consent (expected true/false, granted/withdrawn, yes/no or 1/0)")]
+    Consent,
     #[error("unknown attribute")]
     UnknownAttribute,
 }
@@ -89,12 +92,10 @@ pub fn normalise_with(
                 c
             }
         }
-        a if a.starts_with(IDENTIFIER_PREFIX)
-            || a.starts_with(FREE_ATTRIBUTE_PREFIX)
-            || a.starts_with(CONSENT_PREFIX) =>
-        {
-            collapse_ws(raw)
+        a if a.starts_with(CONSENT_PREFIX) => {
+            ConsentState::parse(raw).ok_or(NormaliseError::Consent)?.as_str().to_string()
         }
+        a if a.starts_with(IDENTIFIER_PREFIX) || a.starts_with(FREE_ATTRIBUTE_PREFIX) => collapse_ws(raw),
         _ => return Err(NormaliseError::UnknownAttribute),
     };
     Ok(Some(v))

@@ -77,6 +77,8 @@ pub struct ImportSummary {
     pub accepted: usize,
     pub duplicates: usize,
     pub rejected: usize,
+    /// Records of erased people the Source may not send again: not stored.
+    pub refused: usize,
     /// `field: code` → how many records failed that way (or, marked kept, carried an invalid
     /// value the Source keeps).
     pub reasons: BTreeMap<String, usize>,
@@ -86,6 +88,7 @@ impl std::fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "accepted:   {}", self.accepted)?;
         writeln!(f, "duplicates: {}", self.duplicates)?;
+        writeln!(f, "refused:    {} (erased people, not stored)", self.refused)?;
         write!(f, "rejected:   {} (kept in quarantine)", self.rejected)?;
         for (reason, n) in &self.reasons {
             write!(f, "\n  {n:>8}  {reason}")?;
@@ -107,6 +110,7 @@ pub async fn import_file(
 ) -> Result<ImportSummary, ImportError> {
     let named = config.source(source).ok_or_else(|| ImportError::UnknownSource(source.into()))?;
     let flags = normalise_flags(config);
+    let privacy = crate::privacy::Privacy::new(store.clone(), std::sync::Arc::new(config.clone()));
     let read_err = |source| ImportError::Read { path: path.into(), source };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let total = file.metadata().map_err(read_err)?.len();
@@ -145,7 +149,9 @@ pub async fn import_file(
         }
         let now = crate::store::now_ms();
         let mut valid = Vec::with_capacity(chunk.len());
-        for payload in &chunk {
+        let refusals = privacy.refusals(named, &chunk).await?;
+        summary.refused += refusals.len();
+        for (_, payload) in chunk.iter().enumerate().filter(|(i, _)| refusals.iter().all(|r| r.index != *i)) {
             match map_record(named, flags, payload, now) {
                 Ok(mapped) => {
                     for w in &mapped.warnings {

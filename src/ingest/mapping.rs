@@ -174,6 +174,7 @@ mod tests {
                 },
                 default_phone_region: Some("FR".into()),
                 trust_rank: 10,
+                privacy: Default::default(),
             },
         }
     }

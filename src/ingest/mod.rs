@@ -24,6 +24,7 @@ use crate::api::ops::{self, ApiError, Metrics, Secrets, StartError};
 use crate::identity::normalise::NormaliseFlags;
 use crate::crd::matching::EmailProviderRule;
 use crate::pipeline::{NamedSource, PipelineConfig};
+use crate::privacy::Privacy;
 use crate::store::{Enqueued, FieldError, Store};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -56,6 +57,8 @@ pub struct IngestState {
     metrics: Arc<Metrics>,
     flags: NormaliseFlags,
     sources: Arc<BTreeMap<String, Intake>>,
+    /// Refuses records of erased people (see the Source's `privacy.afterErasure`).
+    privacy: Privacy,
 }
 
 impl IngestState {
@@ -69,7 +72,8 @@ impl IngestState {
             };
             sources.insert(source.name.clone(), Intake { source: source.clone(), key_digest });
         }
-        Ok(IngestState { store, metrics, flags: normalise_flags(config), sources: Arc::new(sources) })
+        let privacy = Privacy::new(store.clone(), Arc::new(config.clone()));
+        Ok(IngestState { store, metrics, flags: normalise_flags(config), sources: Arc::new(sources), privacy })
     }
 }
 
@@ -95,9 +99,16 @@ struct AcceptedRecord {
 #[serde(rename_all = "camelCase")]
 struct RejectedRecord {
     index: usize,
-    quarantine_id: i64,
+    /// Where the payload is kept; none for a refused record (not stored at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quarantine_id: Option<i64>,
     errors: Vec<FieldError>,
 }
+
+/// Code of a record refused because it carries an identifier of an erased person (per field),
+/// and of a response whose every rejected record was refused so.
+pub const ERASED_SUBJECT: &str = "erasedSubject";
+const ERASED_SUBJECT_ERROR: &str = "erased_subject";
 
 /// Split the body into payloads by Content-Type: one JSON object, a JSON array, or NDJSON.
 fn payloads(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
@@ -145,9 +156,25 @@ async fn receive(
     }
     let work = state.metrics.meters.ingest.start();
     let received = crate::store::now_ms();
+    let refusals = state.privacy.refusals(&intake.source, &payloads).await?;
     let mut valid = Vec::new();
     let mut invalid = Vec::new();
+    let mut rejected = Vec::new();
     for (index, payload) in payloads.iter().enumerate() {
+        if let Some(refusal) = refusals.iter().find(|r| r.index == index) {
+            // an erased person's data: neither queued nor quarantined
+            let errors = refusal
+                .attributes
+                .iter()
+                .map(|a| FieldError {
+                    field: a.clone(),
+                    code: ERASED_SUBJECT.into(),
+                    message: "belongs to an erased person; this source may not send it again (privacy.afterErasure)".into(),
+                })
+                .collect();
+            rejected.push(RejectedRecord { index, quarantine_id: None, errors });
+            continue;
+        }
         match mapping::map_record(&intake.source, state.flags, payload, received) {
             Ok(mapped) => valid.push((index, mapped)),
             Err(errors) => invalid.push((index, errors)),
@@ -160,11 +187,11 @@ async fn receive(
         .zip(enqueued)
         .map(|((index, mapped), enqueued)| AcceptedRecord { index, enqueued, warnings: mapped.warnings })
         .collect();
-    let mut rejected = Vec::with_capacity(invalid.len());
     for (index, errors) in invalid {
         let quarantine_id = state.store.quarantine(&source, &payloads[index], &errors).await?;
-        rejected.push(RejectedRecord { index, quarantine_id, errors });
+        rejected.push(RejectedRecord { index, quarantine_id: Some(quarantine_id), errors });
     }
+    rejected.sort_by_key(|r| r.index);
     let count = |outcome: &str, n: usize| {
         if n > 0 {
             let labels = vec![("source", source.clone()), ("outcome", outcome.to_string())];
@@ -175,7 +202,8 @@ async fn receive(
     let duplicates = accepted.iter().filter(|a| a.enqueued.duplicate).count();
     count("accepted", accepted.len() - duplicates);
     count("duplicate", duplicates);
-    count("rejected", rejected.len());
+    count("refused", refusals.len());
+    count("rejected", rejected.len() - refusals.len());
     tracing::debug!(%source, accepted = accepted.len(), duplicates, rejected = rejected.len(), "intake");
     if rejected.is_empty() {
         let body = serde_json::json!({"accepted": accepted, "duplicates": duplicates});
@@ -184,8 +212,14 @@ async fn receive(
     // valid records of a mixed batch are queued all the same: resending the whole batch is
     // safe, the queued ones are absorbed as duplicates
     let details = rejected.iter().map(|r| serde_json::to_value(r).expect("serialises")).collect();
-    let message = format!("{} of {} records are invalid and were quarantined", rejected.len(), payloads.len());
-    let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message).with_details(details);
+    let (code, message) = if refusals.len() == rejected.len() {
+        (ERASED_SUBJECT_ERROR, format!("{} of {} records belong to an erased person and were refused", rejected.len(), payloads.len()))
+    } else {
+        let quarantined = rejected.len() - refusals.len();
+        let message = format!("{quarantined} of {} records are invalid and were quarantined", payloads.len());
+        ("validation_failed", if refusals.is_empty() { message } else { format!("{message}; {} refused (erased person)", refusals.len()) })
+    };
+    let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).with_details(details);
     let mut body = serde_json::to_value(ops::ErrorBody::from(error)).expect("serialises");
     body["accepted"] = serde_json::to_value(&accepted).expect("serialises");
     Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response())

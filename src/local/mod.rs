@@ -218,6 +218,7 @@ pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> p
     ops::on_signal(trigger);
     let ingest_listener = ops::bind(args.listen_ingest).await?;
     let api_listener = ops::bind(args.listen_api).await?;
+    crate::privacy::retention::spawn(&store, &config, resolver.clone(), shutdown.clone());
     let matchers = pool::ScaledPool {
         workload: crate::scaling::Workload::Matcher,
         store: store.clone(),

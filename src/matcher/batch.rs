@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{
-    Decision, LinkDetail, LinkEvidence, MatchError, Members, Resolved, Resolver, golden_event, is_lookup_attribute,
+    Decision, LinkDetail, LinkEvidence, MatchError, Members, Resolved, Resolver, push_golden_events, is_lookup_attribute,
     lookup_key, review_reason,
 };
 use crate::identity::{CandidateProfile, GoldenProfile, Outcome, PreparedRecord, ProfileLink};
@@ -213,9 +213,7 @@ impl<'r> Batch<'r> {
         held.push((item.id, prepared));
 
         let golden = self.resolver.golden_of(held);
-        if let Some((kind, payload)) = golden_event(target, before.as_ref(), &golden) {
-            tx.push_event(kind, Some(target), None, &payload, self.now);
-        }
+        push_golden_events(tx, target, before.as_ref(), &golden, self.now);
         self.golden.insert(target, golden);
         self.changed.insert(target);
         let payload = serde_json::json!({

@@ -11,6 +11,7 @@
 
 mod batch;
 mod cache;
+mod privacy;
 mod service;
 pub mod train;
 
@@ -251,9 +252,7 @@ impl Resolver {
         tx.set_goldens(&[update], now).await?;
         let old: Option<GoldenProfile> =
             before.and_then(|p| p.golden.as_ref()).and_then(|g| serde_json::from_value(g.clone()).ok());
-        if let Some((kind, payload)) = golden_event(profile, old.as_ref(), &golden) {
-            tx.push_event(kind, Some(profile), None, &payload, now);
-        }
+        push_golden_events(tx, profile, old.as_ref(), &golden, now);
         Ok(())
     }
 
@@ -350,6 +349,15 @@ fn review_reason(reason: crate::identity::ReviewReason) -> &'static str {
 
 fn golden_values(golden: &GoldenProfile) -> BTreeMap<&str, &str> {
     golden.attributes.iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect()
+}
+
+/// Write the events a golden record change makes: `consent.changed` for each purpose whose
+/// state changed, then `profile.created` or `profile.updated`.
+fn push_golden_events(tx: &mut WriteTx, profile: i64, before: Option<&GoldenProfile>, golden: &GoldenProfile, now: i64) {
+    privacy::push_consent_changes(tx, profile, before, golden, now);
+    if let Some((kind, payload)) = golden_event(profile, before, golden) {
+        tx.push_event(kind, Some(profile), None, &payload, now);
+    }
 }
 
 /// The event a golden record change makes: `profile.created` for a profile's first golden

@@ -186,6 +186,7 @@ pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
     let listener = ops::bind(args.listen).await?;
     let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
     metrics.meters.matcher.set_slots(args.workers as u32);
+    crate::privacy::retention::spawn(&store, &config, resolver.clone(), shutdown.clone());
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
     tracing::info!(platform = %config.platform, workers = args.workers, listen = %args.listen, "matcher started");

@@ -8,6 +8,7 @@
 
 mod load;
 mod postgres;
+mod privacy;
 mod sqlite;
 mod write;
 
@@ -24,6 +25,7 @@ use tokio::sync::Notify;
 use crate::identity::CanonicalRecord;
 
 pub use load::IntakeLoad;
+pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
 pub use write::{GoldenUpdate, NewProfile, NewRecord, NewReview, WriteTx};
 
 /// Why a store operation failed.
@@ -238,6 +240,20 @@ impl Backend {
             }
         }
     }
+}
+
+/// A backend's migrations, `(version, description, SQL)` in version order.
+fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(*version, (*description).into(), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect(),
+    )
 }
 
 /// `[1,2,3]`: the value bound for [`Backend::id_table`].

@@ -1,13 +1,11 @@
 //! PostgreSQL specifics: claims with `FOR UPDATE SKIP LOCKED`, identities serialised with
 //! transaction-scoped advisory locks, workers woken by `LISTEN/NOTIFY`.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::PgListener;
-use sqlx::SqlSafeStr;
 use tokio::sync::Notify;
 
 /// The channel `enqueue` notifies and matcher workers listen on.
@@ -20,21 +18,10 @@ pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms
      RETURNING id, received_at_ms, record";
 
 pub(super) fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![
-        Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            5,
-            Cow::Borrowed("intake_arrivals"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0005_intake_arrivals.sql").into_sql_str(),
-            false,
-        ),
+    super::migrator(&[
+        (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+        (3, "privacy", include_str!("../../migrations/postgres/0003_privacy.sql")),
+        (5, "intake_arrivals", include_str!("../../migrations/postgres/0005_intake_arrivals.sql")),
     ])
 }
 

@@ -1,11 +1,10 @@
 //! SQLite specifics: one file in WAL mode, one writer at a time (`BEGIN IMMEDIATE`), claims
 //! taken by marking rows (the writer lock already serialises claimers), wake-ups in process.
 
-use std::borrow::Cow;
 
+use sqlx::migrate::Migrator;
 use sqlx::any::AnyPoolOptions;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor, SqlSafeStr};
+use sqlx::{AnyPool, Executor};
 
 /// Claim the oldest queued rows not claimed, or claimed by a worker whose lease ran out.
 pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms = $2
@@ -35,20 +34,9 @@ pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPoo
 }
 
 pub(super) fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![
-        Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            5,
-            Cow::Borrowed("intake_arrivals"),
-            MigrationType::Simple,
-            include_str!("../../migrations/sqlite/0005_intake_arrivals.sql").into_sql_str(),
-            false,
-        ),
+    super::migrator(&[
+        (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+        (3, "privacy", include_str!("../../migrations/sqlite/0003_privacy.sql")),
+        (5, "intake_arrivals", include_str!("../../migrations/sqlite/0005_intake_arrivals.sql")),
     ])
 }

@@ -14,7 +14,7 @@ use crate::identity::CanonicalRecord;
 /// few multi-row statements at commit (same transaction, same order), which saves round trips.
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
-    backend: Backend,
+    pub(super) backend: Backend,
     /// SQLite: this process's writer slot, held until the transaction ends.
     _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
     events: Vec<PendingEvent>,

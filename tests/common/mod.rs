@@ -76,6 +76,7 @@ macro_rules! on_both_stores {
 pub const INTAKE_KEY: &str = "test-intake-key";
 pub const READ_TOKEN: &str = "test-read";
 pub const WRITE_TOKEN: &str = "test-write";
+pub const ERASE_TOKEN: &str = "test-erase";
 
 /// The benchmark's platform: sources `pos`, `ticketing`, `webshop` whose payload fields are
 /// canonical attribute names (`identifiers.loyaltyId` nested), FR phones, the default model.
@@ -83,6 +84,9 @@ pub fn config() -> PipelineConfig {
     let mut config = cdp_operator::bench::bench_config();
     for s in &mut config.sources {
         s.spec.validation.require_any_of = vec!["email".into(), "phone".into(), "identifiers.loyaltyId".into()];
+        for purpose in ["consents.sms", "consents.email_marketing"] {
+            s.spec.mapping.push(cdp_operator::crd::source::FieldMapping { from: purpose.into(), to: purpose.into() });
+        }
     }
     config
 }
@@ -92,7 +96,7 @@ pub fn secrets() -> Secrets {
 }
 
 pub fn tokens() -> Tokens {
-    Tokens::parse(&format!("reader read {READ_TOKEN}\nwriter read,write {WRITE_TOKEN}\n")).unwrap()
+    Tokens::parse(&format!("reader read {READ_TOKEN}\nwriter read,write {WRITE_TOKEN}\neraser read,erase {ERASE_TOKEN}\n")).unwrap()
 }
 
 pub fn record(source: &str, id: &str, attributes: &[(&str, &str)]) -> CanonicalRecord {
@@ -136,4 +140,40 @@ pub async fn servers(store: &Store) -> (String, String) {
     tokio::spawn(ops::serve_with_ops(ingest_listener, cdp_operator::ingest::router(ingest), store.clone(), metrics.clone(), shutdown.clone()));
     tokio::spawn(ops::serve_with_ops(api_listener, cdp_operator::api::router(api), store.clone(), metrics, shutdown));
     urls
+}
+
+/// HTTP client of the ingest and API servers of a test store.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub ingest: String,
+    pub api: String,
+}
+
+impl Client {
+    pub async fn new(t: &TestStore) -> Client {
+        let (ingest, api) = servers(&t.store).await;
+        Client { http: reqwest::Client::new(), ingest, api }
+    }
+
+    /// Send records to a source's intake; the response body.
+    pub async fn send(&self, source: &str, records: serde_json::Value) -> serde_json::Value {
+        self.send_status(source, records).await.1
+    }
+
+    /// Send records to a source's intake; the response status and body.
+    pub async fn send_status(&self, source: &str, records: serde_json::Value) -> (u16, serde_json::Value) {
+        let url = format!("{}/v1/sources/{source}/records", self.ingest);
+        let response = self.http.post(url).bearer_auth(INTAKE_KEY).json(&records).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let r = self.http.get(format!("{}{path}", self.api)).bearer_auth(token).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self.http.post(format!("{}{path}", self.api)).bearer_auth(token).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+    }
 }

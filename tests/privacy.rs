@@ -1,0 +1,402 @@
+//! Consents, erasure, suppression, export and retention, on SQLite and PostgreSQL. Erasure is
+//! checked by scanning every column of every table the database catalogue lists.
+
+mod common;
+
+use std::sync::Arc;
+
+use cdp_operator::crd::source::AfterErasure;
+use cdp_operator::identity::CanonicalRecord;
+use cdp_operator::pipeline::PipelineConfig;
+use cdp_operator::privacy::{Privacy, PrivacyError, Subject, retention};
+use cdp_operator::store::{Event, FieldError, Store, now_ms};
+use common::{Client, ERASE_TOKEN, READ_TOKEN, TestStore, WRITE_TOKEN, config, record, resolver, worker};
+use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, Row};
+
+on_both_stores!(
+    consents_newest_statement_wins_with_history,
+    consents_follow_merges_and_unmerges,
+    unclear_consent_is_rejected_naming_the_field,
+    erasure_leaves_no_trace_of_the_person,
+    erasure_waits_for_a_record_being_resolved,
+    erased_person_is_refused_unless_the_source_allows,
+    export_holds_everything_on_the_person,
+    retention_purges_old_records_and_empty_profiles,
+);
+
+const T0: i64 = 1_700_000_000_000;
+const MINUTE: i64 = 60_000;
+
+fn at(mut r: CanonicalRecord, observed_at_ms: i64) -> CanonicalRecord {
+    r.observed_at_ms = observed_at_ms;
+    r
+}
+
+async fn drain(store: &Store) {
+    worker(store, resolver(), "w").drain().await.unwrap();
+}
+
+async fn events(store: &Store, kind: &str) -> Vec<Event> {
+    store.events_after(0, 10_000).await.unwrap().into_iter().filter(|e| e.kind == kind).collect()
+}
+
+fn privacy(store: &Store, config: PipelineConfig) -> Privacy {
+    Privacy::new(store.clone(), Arc::new(config))
+}
+
+async fn consents_newest_statement_wins_with_history(t: TestStore) {
+    let ann = [("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com")];
+    let with = |consent: (&'static str, &'static str)| -> Vec<(&str, &str)> { ann.iter().copied().chain([consent]).collect() };
+    // the withdrawal observed last arrives first; the older grant arriving later must not win
+    t.store.enqueue(&[at(record("webshop", "w1", &with(("consents.sms", "granted"))), T0)]).await.unwrap();
+    drain(&t.store).await;
+    t.store.enqueue(&[at(record("pos", "p1", &with(("consents.sms", "withdrawn"))), T0 + 2 * MINUTE)]).await.unwrap();
+    drain(&t.store).await;
+    t.store
+        .enqueue(&[at(record("ticketing", "t1", &with(("consents.sms", "granted"))), T0 + MINUTE)])
+        .await
+        .unwrap();
+    drain(&t.store).await;
+    let profile = t.store.record_by_source_id("webshop", "w1").await.unwrap().unwrap().profile_id;
+    let golden = t.store.profile(profile).await.unwrap().unwrap().golden.unwrap();
+    assert_eq!(golden["consents"]["sms"]["state"], "withdrawn", "{golden}");
+    assert_eq!(golden["consents"]["sms"]["source"], "pos");
+    assert!(golden["attributes"].get("consents.sms").is_none(), "consents are not survivorship attributes");
+
+    let consents = privacy(&t.store, config()).consents(profile).await.unwrap();
+    let history: Vec<(&str, &str, i64)> =
+        consents.history.iter().map(|s| (s.source.as_str(), s.state.as_str(), s.observed_at_ms)).collect();
+    assert_eq!(history, vec![("webshop", "granted", T0), ("ticketing", "granted", T0 + MINUTE), ("pos", "withdrawn", T0 + 2 * MINUTE)]);
+    assert_eq!(consents.current["sms"].source_record_id, "p1");
+
+    // one event per change of state: granted (new), withdrawn; the late grant changed nothing
+    let changes: Vec<(Value, Value)> = events(&t.store, "consent.changed")
+        .await
+        .into_iter()
+        .map(|e| (e.payload["previous"].clone(), e.payload["current"].clone()))
+        .collect();
+    assert_eq!(changes, vec![(Value::Null, json!("granted")), (json!("granted"), json!("withdrawn"))]);
+}
+
+async fn consents_follow_merges_and_unmerges(t: TestStore) {
+    // two profiles of one person (email only / phone only), each with its own statement
+    t.store
+        .enqueue(&[
+            at(record("webshop", "a", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com"), ("consents.email_marketing", "yes")]), T0),
+            at(record("pos", "b", &[("givenName", "Ann"), ("familyName", "Lee"), ("phone", "0611223344"), ("consents.email_marketing", "no")]), T0 + MINUTE),
+        ])
+        .await
+        .unwrap();
+    drain(&t.store).await;
+    let a = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap();
+    let b = t.store.record_by_source_id("pos", "b").await.unwrap().unwrap();
+    assert_ne!(a.profile_id, b.profile_id);
+    let state = |golden: &Value| golden["consents"]["email_marketing"]["state"].clone();
+    let r = resolver();
+    let mut tx = t.store.begin().await.unwrap();
+    let survivor = r.merge(&mut tx, a.profile_id, b.profile_id, "test", now_ms()).await.unwrap();
+    tx.commit().await.unwrap();
+    let golden = t.store.profile(survivor).await.unwrap().unwrap().golden.unwrap();
+    assert_eq!(state(&golden), "withdrawn", "the newer statement came with the absorbed profile");
+    let last = events(&t.store, "consent.changed").await.pop().unwrap();
+    assert_eq!((last.profile_id, &last.payload["current"]), (Some(survivor), &json!("withdrawn")));
+
+    // splitting the withdrawing record out gives each profile its own statement back
+    let mut tx = t.store.begin().await.unwrap();
+    let created = r.unmerge(&mut tx, survivor, &[b.id], now_ms()).await.unwrap();
+    tx.commit().await.unwrap();
+    let kept = t.store.profile(survivor).await.unwrap().unwrap().golden.unwrap();
+    let split = t.store.profile(created[0]).await.unwrap().unwrap().golden.unwrap();
+    assert_eq!((state(&kept), state(&split)), (json!("granted"), json!("withdrawn")));
+    let last = events(&t.store, "consent.changed").await;
+    assert!(last.iter().any(|e| e.profile_id == Some(survivor) && e.payload["current"] == "granted"));
+    assert!(last.iter().any(|e| e.profile_id == Some(created[0]) && e.payload["current"] == "withdrawn"));
+}
+
+async fn unclear_consent_is_rejected_naming_the_field(t: TestStore) {
+    let c = Client::new(&t).await;
+    let (status, body) = c.send_status("webshop", json!({"id": "w1", "email": "zoe@example.com", "consents": {"sms": "maybe"}})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["details"][0]["errors"][0]["field"], "consents.sms");
+    assert_eq!(body["error"]["details"][0]["errors"][0]["code"], "invalid");
+    let (status, body) = c.send_status("webshop", json!({"id": "w2", "email": "zoe@example.com", "consents": {"sms": "1", "email_marketing": "No"}})).await;
+    assert_eq!(status, 202, "{body}");
+    drain(&t.store).await;
+    let record = t.store.record_by_source_id("webshop", "w2").await.unwrap().unwrap();
+    assert_eq!(record.normalised["consents.sms"], "granted");
+    assert_eq!(record.normalised["consents.email_marketing"], "withdrawn");
+}
+
+/// Values of the test subject, as sent and as normalised: none may survive an erasure.
+const SUBJECT_VALUES: &[&str] =
+    &["ann.lee@example.com", "0611223344", "+33611223344", "6 11 22 33 44", "annie", "leeson", "l-4242", "rue des lilas"];
+/// Another person's values: they must survive it (and prove the scan sees what is there).
+const BYSTANDER_VALUES: &[&str] = &["bob.martin@example.com", "martin"];
+
+/// Every text found in every column of every table the catalogue lists, lowercased, as
+/// `(table.column, text)`.
+async fn every_value(url: &str) -> Vec<(String, String)> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let postgres = url.starts_with("postgres");
+    let tables_sql = if postgres {
+        "SELECT CAST(table_name AS TEXT) AS name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+    } else {
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+    };
+    let tables: Vec<String> = sqlx::query(tables_sql).fetch_all(&pool).await.unwrap().iter().map(|r| r.get("name")).collect();
+    assert!(tables.len() >= 10, "the catalogue lists every table: {tables:?}");
+    let mut out = Vec::new();
+    for table in tables {
+        let columns_sql = if postgres {
+            "SELECT CAST(column_name AS TEXT) AS name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1"
+        } else {
+            "SELECT name FROM pragma_table_info($1)"
+        };
+        let columns: Vec<String> =
+            sqlx::query(columns_sql).bind(&table).fetch_all(&pool).await.unwrap().iter().map(|r| r.get("name")).collect();
+        for column in columns {
+            // SQLite: as bytes, so blobs are read too; PostgreSQL renders every type as text
+            let sql = if postgres {
+                format!("SELECT convert_to(CAST(\"{column}\" AS TEXT), 'UTF8') AS v FROM \"{table}\"")
+            } else {
+                format!("SELECT CAST(\"{column}\" AS BLOB) AS v FROM \"{table}\"")
+            };
+            for row in sqlx::query(AssertSqlSafe(sql)).fetch_all(&pool).await.unwrap() {
+                if let Some(v) = row.get::<Option<Vec<u8>>, _>("v") {
+                    out.push((format!("{table}.{column}"), String::from_utf8_lossy(&v).to_lowercase()));
+                }
+            }
+        }
+    }
+    pool.close().await;
+    out
+}
+
+fn found<'a>(values: &'a [(String, String)], needles: &[&str]) -> Vec<(&'a str, String)> {
+    values
+        .iter()
+        .flat_map(|(place, v)| needles.iter().filter(|n| v.contains(**n)).map(move |n| (place.as_str(), n.to_string())))
+        .collect()
+}
+
+/// The subject's data everywhere: two profiles merged by a third record (so an alias, a
+/// record merged into the profile and a review item), a consent, a quarantined payload and a
+/// record still queued; plus a bystander.
+async fn subject_everywhere(t: &TestStore, c: &Client) {
+    let sent = [
+        c.send_status("webshop", json!({"id": "a", "givenName": "Annie", "familyName": "Leeson", "email": "ann.lee@example.com", "consents": {"sms": "yes"}})).await,
+        c.send_status("pos", json!({"id": "b", "givenName": "Annie", "familyName": "Leeson", "phone": "06 11 22 33 44", "street": "3 rue des Lilas", "identifiers": {"loyaltyId": "L-4242"}})).await,
+        c.send_status("webshop", json!({"id": "bob", "givenName": "Bob", "familyName": "Martin", "email": "bob.martin@example.com"})).await,
+    ];
+    assert!(sent.iter().all(|(status, _)| *status == 202), "{sent:?}");
+    drain(&t.store).await;
+    assert_eq!(t.store.counts().await.unwrap().open_reviews, 1, "the name-only pair waits for review");
+    let (status, _) = c.send_status("ticketing", json!({"id": "c", "givenName": "Annie", "familyName": "Leeson", "email": "ann.lee@example.com", "phone": "+33 6 11 22 33 44"})).await;
+    assert_eq!(status, 202);
+    drain(&t.store).await;
+    let (status, body) = c.send_status("pos", json!({"id": "q", "email": "ann.lee@example.com", "birthDate": "31/02/1990"})).await;
+    assert_eq!((status, body["error"]["details"][0]["quarantineId"].is_i64()), (422, true), "{body}");
+    // queued, not yet resolved
+    let (status, _) = c.send_status("ticketing", json!({"id": "late", "phone": "0611223344"})).await;
+    assert_eq!(status, 202);
+}
+
+async fn erasure_leaves_no_trace_of_the_person(t: TestStore) {
+    let c = Client::new(&t).await;
+    subject_everywhere(&t, &c).await;
+    let survivor = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id;
+    let aliases = t.store.aliases(survivor).await.unwrap();
+    assert_eq!(aliases.len(), 1);
+    let before = every_value(&t.url).await;
+    let seen: std::collections::BTreeSet<String> = found(&before, SUBJECT_VALUES).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(seen.len(), SUBJECT_VALUES.len(), "the scan sees every value before: {seen:?}");
+
+    // scopes: reading is not erasing
+    let request = json!({"attribute": "email", "value": "Ann.Lee@example.com", "reason": "subject-request"});
+    assert_eq!(c.post("/v1/erasures", READ_TOKEN, request.clone()).await.0, 403);
+    assert_eq!(c.post("/v1/erasures", ERASE_TOKEN, json!({"profileId": "p1", "reason": "Ann Lee asked"})).await.0, 400);
+    let (status, report) = c.post("/v1/erasures", ERASE_TOKEN, request).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["profiles"], json!([survivor]));
+    assert_eq!(report["removed"]["records"], 3);
+    assert_eq!(report["removed"]["quarantineEntries"], 1);
+    assert_eq!(report["removed"]["queuedRecords"], 1);
+    assert_eq!(report["removed"]["reviewItems"], 1);
+
+    let after = every_value(&t.url).await;
+    assert_eq!(found(&after, SUBJECT_VALUES), vec![], "no value of the subject is left anywhere");
+    assert_eq!(found(&after, BYSTANDER_VALUES).len(), found(&before, BYSTANDER_VALUES).len(), "the bystander is untouched");
+    assert_eq!(c.get(&format!("/v1/profiles/p{survivor}"), READ_TOKEN).await.0, 404);
+    assert_eq!(c.get(&format!("/v1/profiles/p{}", aliases[0]), READ_TOKEN).await.0, 404);
+
+    // feeds learn it with ids only; the audit keeps hashes, when, why and who
+    let erased = events(&t.store, "profile.erased").await;
+    assert_eq!(erased.len(), 1);
+    assert_eq!(erased[0].profile_id, Some(survivor));
+    assert_eq!(erased[0].payload["aliases"], json!(aliases));
+    let erasure_id = report["erasureId"].as_i64().unwrap();
+    assert_eq!(erased[0].payload["erasureId"], erasure_id);
+    let (status, audit) = c.get(&format!("/v1/erasures/{erasure_id}"), ERASE_TOKEN).await;
+    assert_eq!(status, 200);
+    assert_eq!((audit["reason"].as_str(), audit["requestedBy"].as_str()), (Some("subject-request"), Some("eraser")));
+    // email, phone and loyalty id, as keyed hashes
+    assert_eq!(audit["subjectHashes"].as_array().unwrap().len(), 3, "{audit}");
+    // nothing of the subject is left to resolve: the queue holds only what was there for others
+    drain(&t.store).await;
+    assert_eq!(t.store.counts().await.unwrap().records, 1);
+}
+
+async fn erasure_waits_for_a_record_being_resolved(t: TestStore) {
+    let ann = [("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com")];
+    t.store.enqueue(&[record("webshop", "a", &ann)]).await.unwrap();
+    drain(&t.store).await;
+    let profile = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id;
+    // a matcher holds the person's next record: erasing now would let it slip through
+    t.store.enqueue(&[record("pos", "b", &ann)]).await.unwrap();
+    let claimed = t.store.claim("busy", 10, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let subject = Subject::Identifier { attribute: "email".into(), value: "ann.lee@example.com".into(), region: None };
+    let privacy = privacy(&t.store, config());
+    assert!(matches!(privacy.erase(&subject, "test", "tester").await, Err(PrivacyError::InFlight)));
+    assert!(t.store.profile(profile).await.unwrap().is_some(), "nothing is erased half-way");
+    // once resolved, the erasure takes the new record too
+    let resolved = cdp_operator::matcher::resolve_batch(&t.store, &resolver(), &claimed).await;
+    assert!(resolved.iter().all(Result::is_ok));
+    let report = privacy.erase(&subject, "test", "tester").await.unwrap();
+    assert_eq!(report.removed.records, 2);
+    assert_eq!(t.store.counts().await.unwrap().records, 0);
+}
+
+async fn erased_person_is_refused_unless_the_source_allows(t: TestStore) {
+    let c = Client::new(&t).await;
+    let (status, _) = c.send_status("webshop", json!({"id": "a", "givenName": "Annie", "email": "ann.lee@example.com", "phone": "0611223344"})).await;
+    assert_eq!(status, 202);
+    drain(&t.store).await;
+    let profile = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id;
+    let (status, _) = c.post("/v1/erasures", ERASE_TOKEN, json!({"profileId": format!("p{profile}"), "reason": "art17"})).await;
+    assert_eq!(status, 200);
+    let counts = t.store.counts().await.unwrap();
+
+    // the same phone, written differently, from another source: refused and not stored;
+    // the stranger in the same batch is accepted
+    let (status, body) = c
+        .send_status("pos", json!([{"id": "again", "phone": "+33 6 11 22 33 44", "birthDate": "not a date"}, {"id": "zoe", "email": "zoe@example.com"}]))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "erased_subject");
+    assert_eq!(body["error"]["details"][0]["index"], 0);
+    assert!(body["error"]["details"][0].get("quarantineId").is_none());
+    assert_eq!(body["error"]["details"][0]["errors"][0], json!({"field": "phone", "code": "erasedSubject",
+        "message": "belongs to an erased person; this source may not send it again (privacy.afterErasure)"}));
+    assert_eq!(body["accepted"].as_array().unwrap().len(), 1);
+    let now = t.store.counts().await.unwrap();
+    assert_eq!((now.queued, now.quarantined), (counts.queued + 1, counts.quarantined));
+    assert!(t.store.quarantined(None, 0, 100).await.unwrap().is_empty());
+
+    // a source that lets the person come back: a new profile starts
+    let mut allowing = config();
+    allowing.sources.iter_mut().for_each(|s| s.spec.privacy.after_erasure = AfterErasure::NewProfile);
+    let payload = [json!({"id": "back", "email": "ANN.LEE@example.com"})];
+    let ticketing = allowing.source("ticketing").unwrap().clone();
+    assert!(privacy(&t.store, allowing).refusals(&ticketing, &payload).await.unwrap().is_empty());
+    let refused = privacy(&t.store, config()).refusals(config().source("ticketing").unwrap(), &payload).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].attributes, vec!["email".to_string()]);
+    t.store.enqueue(&[record("ticketing", "back", &[("email", "ann.lee@example.com")])]).await.unwrap();
+    drain(&t.store).await;
+    let back = t.store.record_by_source_id("ticketing", "back").await.unwrap().unwrap();
+    assert_ne!(back.profile_id, profile);
+    assert_eq!(t.store.records_of(back.profile_id).await.unwrap().len(), 1, "nothing of the erased profile comes back");
+}
+
+async fn export_holds_everything_on_the_person(t: TestStore) {
+    let c = Client::new(&t).await;
+    subject_everywhere(&t, &c).await;
+    let survivor = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id;
+    let alias = t.store.aliases(survivor).await.unwrap()[0];
+    // an alias exports the person too
+    let (status, export) = c.get(&format!("/v1/profiles/p{alias}/export"), READ_TOKEN).await;
+    assert_eq!(status, 200, "{export}");
+    assert_eq!(export["profile"]["id"], survivor);
+    assert_eq!(export["aliases"], json!([alias]));
+    let mut records: Vec<&str> = export["records"].as_array().unwrap().iter().map(|r| r["sourceRecordId"].as_str().unwrap()).collect();
+    records.sort();
+    assert_eq!(records, vec!["a", "b", "c"]);
+    assert_eq!(export["profile"]["golden"]["attributes"]["email"]["value"], "ann.lee@example.com");
+    assert_eq!(export["consents"]["current"]["sms"]["state"], "granted");
+    assert_eq!(export["consents"]["history"].as_array().unwrap().len(), 1);
+    assert_eq!(export["reviewItems"].as_array().unwrap().len(), 1);
+    let kinds: Vec<&str> = export["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for kind in ["profile.created", "record.received", "profile.merged", "consent.changed"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let quarantine = export["quarantine"].as_array().unwrap();
+    assert_eq!(quarantine.len(), 1);
+    assert_eq!(quarantine[0]["payload"]["email"], "ann.lee@example.com");
+    // nothing of the bystander
+    assert!(!export.to_string().contains("bob.martin"));
+    let (status, consents) = c.get(&format!("/v1/profiles/p{survivor}/consents"), READ_TOKEN).await;
+    assert_eq!((status, &consents["current"]["sms"]["source"]), (200, &json!("webshop")));
+    assert_eq!(c.get(&format!("/v1/profiles/p{survivor}/export"), WRITE_TOKEN).await.0, 200);
+    assert_eq!(c.get("/v1/profiles/p999999/export", READ_TOKEN).await.0, 404);
+    let doc: Value = c.http.get(format!("{}/openapi.json", c.api)).send().await.unwrap().json().await.unwrap();
+    for path in ["/v1/erasures", "/v1/erasures/{id}", "/v1/profiles/{id}/export", "/v1/profiles/{id}/consents"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+}
+
+async fn retention_purges_old_records_and_empty_profiles(t: TestStore) {
+    let mut config = config();
+    for s in &mut config.sources {
+        if s.name == "pos" {
+            s.spec.privacy.retention_days = Some(30);
+        }
+    }
+    let now = now_ms();
+    let old = now - 31 * 86_400_000;
+    t.store
+        .enqueue(&[
+            at(record("pos", "ann-old", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com"), ("street", "3 rue des Lilas"), ("consents.sms", "yes")]), old),
+            at(record("webshop", "ann-new", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com")]), now),
+            at(record("pos", "bob-old", &[("givenName", "Bob"), ("familyName", "Martin"), ("email", "bob.martin@example.com")]), old),
+            at(record("pos", "cy-new", &[("givenName", "Cy"), ("familyName", "Roux"), ("email", "cy@example.com")]), now),
+        ])
+        .await
+        .unwrap();
+    drain(&t.store).await;
+    let ann = t.store.record_by_source_id("webshop", "ann-new").await.unwrap().unwrap().profile_id;
+    let bob = t.store.record_by_source_id("pos", "bob-old").await.unwrap().unwrap().profile_id;
+    assert_eq!(t.store.records_of(ann).await.unwrap().len(), 2);
+    let errors = [FieldError { field: "email".into(), code: "invalid".into(), message: "not an email".into() }];
+    t.store.quarantine("pos", &json!({"id": "bad", "email": "nope"}), &errors).await.unwrap();
+    t.store.quarantine("webshop", &json!({"id": "bad", "email": "nope"}), &errors).await.unwrap();
+
+    let privacy = privacy(&t.store, config);
+    // today, the quarantined entries are fresh: only records are old enough
+    let report = retention::purge(&privacy, &resolver(), now).await.unwrap();
+    assert_eq!((report.records, report.profiles_updated, report.profiles_erased, report.quarantine_entries), (2, 1, 1, 0));
+    let golden = t.store.profile(ann).await.unwrap().unwrap().golden.unwrap();
+    assert!(golden["attributes"].get("street").is_none(), "the purged record's values leave the golden record: {golden}");
+    assert!(golden.get("consents").is_none(), "and so does its consent: {golden}");
+    assert_eq!(t.store.records_of(ann).await.unwrap().len(), 1);
+    assert!(t.store.profile(bob).await.unwrap().is_none(), "a profile left with no record is erased");
+    assert!(t.store.record_by_source_id("pos", "cy-new").await.unwrap().is_some(), "recent records stay");
+    let erased = events(&t.store, "profile.erased").await;
+    assert_eq!(erased.iter().map(|e| e.profile_id).collect::<Vec<_>>(), vec![Some(bob)]);
+    let updated = events(&t.store, "profile.updated").await;
+    assert!(updated.iter().any(|e| e.profile_id == Some(ann) && e.payload["changed"].get("street").is_some()));
+    let withdrawn = events(&t.store, "consent.changed").await.pop().unwrap();
+    assert_eq!((withdrawn.profile_id, &withdrawn.payload["current"]), (Some(ann), &Value::Null));
+    // erased by retention, not suppressed: Bob may come back from any source
+    let webshop = common::config().source("webshop").unwrap().clone();
+    assert!(privacy.refusals(&webshop, &[json!({"id": "x", "email": "bob.martin@example.com"})]).await.unwrap().is_empty());
+
+    // a month on, the quarantined pos payload is old too; webshop keeps everything
+    let report = retention::purge(&privacy, &resolver(), now + 31 * 86_400_000).await.unwrap();
+    assert_eq!((report.quarantine_entries, report.profiles_erased), (1, 1), "{report:?}");
+    let left: Vec<String> = t.store.quarantined(None, 0, 10).await.unwrap().into_iter().map(|e| e.source).collect();
+    assert_eq!(left, vec!["webshop"]);
+    assert!(t.store.record_by_source_id("webshop", "ann-new").await.unwrap().is_some());
+}
