@@ -4,6 +4,7 @@
 //! Every route needs a bearer token with the right scope (read, write).
 
 pub mod auth;
+pub mod dead_letters;
 pub mod ops;
 
 use std::collections::BTreeSet;
@@ -601,7 +602,7 @@ async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(i
 #[openapi(
     info(title = "cdp profile API", description = "Golden profiles, lookups, timelines, explanations, review queue and quarantine."),
     paths(get_profile, lookup, search, timeline, explanation, merge, unmerge, review_list, review_approve, review_reject,
-          quarantine_list, quarantine_replay),
+          quarantine_list, quarantine_replay, dead_letters::list, dead_letters::inspect, dead_letters::replay),
     components(schemas(ops::ErrorBody, ops::ErrorDetail, FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -640,6 +641,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/review/{id}/reject", post(review_reject))
         .route("/v1/quarantine", get(quarantine_list))
         .route("/v1/quarantine/{id}/replay", post(quarantine_replay))
+        .merge(dead_letters::router())
         .route_layer(middleware::from_fn_with_state(metrics, count_requests))
         .with_state(state)
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))

@@ -47,6 +47,8 @@ pub enum StartError {
     Import(#[from] crate::ingest::import::ImportError),
     #[error(transparent)]
     Platform(#[from] crate::local::PlatformError),
+    #[error(transparent)]
+    Feeds(#[from] crate::feeds::FeedsError),
 }
 
 impl StartError {
@@ -61,6 +63,7 @@ impl StartError {
             Self::Tokens(_) => "Tokens",
             Self::Import(e) => e.reason(),
             Self::Platform(e) => e.reason(),
+            Self::Feeds(e) => e.reason(),
         }
     }
 }
@@ -198,6 +201,7 @@ pub struct Metrics {
     pub api_requests: Family<Vec<(&'static str, String)>, Counter>,
     /// Queued intake records (sampled by the matcher, what the scaler reads).
     pub intake_queued: Gauge,
+    pub feeds: crate::feeds::status::FeedMetrics,
 }
 
 impl Metrics {
@@ -217,6 +221,7 @@ impl Metrics {
         registry.register("api_requests", "API requests, by route and status", api_requests.clone());
         let intake_queued = Gauge::default();
         registry.register("intake_queued", "Records waiting in the intake queue", intake_queued.clone());
+        let feeds = crate::feeds::status::FeedMetrics::register(&mut registry);
         Arc::new(Metrics {
             registry,
             intake_records,
@@ -226,6 +231,7 @@ impl Metrics {
             review_items,
             api_requests,
             intake_queued,
+            feeds,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! how a writer takes its transaction, how work is claimed and locked, how workers are woken.
 //! Migrations are versioned under `migrations/{sqlite,postgres}` and applied at start.
 
+mod feeds;
 mod postgres;
 mod sqlite;
 mod write;
@@ -22,6 +23,7 @@ use tokio::sync::Notify;
 
 use crate::identity::CanonicalRecord;
 
+pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgress, NewDelivery, RetryOutcome};
 pub use write::{NewRecord, NewReview, WriteTx};
 
 /// Why a store operation failed.
@@ -79,6 +81,8 @@ pub struct Store {
     url: Arc<str>,
     /// Wakes matcher workers of this process when work arrives (PostgreSQL feeds it from LISTEN).
     work: Arc<Notify>,
+    /// Wakes feed workers of this process when outbox events commit (PostgreSQL: from LISTEN).
+    outbox: Arc<Notify>,
     listener: Arc<tokio::sync::OnceCell<()>>,
 }
 
@@ -314,6 +318,7 @@ impl Store {
             backend,
             url: url.into(),
             work: Arc::new(Notify::new()),
+            outbox: Arc::new(Notify::new()),
             listener: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
@@ -338,7 +343,7 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(WriteTx::new(tx, self.backend))
+        Ok(WriteTx::new(tx, self.backend, self.outbox.clone()))
     }
 
     /// Durably queue valid records; redeliveries (same source + record id) are absorbed.
@@ -456,7 +461,7 @@ impl Store {
     pub async fn work_signal(&self) -> Result<Arc<Notify>> {
         if self.backend == Backend::Postgres {
             self.listener
-                .get_or_try_init(|| postgres::spawn_listener(self.url.clone(), self.work.clone()))
+                .get_or_try_init(|| postgres::spawn_listener(self.url.clone(), self.work.clone(), self.outbox.clone()))
                 .await?;
         }
         Ok(self.work.clone())

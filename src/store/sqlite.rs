@@ -41,5 +41,11 @@ pub(super) fn migrator() -> Migrator {
         MigrationType::Simple,
         include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
         false,
+    ), Migration::new(
+        2,
+        Cow::Borrowed("feeds"),
+        MigrationType::Simple,
+        include_str!("../../migrations/sqlite/0002_feeds.sql").into_sql_str(),
+        false,
     )])
 }

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use sqlx::any::Any;
 use sqlx::{AnyConnection, AssertSqlSafe, Row, Transaction};
 
@@ -19,6 +21,7 @@ pub struct WriteTx {
     backend: Backend,
     events: Vec<PendingEvent>,
     finished: Vec<i64>,
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 /// An outbox row, in the JSON shape the insert at commit reads.
@@ -55,8 +58,8 @@ pub struct NewReview<'a> {
 }
 
 impl WriteTx {
-    pub(super) fn new(tx: Transaction<'static, Any>, backend: Backend) -> Self {
-        WriteTx { tx, backend, events: Vec::new(), finished: Vec::new() }
+    pub(super) fn new(tx: Transaction<'static, Any>, backend: Backend, outbox: Arc<tokio::sync::Notify>) -> Self {
+        WriteTx { tx, backend, events: Vec::new(), finished: Vec::new(), outbox }
     }
 
     /// Whether this transaction excludes every other writer (SQLite's single writer lock):
@@ -70,6 +73,13 @@ impl WriteTx {
     }
 
     pub async fn commit(mut self) -> Result<()> {
+        if !self.finished.is_empty() {
+            let sql = format!(
+                "UPDATE intake SET state = 'done', record = NULL, claimed_by = NULL WHERE {}",
+                self.backend.in_ids("id", 1)
+            );
+            sqlx::query(AssertSqlSafe(sql)).bind(json_ids(&self.finished)).execute(&mut *self.tx).await?;
+        }
         if !self.events.is_empty() {
             // one statement for every event, inserted in the order they were pushed
             let sql = match self.backend {
@@ -84,17 +94,21 @@ impl WriteTx {
                      SELECT p, r, t, d, a FROM json_to_recordset($1::json) AS x(p bigint, r bigint, t text, d text, a bigint)"
                 }
             };
+            if self.backend == Backend::Postgres {
+                // Outbox ids are handed out under this lock, held until commit, so they become
+                // visible in id order and a feed reading after its cursor never skips an event
+                // that commits late (SQLite's single writer gives the same guarantee). Taken
+                // last, so a transaction never waits for anything while holding it.
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(super::postgres::OUTBOX_LOCK).execute(&mut *self.tx).await?;
+                sqlx::query("SELECT pg_notify($1, '')").bind(super::postgres::OUTBOX_CHANNEL).execute(&mut *self.tx).await?;
+            }
             let events = serde_json::to_string(&self.events)?;
             sqlx::query(sql).bind(events).execute(&mut *self.tx).await?;
         }
-        if !self.finished.is_empty() {
-            let sql = format!(
-                "UPDATE intake SET state = 'done', record = NULL, claimed_by = NULL WHERE {}",
-                self.backend.in_ids("id", 1)
-            );
-            sqlx::query(AssertSqlSafe(sql)).bind(json_ids(&self.finished)).execute(&mut *self.tx).await?;
-        }
         self.tx.commit().await?;
+        if !self.events.is_empty() {
+            self.outbox.notify_waiters();
+        }
         Ok(())
     }
 
