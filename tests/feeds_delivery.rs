@@ -337,6 +337,13 @@ async fn retries_dead_letters_and_replay(t: TestStore) {
     let hook_load = load.feeds.iter().find(|f| f.name == "hook").unwrap();
     assert_eq!(hook_load.failures, 4);
     assert_eq!(hook_load.last_error.as_deref(), Some("receiver answered 503"));
+
+    // erasing the other person drops the message the feed kept of them
+    let grace = remaining["deadLetters"][0]["profileId"].as_str().unwrap().trim_start_matches('p').parse::<i64>().unwrap();
+    let mut tx = t.store.begin().await.unwrap();
+    assert_eq!(tx.erase_feed_deliveries(&[grace]).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    assert_eq!(list(0).await["deadLetters"], json!([]));
 }
 
 async fn a_failing_feed_does_not_delay_the_others(t: TestStore) {
@@ -492,3 +499,41 @@ on_both_stores!(
     consent_triggers_and_allow_list,
     kafka_topic_keyed_by_profile,
 );
+
+/// `cdp receive`'s router: accepts a delivery signed with any of its secrets, refuses others,
+/// and flags a repeated idempotency key.
+#[tokio::test]
+async fn the_receiver_checks_signatures_and_flags_repeats() {
+    use cdp_operator::feeds::sign::sign;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let secrets = ["whsec-a".to_string(), "whsec-b".to_string()];
+    let listener = ops::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, cdp_operator::feeds::receive::router(&secrets, 300, tx)).await });
+    let client = reqwest::Client::new();
+    let post = |secret: &'static str, at: i64| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let body = br#"{"id":"41","type":"record.received"}"#;
+            let response = client
+                .post(url)
+                .header(SIGNATURE_HEADER, sign(secret.as_bytes(), at, body))
+                .header(IDEMPOTENCY_HEADER, "41")
+                .body(body.to_vec())
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }
+    };
+    let now = jiff::Timestamp::now().as_second();
+    assert_eq!(post("whsec-b", now).await, 200);
+    assert_eq!(post("whsec-a", now).await, 200);
+    assert_eq!(post("whsec-c", now).await, 401, "unknown secret");
+    assert_eq!(post("whsec-a", now - 3600).await, 401, "stale timestamp");
+    let first = rx.recv().await.unwrap();
+    let second = rx.recv().await.unwrap();
+    assert_eq!((first.path.as_str(), first.duplicate, second.duplicate), ("/hook", false, true));
+    assert_eq!(first.message["type"], "record.received");
+    assert!(rx.try_recv().is_err(), "refused requests are not passed on");
+}

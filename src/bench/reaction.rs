@@ -141,7 +141,7 @@ pub async fn reaction(args: &ReactionArgs) -> Result<ReactionReport, StartError>
     let seed_seconds = seed(&store, &config, &patrons, args.workers).await?;
 
     let (trigger, shutdown) = ops::shutdown_channel();
-    tokio::spawn(ops::serve(receiver_listener, crate::feeds::receive::router(SIGNING_KEY, 60, received_tx), shutdown.clone()));
+    tokio::spawn(ops::serve(receiver_listener, crate::feeds::receive::router(&[SIGNING_KEY.to_string()], 60, received_tx), shutdown.clone()));
     let secrets = Secrets::Values(
         [
             (SecretKeyRef { name: "bench".into(), key: "token".into() }, BENCH_KEY.to_string()),

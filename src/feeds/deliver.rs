@@ -107,13 +107,6 @@ impl Destination {
         Ok(Destination::Kafka { producer, topic: k.topic.clone() })
     }
 
-    /// Point a webhook at another base URL, keeping its path (`cdp local --feeds-to`).
-    pub fn redirect(&mut self, base: &url::Url) {
-        if let Destination::Webhook { url, .. } = self {
-            *url = redirected(url, base);
-        }
-    }
-
     /// Send one message once; `Ok` when the destination acknowledged it.
     pub async fn send(&self, message: Outgoing<'_>) -> Result<(), DeliveryError> {
         let key = message.event_id.to_string();
@@ -170,4 +163,17 @@ fn error_chain(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_keeps_the_path() {
+        let base = url::Url::parse("http://127.0.0.1:9999").unwrap();
+        assert_eq!(redirected("https://crm.example.com/hooks/cdp", &base), "http://127.0.0.1:9999/hooks/cdp");
+        let prefixed = url::Url::parse("http://127.0.0.1:9999/feeds/").unwrap();
+        assert_eq!(redirected("https://sms.example.com/v1/welcome", &prefixed), "http://127.0.0.1:9999/feeds/v1/welcome");
+    }
 }

@@ -427,11 +427,13 @@ impl FeedsContext {
             .map(|feed| {
                 let name = feed.name.clone();
                 let selector = Selector::compile(&name, &feed.spec).map_err(|source| FeedsError::Selector { feed: name.clone(), source })?;
-                let mut destination = Destination::new(&feed.spec.destination, secrets)
-                    .map_err(|source| FeedsError::Destination { feed: name.clone(), source })?;
-                if let Some(base) = redirect {
-                    destination.redirect(base);
+                let mut target = feed.spec.destination.clone();
+                if let (Some(base), Some(webhook)) = (redirect, target.webhook.as_mut()) {
+                    webhook.url = deliver::redirected(&webhook.url, base);
+                    webhook.allow_insecure_http |= base.scheme() == "http";
                 }
+                let destination =
+                    Destination::new(&target, secrets).map_err(|source| FeedsError::Destination { feed: name.clone(), source })?;
                 Ok(FeedWorker {
                     name,
                     selector,

@@ -11,7 +11,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Notify;
 
-use super::{Backend, Result, Store, json_col, json_ids, now_ms, postgres};
+use super::{Backend, Result, Store, WriteTx, json_col, json_ids, now_ms, postgres};
 use crate::identity::GoldenProfile;
 
 /// Where a feed stands, read when its lease is taken.
@@ -361,5 +361,23 @@ impl Store {
                 Ok((row.try_get("id")?, (row.try_get("merged_into")?, golden)))
             })
             .collect()
+    }
+}
+
+impl WriteTx {
+    /// Drop what the feeds still hold of these profiles (kept and dead-lettered messages carry
+    /// their allow-listed attributes): for an erasure, in its transaction. Erasure events carry
+    /// no attributes and stay, so the erasure still reaches every feed.
+    pub async fn erase_feed_deliveries(&mut self, profiles: &[i64]) -> Result<u64> {
+        let mut erased = 0;
+        for profile in profiles {
+            let done = sqlx::query("DELETE FROM feed_deliveries WHERE profile_id = $1 AND type <> $2")
+                .bind(profile)
+                .bind(crate::feeds::select::ERASED)
+                .execute(self.conn())
+                .await?;
+            erased += done.rows_affected();
+        }
+        Ok(erased)
     }
 }
