@@ -150,7 +150,8 @@ pub async fn reaction(args: &ReactionArgs) -> Result<ReactionReport, StartError>
         .into(),
     );
     let metrics = Metrics::new();
-    let feeds = FeedsContext::new(store.clone(), &metrics, WorkerOptions::default());
+    // as in a cluster, the feeds do not share intake's connections
+    let feeds = FeedsContext::new(store.with_own_pool().await?, &metrics, WorkerOptions::default());
     let (feed_tasks, _load) = feeds.spawn(feeds.workers(&config, &secrets, None)?, &shutdown);
     // the feed reads past the seeding events (none selected) before the clock starts
     while store.feed_backlog("sms-gateway").await?.unread > 0 {

@@ -408,6 +408,8 @@ pub struct FeedsContext {
 }
 
 impl FeedsContext {
+    /// `store` is best a handle of the feeds' own ([`Store::with_own_pool`]) when other roles
+    /// share the process.
     pub fn new(store: Store, metrics: &Metrics, options: WorkerOptions) -> FeedsContext {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         FeedsContext {

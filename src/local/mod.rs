@@ -216,7 +216,7 @@ pub async fn run(args: LocalArgs) -> Result<(), StartError> {
     let options = WorkerOptions::default();
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
-    let feeds = crate::feeds::FeedsContext::new(store.clone(), &metrics, crate::feeds::WorkerOptions::default());
+    let feeds = crate::feeds::FeedsContext::new(store.with_own_pool().await?, &metrics, crate::feeds::WorkerOptions::default());
     let (feed_tasks, _load) = feeds.spawn(feeds.workers(&config, &secrets, args.feeds_to.as_ref())?, &shutdown);
 
     println!("{}", banner(&config, &secrets, &args, &token_lines));

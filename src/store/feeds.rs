@@ -81,7 +81,7 @@ pub struct FeedProgress {
 /// What a feed still has to do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FeedBacklog {
-    /// Outbox events after the cursor.
+    /// Outbox ids after the cursor (events, bar the few an erasure removed).
     pub unread: i64,
     /// Kept events waiting for an attempt (not dead-lettered).
     pub pending: i64,
@@ -128,6 +128,13 @@ impl Store {
                 .await?;
         }
         Ok(self.outbox.clone())
+    }
+
+    /// The same store through a connection pool of its own, sharing this handle's wake-ups. A
+    /// role running beside others in one process (the feeds in `cdp local`) then never waits
+    /// for a connection behind their load, as it would not in a process of its own.
+    pub async fn with_own_pool(&self) -> Result<Store> {
+        Ok(Store { pool: super::connect(self.backend, &self.url).await?, ..self.clone() })
     }
 
     /// Take or renew `owner`'s lease on `feed` (one replica works a feed at a time). Returns the
@@ -306,8 +313,8 @@ impl Store {
     pub async fn feed_backlog(&self, feed: &str) -> Result<FeedBacklog> {
         let row = sqlx::query(
             "SELECT
-               (SELECT COUNT(*) FROM outbox WHERE id > s.cursor_id) AS unread,
-               (SELECT MIN(created_at_ms) FROM outbox WHERE id = (SELECT MIN(id) FROM outbox WHERE id > s.cursor_id)) AS unread_oldest,
+               (SELECT COALESCE(MAX(id), 0) FROM outbox) - s.cursor_id AS unread,
+               (SELECT created_at_ms FROM outbox WHERE id = (SELECT MIN(id) FROM outbox WHERE id > s.cursor_id)) AS unread_oldest,
                (SELECT COUNT(*) FROM feed_deliveries WHERE feed = s.feed AND dead_at_ms IS NULL) AS pending,
                (SELECT MIN(created_at_ms) FROM feed_deliveries WHERE feed = s.feed AND dead_at_ms IS NULL) AS pending_oldest,
                (SELECT COUNT(*) FROM feed_deliveries WHERE feed = s.feed AND dead_at_ms IS NOT NULL) AS dead,

@@ -303,11 +303,7 @@ impl Store {
         } else {
             return Err(StoreError::Url);
         };
-        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
-        let pool = match backend {
-            Backend::Sqlite => sqlite::connect(options, url).await?,
-            Backend::Postgres => options.max_connections(16).connect(url).await?,
-        };
+        let pool = connect(backend, url).await?;
         let migrator = match backend {
             Backend::Sqlite => sqlite::migrator(),
             Backend::Postgres => postgres::migrator(),
@@ -635,6 +631,14 @@ impl Store {
             quarantined: row.try_get("quarantined")?,
         })
     }
+}
+
+async fn connect(backend: Backend, url: &str) -> Result<AnyPool> {
+    let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+    Ok(match backend {
+        Backend::Sqlite => sqlite::connect(options, url).await?,
+        Backend::Postgres => options.max_connections(16).connect(url).await?,
+    })
 }
 
 /// PostgreSQL: create an empty database on the server `url` points at and return its URL
