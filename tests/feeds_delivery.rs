@@ -18,6 +18,7 @@ use cdp_operator::crd::source::FieldMapping;
 use cdp_operator::feeds::sign::{IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify};
 use cdp_operator::feeds::{FeedsContext, LoadBoard, WorkerOptions};
 use cdp_operator::pipeline::{NamedFeed, PipelineConfig};
+use cdp_operator::scaling::load::LoadReport;
 use cdp_operator::store::Store;
 use common::TestStore;
 use serde_json::{Value, json};
@@ -333,8 +334,22 @@ async fn retries_dead_letters_and_replay(t: TestStore) {
     assert_eq!(delivered[0].key, event_id.to_string());
     let remaining = list(0).await;
     assert_eq!(remaining["deadLetters"].as_array().unwrap().len(), 1, "only the other event is still dead: {remaining}");
-    let load = running.load.report();
-    let hook_load = load.feeds.iter().find(|f| f.name == "hook").unwrap();
+    // the status, as the operator reads it from the feeds service
+    let listener = ops::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let load_url = format!("http://{}/v1/load", listener.local_addr().unwrap());
+    let load_router = cdp_operator::feeds::router(running.load.clone());
+    tokio::spawn(async move { axum::serve(listener, load_router).await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let hook_load = loop {
+        let load: LoadReport = client.get(&load_url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(load.workload, cdp_operator::scaling::Workload::Feeds);
+        let hook = load.feeds.into_iter().find(|f| f.name == "hook").unwrap();
+        // sampled every 200 ms: wait for the sample after the last attempt
+        if hook.failures == 4 || Instant::now() > deadline {
+            break hook;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(hook_load.failures, 4);
     assert_eq!(hook_load.last_error.as_deref(), Some("receiver answered 503"));
 
@@ -348,7 +363,7 @@ async fn retries_dead_letters_and_replay(t: TestStore) {
 
 async fn a_failing_feed_does_not_delay_the_others(t: TestStore) {
     let (r, base) = receiver().await;
-    r.answer("/slow", Answer::Hang(Duration::from_secs(5)));
+    r.answer("/slow", Answer::Hang(Duration::from_secs(60)));
     r.answer("/broken", Answer::Status(500));
     let selection = "events: [record.received]\nattributes: [givenName]\n";
     let config = config(vec![
