@@ -40,6 +40,10 @@ enum Command {
     Matcher(cdp_operator::matcher::MatcherArgs),
     /// The profile API.
     Api(cdp_operator::api::ApiArgs),
+    /// Outbound feeds: deliver selected events to webhooks and Kafka topics.
+    Feeds(cdp_operator::feeds::FeedsArgs),
+    /// A webhook receiver that checks feed signatures and prints each delivery.
+    Receive(cdp_operator::feeds::receive::ReceiveArgs),
     /// Import a CSV or NDJSON file for one source.
     Import(cdp_operator::ingest::import::ImportArgs),
     /// Estimate m, u and λ by EM from the store's records (or a file) and print a MatchingPolicy.
@@ -94,6 +98,8 @@ fn main() -> Result<()> {
         Command::Ingest(args) => serve(async { Ok(cdp_operator::ingest::run(args).await?) }),
         Command::Matcher(args) => serve(async { Ok(cdp_operator::matcher::run(args).await?) }),
         Command::Api(args) => serve(async { Ok(cdp_operator::api::run(args).await?) }),
+        Command::Feeds(args) => serve(async { Ok(cdp_operator::feeds::run(args).await?) }),
+        Command::Receive(args) => serve(async { Ok(cdp_operator::feeds::receive::run(args).await?) }),
         Command::Import(args) => serve(async { Ok(cdp_operator::ingest::import::run(args).await.map(|_| ())?) }),
         Command::Train(args) => serve(async { Ok(cdp_operator::matcher::train::run(args).await?) }),
         Command::Bench(args) => serve(async { Ok(cdp_operator::bench::run(args).await?) }),

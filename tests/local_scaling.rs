@@ -45,6 +45,7 @@ async fn a_burst_grows_the_matcher_pool_and_it_shrinks_once_drained() {
         listen_api: api_addr,
         workers: 1,
         imports: Vec::<(String, PathBuf)>::new(),
+        feeds_to: None,
     };
     // The sample policy's matcher bounds (1..8), with windows short enough for a test and
     // without its peak windows (a Saturday afternoon would otherwise hold a floor of 3).

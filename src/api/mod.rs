@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod load;
+pub mod dead_letters;
 pub mod ops;
 mod privacy;
 
@@ -603,7 +604,7 @@ async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(i
 #[openapi(
     info(title = "cdp profile API", description = "Golden profiles, lookups, timelines, explanations, review queue and quarantine."),
     paths(get_profile, lookup, search, timeline, explanation, merge, unmerge, review_list, review_approve, review_reject,
-          quarantine_list, quarantine_replay),
+          quarantine_list, quarantine_replay, dead_letters::list, dead_letters::inspect, dead_letters::replay),
     components(schemas(ops::ErrorBody, ops::ErrorDetail, FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -643,6 +644,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/quarantine", get(quarantine_list))
         .route("/v1/quarantine/{id}/replay", post(quarantine_replay))
         .merge(privacy::router())
+        .merge(dead_letters::router())
         .route_layer(middleware::from_fn_with_state(metrics, count_requests))
         .with_state(state)
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi().merge_from(privacy::PrivacyDoc::openapi())) }))

@@ -47,6 +47,8 @@ pub enum StartError {
     Import(#[from] crate::ingest::import::ImportError),
     #[error(transparent)]
     Platform(#[from] crate::local::PlatformError),
+    #[error(transparent)]
+    Feeds(#[from] crate::feeds::FeedsError),
 }
 
 impl StartError {
@@ -61,6 +63,7 @@ impl StartError {
             Self::Tokens(_) => "Tokens",
             Self::Import(e) => e.reason(),
             Self::Platform(e) => e.reason(),
+            Self::Feeds(e) => e.reason(),
         }
     }
 }
@@ -200,6 +203,7 @@ pub struct Metrics {
     pub intake_queued: Gauge,
     /// Work measured per scaled workload, for `/v1/load` and the `cdp_load_*` metrics.
     pub meters: super::load::Meters,
+    pub feeds: crate::feeds::status::FeedMetrics,
 }
 
 impl Metrics {
@@ -220,6 +224,7 @@ impl Metrics {
         let intake_queued = Gauge::default();
         registry.register("intake_queued", "Records waiting in the intake queue", intake_queued.clone());
         let meters = super::load::Meters::new(super::load::LoadMetrics::register(&mut registry));
+        let feeds = crate::feeds::status::FeedMetrics::register(&mut registry);
         Arc::new(Metrics {
             registry,
             intake_records,
@@ -230,6 +235,7 @@ impl Metrics {
             api_requests,
             intake_queued,
             meters,
+            feeds,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod accuracy;
 pub mod generate;
+pub mod reaction;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub enum BenchKind {
     Latency(LatencyArgs),
     /// Pairwise precision/recall/F1 of the profiles on FEBRL and pseudopeople, default and trained model.
     Accuracy(accuracy::AccuracyArgs),
+    /// p50/p99 from a ticket scan's `202` to the signed webhook of the SMS feed arriving.
+    Reaction(reaction::ReactionArgs),
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -371,6 +374,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let report = match &args.kind {
         BenchKind::Throughput(a) => serde_json::to_value(throughput(a).await?),
         BenchKind::Latency(a) => serde_json::to_value(latency(a).await?),
+        BenchKind::Reaction(a) => serde_json::to_value(reaction::reaction(a).await?),
         BenchKind::Accuracy(a) => {
             let (rows, stored) = accuracy::run(a).await?;
             print!("{}", accuracy::table(&rows, &stored));

@@ -19,6 +19,14 @@ pub enum ConsentState {
 }
 
 impl ConsentState {
+    /// `granted` or `withdrawn`, as the state reads in JSON.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConsentState::Granted => "granted",
+            ConsentState::Withdrawn => "withdrawn",
+        }
+    }
+
     /// Read a touchpoint's value: `true/false`, `granted/withdrawn`, `yes/no`, `1/0` (any case),
     /// plus the usual variants `y/n`, `on/off`, `optin/optout`, `opt-in/opt-out`.
     pub fn parse(raw: &str) -> Option<ConsentState> {

@@ -137,6 +137,9 @@ pub struct LocalArgs {
     /// matcher bounds of the platform's ScalingPolicy.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Send every webhook feed to this base URL instead (path kept), e.g. a `cdp receive`.
+    #[arg(long)]
+    pub feeds_to: Option<url::Url>,
     /// Import a file at start, as `SOURCE=FILE` (CSV or NDJSON); repeatable.
     #[arg(long = "import", value_parser = parse_import)]
     pub imports: Vec<(String, PathBuf)>,
@@ -228,6 +231,8 @@ pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> p
     }
     .start(args.workers as u32, shutdown.clone());
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
+    let feeds = crate::feeds::FeedsContext::new(store.with_own_pool().await?, &metrics, crate::feeds::WorkerOptions::default());
+    let (feed_tasks, _load) = feeds.spawn(feeds.workers(&config, &secrets, args.feeds_to.as_ref())?, &shutdown);
 
     println!("{}", banner(&config, &secrets, &args, &token_lines));
 
@@ -246,7 +251,7 @@ pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> p
         let summary = import_file(&store, &config, source, file, Format::of(file), progress_bar(label)).await?;
         println!("import {source} {}:\n{summary}", file.display());
     }
-    for task in servers.into_iter().chain([matchers]) {
+    for task in servers.into_iter().chain([matchers]).chain(feed_tasks) {
         let _ = task.await;
     }
     store.close().await;
@@ -286,6 +291,18 @@ fn banner(config: &PipelineConfig, secrets: &Secrets, args: &LocalArgs, tokens: 
     }
     for (name, key) in &keys {
         out.push_str(&format!("  source {name}: key {key}\n"));
+    }
+    if !config.feeds.is_empty() {
+        out.push_str("\nFeeds (signed webhooks; `cdp receive --secret ...` checks and prints them):\n");
+    }
+    for f in &config.feeds {
+        let to = match (&f.spec.destination.webhook, &f.spec.destination.kafka, &args.feeds_to) {
+            (Some(w), _, Some(base)) => crate::feeds::deliver::redirected(&w.url, base),
+            (Some(w), _, None) => w.url.clone(),
+            (None, Some(k), _) => format!("kafka topic {}", k.topic),
+            (None, None, _) => String::new(),
+        };
+        out.push_str(&format!("  feed {} -> {to}\n", f.name));
     }
     out.push_str(&format!("\nProfile API: {api} (OpenAPI document at {api}/openapi.json)\n"));
     for t in tokens {

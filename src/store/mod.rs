@@ -7,6 +7,7 @@
 //! Migrations are versioned under `migrations/{sqlite,postgres}` and applied at start.
 
 mod load;
+mod feeds;
 mod postgres;
 mod privacy;
 mod sqlite;
@@ -24,6 +25,7 @@ use tokio::sync::Notify;
 
 use crate::identity::CanonicalRecord;
 
+pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgress, NewDelivery, RetryOutcome};
 pub use load::IntakeLoad;
 pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
 pub use write::{GoldenUpdate, NewProfile, NewRecord, NewReview, WriteTx};
@@ -83,6 +85,8 @@ pub struct Store {
     url: Arc<str>,
     /// Wakes matcher workers of this process when work arrives (PostgreSQL feeds it from LISTEN).
     work: Arc<Notify>,
+    /// Wakes feed workers of this process when outbox events commit (PostgreSQL: from LISTEN).
+    outbox: Arc<Notify>,
     listener: Arc<tokio::sync::OnceCell<()>>,
     /// SQLite has one writer: this process's writers queue here, in order, instead of in
     /// SQLite's busy handler, which polls with sleeps of up to 100 ms.
@@ -337,11 +341,7 @@ impl Store {
         } else {
             return Err(StoreError::Url);
         };
-        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
-        let pool = match backend {
-            Backend::Sqlite => sqlite::connect(options, url).await?,
-            Backend::Postgres => options.max_connections(16).connect(url).await?,
-        };
+        let pool = connect(backend, url).await?;
         let migrator = match backend {
             Backend::Sqlite => sqlite::migrator(),
             Backend::Postgres => postgres::migrator(),
@@ -352,6 +352,7 @@ impl Store {
             backend,
             url: url.into(),
             work: Arc::new(Notify::new()),
+            outbox: Arc::new(Notify::new()),
             listener: Arc::new(tokio::sync::OnceCell::new()),
             writer: Arc::new(tokio::sync::Mutex::new(())),
         })
@@ -380,7 +381,7 @@ impl Store {
             }
             Backend::Postgres => (self.pool.begin().await?, None),
         };
-        Ok(WriteTx::new(tx, self.backend, writer))
+        Ok(WriteTx::new(tx, self.backend, writer, self.outbox.clone()))
     }
 
     /// Durably queue valid records; redeliveries (same source + record id) are absorbed.
@@ -500,7 +501,7 @@ impl Store {
     pub async fn work_signal(&self) -> Result<Arc<Notify>> {
         if self.backend == Backend::Postgres {
             self.listener
-                .get_or_try_init(|| postgres::spawn_listener(self.url.clone(), self.work.clone()))
+                .get_or_try_init(|| postgres::spawn_listener(self.url.clone(), self.work.clone(), self.outbox.clone()))
                 .await?;
         }
         Ok(self.work.clone())
@@ -676,6 +677,14 @@ impl Store {
             quarantined: row.try_get("quarantined")?,
         })
     }
+}
+
+async fn connect(backend: Backend, url: &str) -> Result<AnyPool> {
+    let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+    Ok(match backend {
+        Backend::Sqlite => sqlite::connect(options, url).await?,
+        Backend::Postgres => options.max_connections(16).connect(url).await?,
+    })
 }
 
 /// PostgreSQL: create an empty database on the server `url` points at and return its URL

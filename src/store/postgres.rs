@@ -10,6 +10,10 @@ use tokio::sync::Notify;
 
 /// The channel `enqueue` notifies and matcher workers listen on.
 pub(super) const CHANNEL: &str = "cdp_intake";
+/// The channel a commit with outbox events notifies and feed workers listen on.
+pub(super) const OUTBOX_CHANNEL: &str = "cdp_outbox";
+/// Advisory lock key serialising outbox inserts until commit (see `WriteTx::commit`).
+pub(super) const OUTBOX_LOCK: i64 = 0x0cd9_0007_b0c5;
 
 /// Concurrent claimers skip each other's rows instead of waiting for them.
 pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms = $2
@@ -20,23 +24,27 @@ pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms
 pub(super) fn migrator() -> Migrator {
     super::migrator(&[
         (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+        (2, "feeds", include_str!("../../migrations/postgres/0002_feeds.sql")),
         (3, "privacy", include_str!("../../migrations/postgres/0003_privacy.sql")),
         (5, "intake_arrivals", include_str!("../../migrations/postgres/0005_intake_arrivals.sql")),
     ])
 }
 
-/// Forward notifications on [`CHANNEL`] to the process's workers. The listener reconnects by
-/// itself; while it is down, workers still wake on their fallback timer.
-pub(super) async fn spawn_listener(url: Arc<str>, work: Arc<Notify>) -> Result<(), sqlx::Error> {
+/// Forward notifications on [`CHANNEL`] to the process's matcher workers and on
+/// [`OUTBOX_CHANNEL`] to its feed workers. The listener reconnects by itself; while it is down,
+/// workers still wake on their fallback timer.
+pub(super) async fn spawn_listener(url: Arc<str>, work: Arc<Notify>, outbox: Arc<Notify>) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect(&url).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen_all([CHANNEL, OUTBOX_CHANNEL]).await?;
     tokio::spawn(async move {
         loop {
             match listener.recv().await {
+                Ok(n) if n.channel() == OUTBOX_CHANNEL => outbox.notify_waiters(),
                 Ok(_) => work.notify_waiters(),
                 Err(error) => {
-                    tracing::warn!(%error, "intake listener failed; retrying");
+                    tracing::warn!(%error, "store listener failed; retrying");
                     work.notify_waiters();
+                    outbox.notify_waiters();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

@@ -25,6 +25,8 @@ pub struct Removed {
     pub queued_records: u64,
     /// Outbox events whose payload was replaced by ids only.
     pub redacted_events: u64,
+    /// Messages the feeds still held for delivery or in their dead-letter lists.
+    pub feed_messages: u64,
 }
 
 /// A record in the intake queue.
@@ -214,6 +216,7 @@ impl WriteTx {
             .execute(self.conn())
             .await?;
         removed.redacted_events += done.rows_affected();
+        removed.feed_messages += self.erase_feed_deliveries(profiles).await?;
         let profiles = json_ids(profiles);
         // aliases first: they reference their survivor
         let aliases = format!("DELETE FROM profiles WHERE {} AND merged_into IS NOT NULL", b.in_ids("id", 1));

@@ -36,6 +36,7 @@ pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPoo
 pub(super) fn migrator() -> Migrator {
     super::migrator(&[
         (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+        (2, "feeds", include_str!("../../migrations/sqlite/0002_feeds.sql")),
         (3, "privacy", include_str!("../../migrations/sqlite/0003_privacy.sql")),
         (5, "intake_arrivals", include_str!("../../migrations/sqlite/0005_intake_arrivals.sql")),
     ])

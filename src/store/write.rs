@@ -1,6 +1,8 @@
 //! Write transactions: the primitives the matcher and the API compose. Every change and the
 //! outbox event describing it are written in the same transaction.
 
+use std::sync::Arc;
+
 use sqlx::any::{Any, AnyRow};
 use sqlx::{AnyConnection, AssertSqlSafe, Row, Transaction};
 
@@ -19,6 +21,7 @@ pub struct WriteTx {
     _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
     events: Vec<PendingEvent>,
     finished: Vec<i64>,
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 /// An outbox row, keyed by column for [`WriteTx::bulk_insert`].
@@ -128,8 +131,13 @@ pub struct GoldenUpdate {
 const GOLDEN_COLUMNS: &[(&str, &str)] = &[("id", "bigint"), ("golden", "text"), ("record_count", "bigint")];
 
 impl WriteTx {
-    pub(super) fn new(tx: Transaction<'static, Any>, backend: Backend, writer: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
-        WriteTx { tx, backend, _writer: writer, events: Vec::new(), finished: Vec::new() }
+    pub(super) fn new(
+        tx: Transaction<'static, Any>,
+        backend: Backend,
+        writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+        outbox: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        WriteTx { tx, backend, _writer: writer, events: Vec::new(), finished: Vec::new(), outbox }
     }
 
     /// Whether this transaction excludes every other writer (SQLite's single writer lock):
@@ -143,10 +151,6 @@ impl WriteTx {
     }
 
     pub async fn commit(mut self) -> Result<()> {
-        if !self.events.is_empty() {
-            let events = std::mem::take(&mut self.events);
-            self.bulk_insert("outbox", EVENT_COLUMNS, &events).await?;
-        }
         if !self.finished.is_empty() {
             let sql = format!(
                 "UPDATE intake SET state = 'done', record = NULL, claimed_by = NULL WHERE {}",
@@ -154,7 +158,23 @@ impl WriteTx {
             );
             sqlx::query(AssertSqlSafe(sql)).bind(json_ids(&self.finished)).execute(&mut *self.tx).await?;
         }
+        let wrote_events = !self.events.is_empty();
+        if wrote_events {
+            if self.backend == Backend::Postgres {
+                // Outbox ids are handed out under this lock, held until commit, so they become
+                // visible in id order and a feed reading after its cursor never skips an event
+                // that commits late (SQLite's single writer gives the same guarantee). Taken
+                // last, so a transaction never waits for anything while holding it.
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(super::postgres::OUTBOX_LOCK).execute(&mut *self.tx).await?;
+                sqlx::query("SELECT pg_notify($1, '')").bind(super::postgres::OUTBOX_CHANNEL).execute(&mut *self.tx).await?;
+            }
+            let events = std::mem::take(&mut self.events);
+            self.bulk_insert("outbox", EVENT_COLUMNS, &events).await?;
+        }
         self.tx.commit().await?;
+        if wrote_events {
+            self.outbox.notify_waiters();
+        }
         Ok(())
     }
 

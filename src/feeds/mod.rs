@@ -1,0 +1,542 @@
+//! `cdp feeds`: one worker per Feed reads the outbox after the feed's own cursor, selects and
+//! minimises events ([`select`]), and delivers them at least once ([`deliver`]) with retries,
+//! backoff and a dead-letter list. Feeds never wait for one another: each has its own cursor,
+//! its own kept deliveries and its own task. Within a feed, events of one profile go out in
+//! order; a retrying event holds back the later events of its profile only.
+
+pub mod deliver;
+pub mod receive;
+pub mod select;
+pub mod sign;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::StreamExt;
+
+use self::deliver::{DeliveryError, Destination, DestinationError, Outgoing};
+use self::select::{Selector, SelectorError};
+use self::status::{FeedBoard, FeedMetrics, Sample, feed_label, load_report};
+use crate::api::ops::{self, Metrics, Secrets, Shutdown, StartError};
+use crate::crd::feed::DeliveryPolicy;
+use crate::pipeline::PipelineConfig;
+use crate::scaling::load::LoadReport;
+use crate::store::{Delivery, FeedProgress, NewDelivery, RetryOutcome, Store, StoreError, now_ms};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct FeedsArgs {
+    /// The platform's PipelineConfig (JSON, as the operator mounts it).
+    #[arg(long, env = "CDP_CONFIG")]
+    pub config: PathBuf,
+    /// Address for /v1/load, /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8082")]
+    pub listen: SocketAddr,
+    /// Outbox events read at a time by one feed.
+    #[arg(long, default_value_t = 500)]
+    pub batch: i64,
+    /// Deliveries in flight at a time per feed (distinct profiles).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerOptions {
+    pub batch: i64,
+    pub concurrency: usize,
+    /// How long a replica keeps a feed without renewing its lease (longer than any send).
+    pub lease: Duration,
+    /// Sleep between outbox checks when no wake-up arrives (events committed by another
+    /// process on SQLite, a lost LISTEN connection, retries coming due).
+    pub idle_poll: Duration,
+    /// How often lag and dead letters are sampled for metrics and `/v1/load`.
+    pub status_interval: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            batch: 500,
+            concurrency: 64,
+            lease: Duration::from_secs(120),
+            idle_poll: Duration::from_secs(1),
+            status_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a feed cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedsError {
+    #[error("feed {feed}: {source}")]
+    Selector { feed: String, source: SelectorError },
+    #[error("feed {feed}: {source}")]
+    Destination { feed: String, source: DestinationError },
+}
+
+impl FeedsError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Selector { source, .. } => source.reason(),
+            Self::Destination { source, .. } => source.reason(),
+        }
+    }
+}
+
+/// Delay before attempt `attempts + 1`: exponential from the policy's initial backoff, capped
+/// at its maximum, with equal jitter (`jitter` in `[0, 1)`) so failing events spread out.
+pub fn backoff(policy: &DeliveryPolicy, attempts: i64, jitter: f64) -> Duration {
+    let exponent = (attempts.max(1) - 1).min(30) as i32;
+    let base = (f64::from(policy.initial_backoff_seconds) * 2f64.powi(exponent)).min(policy.max_backoff_seconds.into());
+    Duration::from_secs_f64(base * (0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
+}
+
+/// Events of one profile go out in order; events without a profile stand alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Line {
+    Profile(i64),
+    Alone(i64),
+}
+
+/// A selected event with its message.
+struct Item {
+    event_id: i64,
+    profile_id: Option<i64>,
+    kind: String,
+    message: serde_json::Value,
+    created_at_ms: i64,
+}
+
+/// What one line of a batch came to.
+#[derive(Default)]
+struct LineOutcome {
+    /// `(event id, commit time)` of the delivered events.
+    delivered: Vec<i64>,
+    kept: Vec<NewDelivery>,
+    error: Option<DeliveryError>,
+}
+
+/// A feed held by this replica, and its cursor.
+pub struct Lease {
+    cursor: i64,
+    renewed: Instant,
+}
+
+/// One feed's worker.
+pub struct FeedWorker {
+    pub name: String,
+    selector: Selector,
+    destination: Destination,
+    policy: DeliveryPolicy,
+    store: Store,
+    owner: String,
+    metrics: FeedMetrics,
+    board: FeedBoard,
+    options: WorkerOptions,
+}
+
+impl FeedWorker {
+    /// One batch of new events, then the kept deliveries that are due. Returns how many events
+    /// were handled; 0 when there was nothing to do or another replica holds the feed.
+    pub async fn step(&self, lease: &mut Option<Lease>) -> Result<usize, StoreError> {
+        if lease.as_ref().is_none_or(|l| l.renewed.elapsed() >= self.options.lease / 3) {
+            *lease = self
+                .store
+                .lease_feed(&self.name, &self.owner, self.options.lease)
+                .await?
+                .map(|p| Lease { cursor: p.cursor, renewed: Instant::now() });
+        }
+        let Some(held) = lease.as_mut() else { return Ok(0) };
+        let started = Instant::now();
+        let (new, kept_lease) = self.step_new(held).await?;
+        let retried = if kept_lease { self.step_retries().await? } else { 0 };
+        if !kept_lease {
+            *lease = None;
+        }
+        if new + retried > 0 {
+            let busy = started.elapsed().as_millis() as u64;
+            self.board.update(&self.name, |c| c.busy_ms += busy);
+        }
+        Ok(new + retried)
+    }
+
+    /// Read, select and deliver the events after the cursor. Returns how many were read, and
+    /// false when the lease was lost meanwhile.
+    async fn step_new(&self, lease: &mut Lease) -> Result<(usize, bool), StoreError> {
+        let events = self.store.events_after(lease.cursor, self.options.batch).await?;
+        let Some(last) = events.last().map(|e| e.id) else { return Ok((0, true)) };
+        let profiles: Vec<i64> = events.iter().filter_map(|e| e.profile_id).collect::<BTreeSet<_>>().into_iter().collect();
+        let goldens = self.store.goldens(&profiles).await?;
+        let held = self.store.held_profiles(&self.name, &profiles).await?;
+        let now = now_ms();
+        let mut lines: BTreeMap<Line, Vec<Item>> = BTreeMap::new();
+        let mut step = FeedProgress { cursor: Some(last), ..FeedProgress::default() };
+        for event in &events {
+            let message = match self.selector.select(event, event.profile_id.and_then(|p| goldens.get(&p))) {
+                Ok(message) => message,
+                Err(skip) => {
+                    self.metrics.skipped.get_or_create(&vec![("feed", self.name.clone()), ("reason", skip.label().into())]).inc();
+                    continue;
+                }
+            };
+            let item = Item {
+                event_id: event.id,
+                profile_id: event.profile_id,
+                kind: event.kind.clone(),
+                message,
+                created_at_ms: event.created_at_ms,
+            };
+            match event.profile_id {
+                // an earlier event of this profile is still being retried: wait behind it
+                Some(p) if held.contains(&p) => step.kept.push(waiting(item, now)),
+                Some(p) => lines.entry(Line::Profile(p)).or_default().push(item),
+                None => lines.entry(Line::Alone(event.id)).or_default().push(item),
+            }
+        }
+        let outcomes: Vec<LineOutcome> = futures::stream::iter(lines.into_values())
+            .map(|line| self.deliver_line(line))
+            .buffer_unordered(self.options.concurrency.max(1))
+            .collect()
+            .await;
+        let skipped = events.len() - outcomes.iter().map(|o| o.delivered.len() + o.kept.len()).sum::<usize>() - step.kept.len();
+        let mut finished = skipped as u64;
+        for outcome in outcomes {
+            step.delivered += outcome.delivered.len() as i64;
+            finished += outcome.delivered.len() as u64;
+            for created_at_ms in outcome.delivered {
+                self.metrics.delivery_lag.get_or_create(&feed_label(&self.name)).observe((now_ms() - created_at_ms).max(0) as f64 / 1000.0);
+            }
+            if let Some(error) = outcome.error {
+                step.failures += 1;
+                step.last_error = Some(error.to_string());
+                self.count_failure(&error);
+            }
+            finished += outcome.kept.iter().filter(|k| k.dead).count() as u64;
+            step.kept.extend(outcome.kept);
+        }
+        let saved = self.save(&step, finished).await?;
+        if saved {
+            lease.cursor = last;
+        }
+        Ok((events.len(), saved))
+    }
+
+    /// Deliver the events of one line in order; at the first failure, that event is kept for
+    /// a retry and the rest of the line waits behind it.
+    async fn deliver_line(&self, line: Vec<Item>) -> LineOutcome {
+        let mut outcome = LineOutcome::default();
+        let mut items = line.into_iter();
+        for item in items.by_ref() {
+            let body = item.message.to_string();
+            match self.send(&item.message, item.event_id, item.profile_id, body.as_bytes()).await {
+                Ok(()) => outcome.delivered.push(item.created_at_ms),
+                Err(error) => {
+                    let now = now_ms();
+                    let dead = self.policy.max_attempts <= 1;
+                    outcome.kept.push(NewDelivery {
+                        attempts: 1,
+                        next_attempt_ms: now + self.retry_delay(1),
+                        last_error: Some(error.to_string()),
+                        dead,
+                        ..waiting(item, now)
+                    });
+                    if dead {
+                        self.metrics.dead_lettered.get_or_create(&feed_label(&self.name)).inc();
+                    }
+                    outcome.error = Some(error);
+                    break;
+                }
+            }
+        }
+        let now = now_ms();
+        outcome.kept.extend(items.map(|item| waiting(item, now)));
+        outcome
+    }
+
+    async fn step_retries(&self) -> Result<usize, StoreError> {
+        let due = self.store.due_deliveries(&self.name, now_ms(), self.options.batch).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let results: Vec<(Delivery, Result<(), DeliveryError>)> = futures::stream::iter(due)
+            .map(|d| async move {
+                let body = d.message.to_string();
+                let result = self.send(&d.message, d.event_id, d.profile_id, body.as_bytes()).await;
+                (d, result)
+            })
+            .buffer_unordered(self.options.concurrency.max(1))
+            .collect()
+            .await;
+        let count = results.len();
+        let mut step = FeedProgress::default();
+        let mut finished = 0;
+        for (d, result) in results {
+            let outcome = match result {
+                Ok(()) => {
+                    step.delivered += 1;
+                    finished += 1;
+                    RetryOutcome::Delivered { event_id: d.event_id }
+                }
+                Err(error) => {
+                    step.failures += 1;
+                    step.last_error = Some(error.to_string());
+                    self.count_failure(&error);
+                    let attempts = d.attempts + 1;
+                    if attempts >= i64::from(self.policy.max_attempts) {
+                        tracing::warn!(feed = %self.name, event_id = d.event_id, attempts, reason = error.reason(), "dead-lettered");
+                        self.metrics.dead_lettered.get_or_create(&feed_label(&self.name)).inc();
+                        finished += 1;
+                        RetryOutcome::Dead { event_id: d.event_id, error: error.to_string() }
+                    } else {
+                        RetryOutcome::Failed {
+                            event_id: d.event_id,
+                            error: error.to_string(),
+                            next_attempt_ms: now_ms() + self.retry_delay(attempts),
+                        }
+                    }
+                }
+            };
+            step.retried.push(outcome);
+        }
+        self.save(&step, finished).await?;
+        Ok(count)
+    }
+
+    async fn send(&self, message: &serde_json::Value, event_id: i64, profile_id: Option<i64>, body: &[u8]) -> Result<(), DeliveryError> {
+        let result = self.destination.send(Outgoing { event_id, profile_id, body }).await;
+        if result.is_ok() {
+            self.metrics.delivered.get_or_create(&feed_label(&self.name)).inc();
+        }
+        tracing::debug!(feed = %self.name, event_id, kind = message["type"].as_str(), ok = result.is_ok(), "sent");
+        result
+    }
+
+    fn count_failure(&self, error: &DeliveryError) {
+        tracing::info!(feed = %self.name, reason = error.reason(), %error, "delivery attempt failed");
+        self.metrics.failures.get_or_create(&vec![("feed", self.name.clone()), ("reason", error.reason().into())]).inc();
+        self.metrics.last_failure.get_or_create(&feed_label(&self.name)).set(now_ms() / 1000);
+    }
+
+    fn retry_delay(&self, attempts: i64) -> i64 {
+        backoff(&self.policy, attempts, rand::random::<f64>()).as_millis() as i64
+    }
+
+    /// Write the step; false when the lease was lost meanwhile (nothing written).
+    async fn save(&self, step: &FeedProgress, finished: u64) -> Result<bool, StoreError> {
+        let saved = self.store.feed_progress(&self.name, &self.owner, step).await?;
+        if saved {
+            self.board.update(&self.name, |c| {
+                c.processed += finished;
+                c.delivered += step.delivered as u64;
+                c.failures += step.failures as u64;
+                if step.last_error.is_some() {
+                    c.last_error.clone_from(&step.last_error);
+                }
+            });
+        } else {
+            tracing::warn!(feed = %self.name, "lease lost to another replica; its step is redone there");
+        }
+        Ok(saved)
+    }
+
+    /// Work until shutdown, sleeping while there is nothing to do.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut lease = None;
+        while !shutdown.requested() {
+            let signal = match self.store.outbox_signal().await {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(feed = %self.name, %error, "cannot listen for events; polling");
+                    Arc::new(tokio::sync::Notify::new())
+                }
+            };
+            // registered before reading the outbox, so a wake-up in between is not lost
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let handled = match self.step(&mut lease).await {
+                Ok(n) => n,
+                Err(error) => {
+                    tracing::warn!(feed = %self.name, %error, reason = error.reason(), "feed step failed");
+                    lease = None;
+                    0
+                }
+            };
+            if handled == 0 {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(self.options.idle_poll) => {}
+                    _ = shutdown.clone().wait() => {}
+                }
+            }
+        }
+        if let Err(error) = self.store.release_feed(&self.name, &self.owner).await {
+            tracing::warn!(feed = %self.name, %error, "cannot release the feed's lease");
+        }
+    }
+}
+
+/// An event kept without an attempt, due as soon as it is first of its profile.
+fn waiting(item: Item, now: i64) -> NewDelivery {
+    NewDelivery {
+        event_id: item.event_id,
+        profile_id: item.profile_id,
+        kind: item.kind,
+        message: item.message,
+        attempts: 0,
+        next_attempt_ms: now,
+        last_error: None,
+        dead: false,
+    }
+}
+
+/// Everything the feeds of a platform share in one process.
+#[derive(Clone)]
+pub struct FeedsContext {
+    pub store: Store,
+    pub metrics: FeedMetrics,
+    pub board: FeedBoard,
+    pub options: WorkerOptions,
+    /// This replica's name (the pod name in a cluster).
+    pub replica: String,
+}
+
+impl FeedsContext {
+    /// `store` is best a handle of the feeds' own ([`Store::with_own_pool`]) when other roles
+    /// share the process.
+    pub fn new(store: Store, metrics: &Metrics, options: WorkerOptions) -> FeedsContext {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        FeedsContext {
+            store,
+            metrics: metrics.feeds.clone(),
+            board: FeedBoard::default(),
+            options,
+            replica: format!("{host}-{:08x}", rand::random::<u32>()),
+        }
+    }
+
+    /// A worker per feed of `config`; `redirect` points every webhook at another base URL.
+    pub fn workers(&self, config: &PipelineConfig, secrets: &Secrets, redirect: Option<&url::Url>) -> Result<Vec<FeedWorker>, FeedsError> {
+        config
+            .feeds
+            .iter()
+            .map(|feed| {
+                let name = feed.name.clone();
+                let selector = Selector::compile(&name, &feed.spec).map_err(|source| FeedsError::Selector { feed: name.clone(), source })?;
+                let mut target = feed.spec.destination.clone();
+                if let (Some(base), Some(webhook)) = (redirect, target.webhook.as_mut()) {
+                    webhook.url = deliver::redirected(&webhook.url, base);
+                    webhook.allow_insecure_http |= base.scheme() == "http";
+                }
+                let destination =
+                    Destination::new(&target, secrets).map_err(|source| FeedsError::Destination { feed: name.clone(), source })?;
+                Ok(FeedWorker {
+                    name,
+                    selector,
+                    destination,
+                    policy: feed.spec.delivery.clone(),
+                    store: self.store.clone(),
+                    owner: self.replica.clone(),
+                    metrics: self.metrics.clone(),
+                    board: self.board.clone(),
+                    options: self.options,
+                })
+            })
+            .collect()
+    }
+
+    /// Start the workers and the status sampler; they stop on shutdown.
+    pub fn spawn(&self, workers: Vec<FeedWorker>, shutdown: &Shutdown) -> (Vec<tokio::task::JoinHandle<()>>, LoadBoard) {
+        let names: Vec<String> = workers.iter().map(|w| w.name.clone()).collect();
+        let load = LoadBoard { replica: self.replica.clone(), samples: Arc::default() };
+        let mut tasks: Vec<_> = workers.into_iter().map(|w| tokio::spawn(w.run(shutdown.clone()))).collect();
+        tasks.push(tokio::spawn(sample_status(self.clone(), names, load.clone(), shutdown.clone())));
+        (tasks, load)
+    }
+}
+
+/// The two latest status samples, for `/v1/load`.
+#[derive(Clone)]
+pub struct LoadBoard {
+    replica: String,
+    samples: Arc<Mutex<(Sample, Sample)>>,
+}
+
+impl LoadBoard {
+    pub fn report(&self) -> LoadReport {
+        let samples = self.samples.lock().expect("samples lock");
+        load_report(&self.replica, &samples.0, &samples.1)
+    }
+}
+
+async fn sample_status(ctx: FeedsContext, feeds: Vec<String>, load: LoadBoard, shutdown: Shutdown) {
+    while !shutdown.requested() {
+        let counters = ctx.board.snapshot();
+        let mut sample = Sample { at_ms: now_ms(), feeds: BTreeMap::new() };
+        for feed in &feeds {
+            match ctx.store.feed_backlog(feed).await {
+                Ok(backlog) => {
+                    ctx.metrics.lag.get_or_create(&feed_label(feed)).set(backlog.unread + backlog.pending);
+                    ctx.metrics.dead_letters.get_or_create(&feed_label(feed)).set(backlog.dead);
+                    sample.feeds.insert(feed.clone(), (counters.get(feed).cloned().unwrap_or_default(), backlog));
+                }
+                Err(error) => tracing::warn!(%feed, %error, "cannot read the feed's backlog"),
+            }
+        }
+        {
+            let mut samples = load.samples.lock().expect("samples lock");
+            let latest = std::mem::replace(&mut samples.1, sample);
+            samples.0 = if latest.at_ms == 0 { samples.1.clone() } else { latest };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.options.status_interval) => {}
+            _ = shutdown.clone().wait() => {}
+        }
+    }
+}
+
+/// `GET /v1/load`: this replica's feeds figures over the last sampling window.
+pub fn router(load: LoadBoard) -> Router {
+    Router::new().route("/v1/load", get(|State(load): State<LoadBoard>| async move { Json(load.report()) })).with_state(load)
+}
+
+/// `cdp feeds`.
+pub async fn run(args: FeedsArgs) -> Result<(), StartError> {
+    let config = ops::load_config(&args.config)?;
+    let store = Store::open(&ops::store_url_from_env()?).await?;
+    let metrics = Metrics::new();
+    let options = WorkerOptions { batch: args.batch, concurrency: args.concurrency, ..WorkerOptions::default() };
+    let ctx = FeedsContext::new(store.clone(), &metrics, options);
+    let workers = ctx.workers(&config, &Secrets::from_env(), None)?;
+    let (trigger, shutdown) = ops::shutdown_channel();
+    ops::on_signal(trigger);
+    let listener = ops::bind(args.listen).await?;
+    tracing::info!(platform = %config.platform, feeds = workers.len(), listen = %args.listen, "feeds started");
+    let (tasks, load) = ctx.spawn(workers, &shutdown);
+    ops::serve_with_ops(listener, router(load), store.clone(), metrics, shutdown).await;
+    for task in tasks {
+        let _ = task.await;
+    }
+    store.close().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_initial_delay_up_to_the_cap_with_equal_jitter() {
+        let policy = DeliveryPolicy { max_attempts: 10, initial_backoff_seconds: 2, max_backoff_seconds: 30 };
+        let secs = |attempts, jitter| backoff(&policy, attempts, jitter).as_secs_f64();
+        assert_eq!([secs(1, 1.0), secs(2, 1.0), secs(3, 1.0), secs(4, 1.0), secs(5, 1.0)], [2.0, 4.0, 8.0, 16.0, 30.0]);
+        assert_eq!([secs(1, 0.0), secs(3, 0.0), secs(9, 0.0)], [1.0, 4.0, 15.0]);
+        assert_eq!(secs(1000, 0.5), 22.5);
+    }
+}
