@@ -21,7 +21,9 @@ impl From<PrivacyError> for ApiError {
             PrivacyError::Match(e) if e.is_retryable() => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "the profile kept changing; retry")
             }
-            PrivacyError::InFlight => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", PrivacyError::InFlight.to_string()),
+            e @ (PrivacyError::InFlight | PrivacyError::Changed) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+            }
             PrivacyError::Match(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.reason(), e.to_string()),
             PrivacyError::Store(e) => e.into(),
         }

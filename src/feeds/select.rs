@@ -153,6 +153,11 @@ impl Selector {
         if let Some(purpose) = &self.consent
             && !profile.and_then(|p| p.consents.get(purpose)).is_some_and(|s| s.state == ConsentState::Granted)
         {
+            // the withdrawal of the feed's own purpose is news the destination must get
+            // (ids and states only): else it keeps believing the consent is granted
+            if event.kind == "consent.changed" && event.payload.get("purpose").and_then(Value::as_str) == Some(purpose) {
+                return Ok(self.message(event, self.minimise_payload(&event.payload), None));
+            }
             return Err(Skip::Consent);
         }
         let data = self.minimise_payload(&event.payload);
@@ -327,6 +332,21 @@ mod tests {
         let no_consent: Vec<_> = PATRON.iter().copied().filter(|(k, _)| *k != "consents.sms").collect();
         assert_eq!(s.select(&scan("ticketing"), Some(&golden(&no_consent))), Err(Skip::Consent));
         assert_eq!(s.select(&event("profile.created", json!({})), Some(&golden(PATRON))), Err(Skip::EventType));
+    }
+
+    #[test]
+    fn a_withdrawal_of_the_feeds_consent_is_sent_without_attributes() {
+        let mut s = sms();
+        s.events.insert("consent.changed");
+        s.conditions.clear();
+        let withdrawn: Vec<_> = PATRON.iter().map(|&(k, v)| if k == "consents.sms" { (k, "false") } else { (k, v) }).collect();
+        let change = |purpose: &str| {
+            event("consent.changed", json!({"profileId": 3, "purpose": purpose, "previous": "granted", "current": "withdrawn"}))
+        };
+        let message = s.select(&change("sms"), Some(&golden(&withdrawn))).unwrap();
+        assert_eq!(message["data"]["current"], "withdrawn");
+        assert!(message.get("profile").is_none(), "no attributes without the consent");
+        assert_eq!(s.select(&change("email_marketing"), Some(&golden(&withdrawn))), Err(Skip::Consent));
     }
 
     #[test]

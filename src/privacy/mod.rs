@@ -42,6 +42,10 @@ pub enum PrivacyError {
     /// A record of the person is being resolved by a matcher: erasing now could miss it.
     #[error("a record of this person is being resolved; retry in a moment")]
     InFlight,
+    /// The profiles the subject names changed between the look-up and the erasure's
+    /// transaction (a record of the person was resolved meanwhile): looked up again.
+    #[error("the person's profiles changed during the erasure; retry in a moment")]
+    Changed,
 }
 
 impl PrivacyError {
@@ -52,6 +56,7 @@ impl PrivacyError {
             Self::NotFound(_) => "not_found",
             Self::Invalid(_) => "invalid",
             Self::InFlight => "in_flight",
+            Self::Changed => "changed",
         }
     }
 
@@ -59,7 +64,7 @@ impl PrivacyError {
         match self {
             Self::Store(e) => e.is_conflict(),
             Self::Match(e) => e.is_retryable(),
-            Self::InFlight => true,
+            Self::InFlight | Self::Changed => true,
             _ => false,
         }
     }
@@ -276,15 +281,21 @@ impl Privacy {
             // looked up again on a retry: a concurrent merge may have changed the live profiles
             let (profiles, named) = self.subject_profiles(subject).await?;
             let erasure = Erasure { profiles: &profiles, named: &named, reason, requested_by, suppress: true };
-            self.erase_once(&erasure).await
+            self.erase_once(&erasure, subject).await
         })
         .await
     }
 
-    async fn erase_once(&self, erasure: &Erasure<'_>) -> Result<ErasureReport, PrivacyError> {
+    async fn erase_once(&self, erasure: &Erasure<'_>, subject: &Subject) -> Result<ErasureReport, PrivacyError> {
         // before the transaction: on SQLite, making the key needs the writer lock it holds
         let key = self.key().await?;
         let mut tx = self.store.begin().await?;
+        // a record of the person may have been resolved since the look-up (into a new
+        // profile, or one found through another identifier): look again now that the writer
+        // lock is held (SQLite); on PostgreSQL this narrows the window to a commit in flight
+        if self.subject_profiles(subject).await?.0 != erasure.profiles {
+            return Err(PrivacyError::Changed);
+        }
         let mut removed = Removed::default();
         let report = self.erase_in(&mut tx, &key, erasure, &mut removed).await?;
         tx.commit().await?;

@@ -195,10 +195,15 @@ impl Store {
         if held.rows_affected() != 1 {
             return Ok(false);
         }
+        // a message is kept only while its profile exists: an erasure that committed while
+        // this step was sending has dropped the profile, and its messages must not come back
         for d in &step.kept {
             sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO feed_deliveries ({DELIVERY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (feed, event_id) DO NOTHING"
+                "INSERT INTO feed_deliveries ({DELIVERY_COLUMNS})
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+                 WHERE $4 = '{erased}' OR EXISTS (SELECT 1 FROM profiles WHERE id = $3)
+                 ON CONFLICT (feed, event_id) DO NOTHING",
+                erased = crate::feeds::select::ERASED
             )))
             .bind(feed)
             .bind(d.event_id)

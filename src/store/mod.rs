@@ -231,16 +231,17 @@ impl Backend {
 
 impl Backend {
     /// A derived table `x` with the given `(column, PostgreSQL type)` columns, read from the
-    /// JSON array of objects bound at `$n` (one object per row, keyed by column), in order.
+    /// JSON array of objects bound at `$n` (one object per row, keyed by column), plus `ord`,
+    /// each row's position in the array (order by it: outbox ids must follow push order).
     fn json_rows(self, columns: &[(&str, &str)], n: u8) -> String {
         match self {
             Backend::Sqlite => {
                 let cols: Vec<String> = columns.iter().map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}")).collect();
-                format!("(SELECT {} FROM json_each(${n}) ORDER BY key) AS x", cols.join(", "))
+                format!("(SELECT {}, key AS ord FROM json_each(${n})) AS x", cols.join(", "))
             }
             Backend::Postgres => {
-                let cols: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
-                format!("json_to_recordset(${n}::json) AS x({})", cols.join(", "))
+                let cols: Vec<String> = columns.iter().map(|(c, t)| format!("(e->>'{c}')::{t} AS {c}")).collect();
+                format!("(SELECT {}, ord FROM json_array_elements(${n}::json) WITH ORDINALITY AS t(e, ord)) AS x", cols.join(", "))
             }
         }
     }

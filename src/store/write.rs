@@ -184,7 +184,7 @@ impl WriteTx {
             return Ok(());
         }
         let names = columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
-        let sql = format!("INSERT INTO {table} ({names}) SELECT {names} FROM {}", self.backend.json_rows(columns, 1));
+        let sql = format!("INSERT INTO {table} ({names}) SELECT {names} FROM {} ORDER BY x.ord", self.backend.json_rows(columns, 1));
         sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(rows)?).execute(&mut *self.tx).await?;
         Ok(())
     }
