@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{BENCH_KEY, open_scratch, payload, remove_sqlite};
+use super::{BENCH_KEY, bench_source, open_scratch, payload, remove_sqlite};
 use crate::api::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::matching::MatchingModel;
-use crate::crd::source::{Delivery, FieldMapping, HttpDelivery, InvalidValuePolicy, SourceSpec, ValidationRules};
+use crate::crd::source::{InvalidValuePolicy, ValidationRules};
 use crate::identity::eval::{self, AccuracyRow, LabelledRecord, PairwiseMetrics, pairwise};
 use crate::identity::{ModelError, TrainOptions, default_model};
 use crate::matcher::{Resolver, WorkerOptions, spawn_workers};
-use crate::pipeline::{MatchingConfig, NamedSource, PipelineConfig};
+use crate::pipeline::{MatchingConfig, PipelineConfig};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct AccuracyArgs {
@@ -87,24 +87,11 @@ fn dataset_config(data: &[LabelledRecord], model: &MatchingModel) -> PipelineCon
     }
     let sources = sources
         .into_iter()
-        .map(|(name, (region, attributes))| NamedSource {
-            name: name.to_string(),
-            spec: SourceSpec {
-                platform_ref: Default::default(),
-                delivery: Delivery {
-                    http: Some(HttpDelivery { auth_secret_ref: SecretKeyRef { name: "bench".into(), key: "token".into() } }),
-                    ..Delivery::default()
-                },
-                mapping: attributes.iter().map(|a| FieldMapping { from: (*a).into(), to: (*a).into() }).collect(),
-                event_id_field: "id".into(),
-                observed_at_field: None,
-                // the datasets corrupt some values on purpose (impossible dates): every record
-                // is matched, on its valid values, as a Source that keeps invalid values does
-                validation: ValidationRules { on_invalid_value: InvalidValuePolicy::Keep, ..Default::default() },
-                default_phone_region: Some(region.to_string()),
-                trust_rank: 50,
-                privacy: Default::default(),
-            },
+        .map(|(name, (region, attributes))| {
+            // the datasets corrupt some values on purpose (impossible dates): every record is
+            // matched, on its valid values, as a Source that keeps invalid values does
+            let validation = ValidationRules { on_invalid_value: InvalidValuePolicy::Keep, ..Default::default() };
+            bench_source(name, attributes, region, 50, validation)
         })
         .collect();
     PipelineConfig {

@@ -74,12 +74,16 @@ pub struct LatencyArgs {
 const BENCH_KEY: &str = "bench-intake-key";
 const BENCH_TOKEN: &str = "bench-api-token";
 
-/// A platform whose three sources take canonical attribute names as payload fields.
-pub fn bench_config() -> PipelineConfig {
-    let attributes = [
-        "givenName", "familyName", "birthDate", "email", "phone", "street", "postcode", "city", "identifiers.loyaltyId",
-    ];
-    let source = |name: &str, trust_rank| NamedSource {
+/// An HTTP source keyed by the bench's key, whose payload fields are the canonical names of
+/// `attributes`.
+pub(crate) fn bench_source<'a>(
+    name: &str,
+    attributes: impl IntoIterator<Item = &'a str>,
+    region: &str,
+    trust_rank: i32,
+    validation: crate::crd::source::ValidationRules,
+) -> NamedSource {
+    NamedSource {
         name: name.into(),
         spec: SourceSpec {
             platform_ref: Default::default(),
@@ -87,15 +91,23 @@ pub fn bench_config() -> PipelineConfig {
                 http: Some(HttpDelivery { auth_secret_ref: SecretKeyRef { name: "bench".into(), key: "token".into() } }),
                 ..Delivery::default()
             },
-            mapping: attributes.iter().map(|a| FieldMapping { from: (*a).into(), to: (*a).into() }).collect(),
+            mapping: attributes.into_iter().map(|a| FieldMapping { from: a.into(), to: a.into() }).collect(),
             event_id_field: "id".into(),
             observed_at_field: None,
-            validation: Default::default(),
-            default_phone_region: Some("FR".into()),
+            validation,
+            default_phone_region: Some(region.into()),
             trust_rank,
             privacy: Default::default(),
         },
-    };
+    }
+}
+
+/// A platform whose three sources take canonical attribute names as payload fields.
+pub fn bench_config() -> PipelineConfig {
+    let attributes = [
+        "givenName", "familyName", "birthDate", "email", "phone", "street", "postcode", "city", "identifiers.loyaltyId",
+    ];
+    let source = |name: &str, trust_rank| bench_source(name, attributes, "FR", trust_rank, Default::default());
     PipelineConfig {
         platform: "bench".into(),
         namespace: "default".into(),
