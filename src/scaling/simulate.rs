@@ -29,8 +29,9 @@
 //!   300 s and limited to 100 % per 15 s. A replica's CPU utilisation is its busy fraction and
 //!   the CPU target is the policy's target utilisation. HPA has no notion of peak windows.
 //! - **keda-lag**: KEDA's ScaledObject is an HPA on an external `AverageValue` metric: the
-//!   backlog (a PostgreSQL-query trigger on intake lag) with a per-replica threshold, read
-//!   through KEDA's metrics adapter at every HPA sync; the same HPA behaviour underneath.
+//!   lag (a PostgreSQL-query trigger counting queued rows, those being worked on included)
+//!   with a per-replica threshold, read through KEDA's metrics adapter at every HPA sync; the
+//!   same HPA behaviour underneath.
 //!   KEDA's `pollingInterval` (30 s) only drives activation from zero, which the minimum
 //!   replicas rule out here. Peak windows become cron triggers (`desiredReplicas` = the floor,
 //!   from `start - lead` to `end`), as the operator renders them.
@@ -598,7 +599,9 @@ impl Controller for Hpa {
         let desired = match &self.metric {
             HpaMetric::Cpu => self.cpu_proposal(t, current, cluster, h),
             HpaMetric::KedaLag { windows, start } => {
-                let lag = *h.backlog.last().unwrap_or(&0.0);
+                // the trigger's query counts rows still `queued`, claimed ones included: what
+                // the replicas are working on (the last second's processed) is lag too
+                let lag = h.backlog.last().unwrap_or(&0.0) + h.processed.last().unwrap_or(&0.0);
                 let mut d = self.external_proposal(current, lag, self.params.keda_lag_per_replica);
                 let now = *start + SignedDuration::from_secs(t as i64);
                 if let Some(a) = active_floor(windows, now) {
