@@ -435,14 +435,16 @@ async fn consent_triggers_and_allow_list(t: TestStore) {
     assert_eq!(message["profile"], json!({"givenName": "granted", "phone": who("granted").1, "attributes.tier": "patron"}));
     assert!(!message.to_string().contains("@example.com"), "no email leaves: {message}");
 
-    // an erasure reaches the feed whatever its selection, without attributes
+    // a real erasure, named by the patron's email, reaches the feed whatever its selection,
+    // with ids only
     let profile = message["profileId"].as_str().unwrap().trim_start_matches('p').parse::<i64>().unwrap();
-    let mut tx = t.store.begin().await.unwrap();
-    tx.push_event("profile.erased", Some(profile), None, &json!({"profileId": profile, "email": "granted@example.com"}), 0);
-    tx.commit().await.unwrap();
+    let privacy = cdp_operator::privacy::Privacy::new(t.store.clone(), Arc::new(config.clone()));
+    let subject = cdp_operator::privacy::Subject::Identifier { attribute: "email".into(), value: who("granted").0, region: None };
+    privacy.erase(&subject, "gdpr.request", "test").await.unwrap();
     let erased = eventually("the erasure", || r.acknowledged("/sms").into_iter().find(|g| g.message["type"] == "profile.erased")).await;
-    assert_eq!(erased.message["data"], json!({"profileId": profile}), "ids only");
+    assert_eq!(erased.message["data"]["profileId"], profile);
     assert!(erased.message.get("profile").is_none());
+    assert!(!erased.message.to_string().contains(&who("granted").1), "no phone in the erasure: {}", erased.message);
     assert_eq!(erased.message["profileId"], format!("p{profile}"));
 }
 
