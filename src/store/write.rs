@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sqlx::any::{Any, AnyRow};
+use sqlx::any::Any;
 use sqlx::{AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use super::{
@@ -266,7 +266,11 @@ impl WriteTx {
     /// resolves several records locks profiles in record order, not in one global order, so
     /// waiting could deadlock; a lock held elsewhere fails fast instead and the caller retries.
     pub async fn lock_profiles(&mut self, ids: &[i64]) -> Result<Vec<ProfileRow>> {
-        let rows = self.lock_profile_rows(PROFILE_COLUMNS, ids).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = self.lock_profiles_sql(PROFILE_COLUMNS);
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids)).fetch_all(&mut *self.tx).await?;
         rows.iter().map(profile_of).collect()
     }
 
@@ -279,14 +283,6 @@ impl WriteTx {
         let mut rows: Vec<(i64, Option<i64>)> = self.id_rows(&select, "id, merged_into", ids).await?;
         rows.sort_unstable();
         Ok(rows)
-    }
-
-    async fn lock_profile_rows(&mut self, columns: &str, ids: &[i64]) -> Result<Vec<AnyRow>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = self.lock_profiles_sql(columns);
-        Ok(sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids)).fetch_all(&mut *self.tx).await?)
     }
 
     fn lock_profiles_sql(&self, columns: &str) -> String {
