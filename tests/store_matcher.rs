@@ -18,6 +18,7 @@ on_both_stores!(
     one_batch_merges_profiles_it_created,
     unmerge_splits_and_keeps_records_apart,
     concurrent_workers_agree_with_one_worker,
+    a_generic_key_finds_no_candidates,
 );
 
 async fn redelivery_is_absorbed(t: TestStore) {
@@ -116,6 +117,36 @@ async fn one_person_across_sources_is_one_profile(t: TestStore) {
     assert_eq!(by_phone, vec![profile.id]);
 }
 
+/// A key value carried by more records than the policy's `maxBlockSize` (a shared office
+/// mailbox here) no longer finds candidates; at the limit it still does.
+async fn a_generic_key_finds_no_candidates(t: TestStore) {
+    let staff = |mailbox: &str, names: &[&str]| -> Vec<_> {
+        names.iter().map(|given| record("webshop", given, &[("givenName", given), ("familyName", "Lee"), ("email", mailbox)])).collect()
+    };
+    t.store.enqueue(&staff("a-office@example.com", &["Ann", "Bob", "Cyd"])).await.unwrap();
+    t.store.enqueue(&staff("b-office@example.com", &["Zoe", "Yan", "Xia", "Wes"])).await.unwrap();
+    drain(&t).await;
+    assert_eq!(t.store.clusters().await.unwrap().len(), 7, "seven people share two mailboxes");
+    let mut config = common::config();
+    config.matching.model.max_block_size = 3;
+    let w = worker(&t.store, std::sync::Arc::new(cdp_operator::matcher::Resolver::new(&config).unwrap()), "w");
+    // a person again, with the mailbox and the given name only: found through the email key alone
+    t.store
+        .enqueue(&[
+            record("pos", "ann", &[("givenName", "Ann"), ("email", "a-office@example.com")]),
+            record("pos", "zoe", &[("givenName", "Zoe"), ("email", "b-office@example.com")]),
+        ])
+        .await
+        .unwrap();
+    w.drain().await.unwrap();
+    let store = &t.store;
+    let profile = |source: &'static str, id: &'static str| async move {
+        store.record_by_source_id(source, id).await.unwrap().unwrap().profile_id
+    };
+    assert_eq!(profile("pos", "ann").await, profile("webshop", "Ann").await, "three records: a block");
+    assert_ne!(profile("pos", "zoe").await, profile("webshop", "Zoe").await, "four records: generic");
+}
+
 /// Two records of one person that share nothing strong (one has the email, one the phone),
 /// then a third carrying both.
 async fn linked_pair(t: &TestStore) -> (i64, i64) {
@@ -135,6 +166,14 @@ async fn linked_pair(t: &TestStore) -> (i64, i64) {
 
 async fn a_record_linking_two_profiles_merges_them(t: TestStore) {
     merge_through_a_third_record(&t).await;
+    // the keys of the absorbed profile's records lead to the survivor now
+    let survivor = t.store.record_by_source_id("ticketing", "c").await.unwrap().unwrap().profile_id;
+    let by_phone = t.store.profiles_with_keys(&[key_hash(&lookup_key("phone", "+33611223344"))], 10).await.unwrap();
+    assert_eq!(by_phone, vec![survivor]);
+    t.store.enqueue(&[record("pos", "b2", &[("givenName", "Ann"), ("familyName", "Lee"), ("phone", "06 11 22 33 44")])]).await.unwrap();
+    drain(&t).await;
+    assert_eq!(t.store.record_by_source_id("pos", "b2").await.unwrap().unwrap().profile_id, survivor);
+    assert_eq!(t.store.clusters().await.unwrap().len(), 1);
 }
 
 async fn merge_through_a_third_record(t: &TestStore) {
@@ -202,6 +241,12 @@ async fn unmerge_splits_and_keeps_records_apart(t: TestStore) {
     assert_eq!(created.len(), 1);
     assert_eq!(t.store.record(b.id).await.unwrap().unwrap().profile_id, created[0]);
     assert_eq!(t.store.records_of(profile).await.unwrap().len(), 2, "the email records stay together");
+    // lookups follow the records: b's phone leads to its new profile, and so does c's phone
+    let by_phone = t.store.profiles_with_keys(&[key_hash(&lookup_key("phone", "+33611223344"))], 10).await.unwrap();
+    let c = t.store.record_by_source_id("ticketing", "c").await.unwrap().unwrap();
+    let mut expected = vec![created[0], c.profile_id];
+    expected.sort_unstable();
+    assert_eq!(by_phone, expected);
     // a new record carrying both identifiers does not glue them back
     t.store
         .enqueue(&[record("webshop", "d", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com"), ("phone", "0611223344")])])

@@ -141,6 +141,20 @@ pub struct ThroughputReport {
     /// Pairwise quality of the final profiles against the generator's truth.
     pub pairwise: PairwiseMetrics,
     pub rss_mb: f64,
+    /// The rate over each tenth of the run and the memory at its end.
+    pub progress: Vec<Checkpoint>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    pub resolved: usize,
+    pub seconds: f64,
+    /// Records resolved per second since the previous checkpoint.
+    pub resolved_per_second: f64,
+    /// The same per CPU-second of this process: the steadier figure on a busy machine.
+    pub resolved_per_cpu_second: f64,
+    pub rss_mb: f64,
 }
 
 /// CPU time (user + system) of this process so far, from `/proc/self/stat` (Linux; 0 elsewhere).
@@ -203,10 +217,28 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
     let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
     let (started, cpu_started) = (Instant::now(), cpu_seconds());
     let workers = spawn_workers(&store, resolver, Metrics::new(), args.workers, options, &shutdown);
+    // a checkpoint every tenth of the run: does the rate hold, and the memory, as the store grows
+    let step = args.records.div_ceil(10);
+    let mut progress: Vec<Checkpoint> = Vec::new();
+    let mut last = (0usize, 0.0f64, cpu_started);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let counts = store.counts_queued().await?;
-        if counts == 0 {
+        let queued = store.counts_queued().await?;
+        let resolved = args.records - queued as usize;
+        if resolved >= last.0 + step || queued == 0 {
+            let (seconds, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds());
+            let checkpoint = Checkpoint {
+                resolved,
+                seconds,
+                resolved_per_second: (resolved - last.0) as f64 / (seconds - last.1).max(1e-3),
+                resolved_per_cpu_second: (resolved - last.0) as f64 / (cpu - last.2).max(0.01),
+                rss_mb: rss_mb(),
+            };
+            eprintln!("{}", serde_json::to_string(&checkpoint).expect("serialises"));
+            last = (resolved, seconds, cpu);
+            progress.push(checkpoint);
+        }
+        if queued == 0 {
             break;
         }
     }
@@ -242,6 +274,7 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
         open_reviews: counts.open_reviews,
         pairwise: pairwise(&refs, &clusters),
         rss_mb: rss_mb(),
+        progress,
     };
     store.close().await;
     remove_sqlite(file);

@@ -43,6 +43,17 @@ pub struct MatchingModel {
     /// Blocking keys: a record is compared only with records sharing at least one key.
     #[schemars(length(min = 1, max = 32))]
     pub blocking: Vec<BlockingKey>,
+    /// A blocking-key value carried by more records than this is generic (a common surname in
+    /// a large town, a placeholder email): records are no longer looked up through it, only
+    /// through their other keys. It bounds the work per record as the store grows.
+    #[serde(default = "default_max_block_size")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_block_size: u32,
+    /// Profiles a record is compared with at most; when its keys reach more, those sharing the
+    /// most keys with it are kept.
+    #[serde(default = "default_max_candidates")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_candidates: u32,
     /// Probabilistic comparisons (Fellegi–Sunter), one per attribute.
     #[serde(default)]
     #[schemars(length(max = 64))]
@@ -68,6 +79,24 @@ pub struct MatchingModel {
 
 fn default_prior() -> f64 {
     1e-4
+}
+
+/// Records sharing one key value before it is generic: large enough that a family, a
+/// household or a shared office mailbox stays a block, small enough that reading a block
+/// stays cheap however large the store grows.
+pub const DEFAULT_MAX_BLOCK_SIZE: u32 = 100;
+
+fn default_max_block_size() -> u32 {
+    DEFAULT_MAX_BLOCK_SIZE
+}
+
+/// Candidate profiles per record: a person's own profile shares several keys with the record
+/// and ranks first; this leaves room for a household and its near namesakes, and bounds the
+/// records read and compared per record.
+pub const DEFAULT_MAX_CANDIDATES: u32 = 20;
+
+fn default_max_candidates() -> u32 {
+    DEFAULT_MAX_CANDIDATES
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

@@ -332,6 +332,8 @@ pub fn default_model() -> MatchingModel {
             },
         ],
         prior_match_probability: 1e-4,
+        max_block_size: crate::crd::matching::DEFAULT_MAX_BLOCK_SIZE,
+        max_candidates: crate::crd::matching::DEFAULT_MAX_CANDIDATES,
         thresholds: Thresholds {
             merge: 0.95,
             review: 0.5,

@@ -28,6 +28,30 @@ pub struct CandidateProfile<'a, R: Borrow<PreparedRecord> = PreparedRecord> {
     pub records: &'a [R],
 }
 
+/// The profiles a record is compared with, from `hits`: one entry per blocking key of the
+/// record and profile holding that key (a profile reached through three keys appears three
+/// times). When more than `max` profiles are reached, those sharing the most keys are kept:
+/// the record's own person shares its email, phone, name and birth date keys, while the
+/// hundred others a common surname in a big town reaches share one. Returned in ascending
+/// order (the oldest profile first, as [`Engine::resolve`] expects).
+pub fn select_candidates<P: Ord + Copy>(mut hits: Vec<P>, max: usize) -> Vec<P> {
+    hits.sort_unstable();
+    let mut counted: Vec<(P, usize)> = Vec::with_capacity(hits.len());
+    for p in hits {
+        match counted.last_mut() {
+            Some((last, n)) if *last == p => *n += 1,
+            _ => counted.push((p, 1)),
+        }
+    }
+    if counted.len() > max {
+        // most shared keys first, then the oldest; sort_by is stable over the ascending ids
+        counted.sort_by(|a, b| b.1.cmp(&a.1));
+        counted.truncate(max);
+        counted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
+    counted.into_iter().map(|(p, _)| p).collect()
+}
+
 /// What to do with the record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "action")]

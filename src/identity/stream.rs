@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::identity::engine::{Engine, PreparedRecord};
 use crate::identity::golden::{GoldenProfile, SourcedRecord};
-use crate::identity::resolve::{CandidateProfile, Outcome, Resolution};
+use crate::identity::resolve::{CandidateProfile, Outcome, Resolution, select_candidates};
 
 #[derive(Clone, Debug, Default)]
 struct Profile {
@@ -28,13 +28,20 @@ pub struct StreamStats {
     pub compared_records: usize,
 }
 
+#[derive(Default)]
+struct Block {
+    profiles: Vec<u32>,
+    records: u32,
+}
+
 pub struct StreamMatcher<'e> {
     engine: &'e Engine,
     profiles: Vec<Option<Profile>>,
     ids: Vec<String>,
     /// merged-away profile → survivor
     alias: Vec<usize>,
-    index: HashMap<String, Vec<u32>>,
+    /// Per blocking key: the profiles holding it and how many records carry it.
+    index: HashMap<String, Block>,
     trust: HashMap<String, i32>,
     pub stats: StreamStats,
 }
@@ -68,14 +75,18 @@ impl<'e> StreamMatcher<'e> {
     pub fn push(&mut self, record: PreparedRecord, member: usize) -> Resolution {
         self.stats.records += 1;
         let keys = self.engine.blocking_keys(&record);
-        let mut cand: Vec<usize> = Vec::new();
+        let model = self.engine.model();
+        let mut hits: Vec<usize> = Vec::new();
         for k in &keys {
-            if let Some(ps) = self.index.get(k) {
-                cand.extend(ps.iter().map(|&p| self.find(p as usize)));
+            // a generic key (more records than the limit) finds no candidates, as in the store
+            if let Some(block) = self.index.get(k).filter(|b| b.records <= model.max_block_size) {
+                let mut reached: Vec<usize> = block.profiles.iter().map(|&p| self.find(p as usize)).collect();
+                reached.sort_unstable();
+                reached.dedup();
+                hits.extend(reached);
             }
         }
-        cand.sort_unstable();
-        cand.dedup();
+        let cand = select_candidates(hits, model.max_candidates as usize);
         self.stats.candidate_profiles += cand.len();
         let resolution = {
             let cands: Vec<CandidateProfile<'_>> = cand
@@ -125,9 +136,10 @@ impl<'e> StreamMatcher<'e> {
             }
         };
         for k in keys {
-            let v = self.index.entry(k).or_default();
-            if !v.contains(&(target as u32)) {
-                v.push(target as u32);
+            let block = self.index.entry(k).or_default();
+            block.records += 1;
+            if !block.profiles.contains(&(target as u32)) {
+                block.profiles.push(target as u32);
             }
         }
         let prof = self.profiles[target].as_mut().expect("live target");

@@ -7,7 +7,7 @@ use crate::crd::matching::{Comparator, MatchingModel, SurvivorshipRule};
 use crate::identity::engine::{Engine, ModelError, PairDecision, PreparedRecord};
 use crate::identity::golden::SourcedRecord;
 use crate::identity::record::CanonicalRecord;
-use crate::identity::resolve::{CandidateProfile, Outcome, ReviewReason};
+use crate::identity::resolve::{CandidateProfile, Outcome, ReviewReason, select_candidates};
 use crate::identity::{default_model, train::TrainOptions, train::train_with};
 
 fn rec(id: &str, at: i64, kv: &[(&str, &str)]) -> CanonicalRecord {
@@ -86,6 +86,17 @@ fn default_model_compiles_and_validation_rejects_bad_models() {
             .to_string()
             .contains("comparison family-name")
     );
+}
+
+#[test]
+fn candidates_sharing_most_keys_are_kept() {
+    // profile 9 shares three keys, 4 and 7 two, the rest one
+    let hits = vec![5, 9, 1, 9, 7, 3, 4, 9, 7, 4, 2];
+    assert_eq!(select_candidates(hits.clone(), 10), vec![1, 2, 3, 4, 5, 7, 9]);
+    assert_eq!(select_candidates(hits.clone(), 3), vec![4, 7, 9]);
+    // ties on shared keys: the oldest profiles
+    assert_eq!(select_candidates(hits, 5), vec![1, 2, 4, 7, 9]);
+    assert!(select_candidates(Vec::<u32>::new(), 3).is_empty());
 }
 
 #[test]

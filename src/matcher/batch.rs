@@ -5,14 +5,14 @@
 //! multi-row statements at the end. A batch costs a fixed number of round trips, not several
 //! per record.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{
     Decision, LinkDetail, LinkEvidence, MatchError, Members, Resolved, Resolver, push_golden_events, is_lookup_attribute,
     lookup_key, review_reason,
 };
-use crate::identity::{CandidateProfile, GoldenProfile, Outcome, PreparedRecord, ProfileLink};
+use crate::identity::{CandidateProfile, GoldenProfile, Outcome, PreparedRecord, ProfileLink, select_candidates};
 use crate::store::{GoldenUpdate, IntakeItem, NewProfile, NewRecord, NewReview, WriteTx, key_hash};
 
 pub(super) struct Batch<'r> {
@@ -21,6 +21,8 @@ pub(super) struct Batch<'r> {
     /// Profiles holding a record with each blocking key (some may have been merged away since:
     /// see [`Batch::live`]).
     by_key: HashMap<i64, Vec<i64>>,
+    /// Keys too common to find candidates by, as stored when the batch began.
+    generic: HashSet<i64>,
     /// Records of every live profile in view, in id order.
     members: Members,
     /// Current golden record of the live profiles this batch changed.
@@ -37,30 +39,47 @@ pub(super) struct Batch<'r> {
 }
 
 impl<'r> Batch<'r> {
-    /// Read and lock the profiles that these blocking-key hashes reach. `tx` must hold the
-    /// locks on the keys already ([`WriteTx::lock_keys`]).
-    pub(super) async fn load(resolver: &'r Resolver, tx: &mut WriteTx, keys: &[i64], now: i64) -> Result<Self, MatchError> {
-        let pairs = tx.key_profiles(keys).await?;
-        let mut profiles: Vec<i64> = pairs.iter().map(|(_, p)| *p).collect();
+    /// Read and lock the candidate profiles of these records (the blocking-key hashes of each).
+    /// `tx` must hold the locks on the keys already ([`WriteTx::lock_keys`]).
+    pub(super) async fn load(resolver: &'r Resolver, tx: &mut WriteTx, records: &[&[i64]], now: i64) -> Result<Self, MatchError> {
+        let mut keys: Vec<i64> = records.iter().flat_map(|k| k.iter().copied()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let model = resolver.engine.model();
+        let reached = tx.key_profiles(&keys, model.max_block_size).await?;
+        let mut by_key: HashMap<i64, Vec<i64>> = HashMap::new();
+        for (hash, profile) in &reached.pairs {
+            by_key.entry(*hash).or_default().push(*profile);
+        }
+        let generic: HashSet<i64> = reached.generic.iter().copied().collect();
+        // only each record's own candidates are read: a common key reaches many more
+        let mut profiles: Vec<i64> = records
+            .iter()
+            .flat_map(|keys| {
+                let hits = keys.iter().filter(|h| !generic.contains(h)).filter_map(|h| by_key.get(h)).flatten().copied();
+                select_candidates(hits.collect(), model.max_candidates as usize)
+            })
+            .collect();
         profiles.sort_unstable();
         profiles.dedup();
-        let rows = tx.lock_profile_ids(&profiles).await?;
-        if rows.len() != profiles.len() || rows.iter().any(|(_, merged_into)| merged_into.is_some()) {
-            return Err(MatchError::Stale);
-        }
-        // a concurrent unmerge may have moved records between our look-up and our locks
-        if !tx.serialised() && tx.key_profiles(keys).await? != pairs {
-            return Err(MatchError::Stale);
+        // SQLite's single writer: the key rows' profiles are live (merges move them) and
+        // nothing changes them before we commit. PostgreSQL: lock them and check.
+        if !tx.serialised() {
+            let rows = tx.lock_profile_ids(&profiles).await?;
+            if rows.len() != profiles.len() || rows.iter().any(|(_, merged_into)| merged_into.is_some()) {
+                return Err(MatchError::Stale);
+            }
+            // a concurrent unmerge may have moved records between our look-up and our locks
+            if tx.key_profiles(&keys, model.max_block_size).await? != reached {
+                return Err(MatchError::Stale);
+            }
         }
         let members = resolver.members(tx, &profiles).await?;
-        let mut by_key: HashMap<i64, Vec<i64>> = HashMap::new();
-        for (hash, profile) in pairs {
-            by_key.entry(hash).or_default().push(profile);
-        }
         Ok(Batch {
             resolver,
             now,
             by_key,
+            generic,
             members,
             golden: HashMap::new(),
             merged: HashMap::new(),
@@ -100,14 +119,19 @@ impl<'r> Batch<'r> {
         (prepared, blocking): (PreparedRecord, Vec<i64>),
         remaining: usize,
     ) -> Result<Resolved, MatchError> {
-        let candidates: Vec<i64> = blocking
+        // per key, the live profiles it reaches that the batch holds (those it read for this
+        // record, and those the batch created or joined)
+        let hits: Vec<i64> = blocking
             .iter()
+            .filter(|h| !self.generic.contains(h))
             .filter_map(|h| self.by_key.get(h))
-            .flatten()
-            .map(|p| self.live(*p))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
+            .flat_map(|reached| {
+                let live: BTreeSet<i64> =
+                    reached.iter().map(|p| self.live(*p)).filter(|p| self.members.contains_key(p)).collect();
+                live
+            })
             .collect();
+        let candidates = select_candidates(hits, self.resolver.engine.model().max_candidates as usize);
         let cands: Vec<(String, Vec<Arc<PreparedRecord>>)> = candidates
             .iter()
             .map(|p| (p.to_string(), self.members[p].iter().map(|(_, r)| r.clone()).collect()))

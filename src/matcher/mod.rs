@@ -121,6 +121,10 @@ impl Decision {
     }
 }
 
+/// Prepared records a matcher process keeps: the candidates that recur (people who come back)
+/// stay prepared; the cache, not the store's size, bounds the memory this takes.
+const PREPARED_CACHE_RECORDS: usize = 100_000;
+
 /// The identity core bound to one platform's config, plus a cache of prepared records
 /// (stored records never change, so preparing each one once is enough).
 pub struct Resolver {
@@ -140,7 +144,7 @@ impl Resolver {
                 .iter()
                 .map(|s| (s.name.clone(), s.spec.default_phone_region.clone().unwrap_or_default()))
                 .collect(),
-            cache: cache::PreparedCache::new(200_000),
+            cache: cache::PreparedCache::new(PREPARED_CACHE_RECORDS),
         })
     }
 
@@ -414,7 +418,8 @@ async fn resolve_chunk(store: &Store, resolver: &Resolver, items: &[IntakeItem])
         let result = async {
             let mut tx = store.begin().await?;
             tx.lock_keys(&keys).await?;
-            let mut batch = batch::Batch::load(resolver, &mut tx, &keys, store::now_ms()).await?;
+            let per_record: Vec<&[i64]> = prepared.iter().map(|(_, k)| k.as_slice()).collect();
+            let mut batch = batch::Batch::load(resolver, &mut tx, &per_record, store::now_ms()).await?;
             let mut resolved = Vec::with_capacity(items.len());
             for (i, (item, p)) in items.iter().zip(&prepared).enumerate() {
                 resolved.push(batch.resolve(&mut tx, item, p.clone(), items.len() - i).await?);

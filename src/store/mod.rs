@@ -28,7 +28,7 @@ use crate::identity::CanonicalRecord;
 pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgress, NewDelivery, RetryOutcome};
 pub use load::IntakeLoad;
 pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
-pub use write::{GoldenUpdate, NewProfile, NewRecord, NewReview, WriteTx};
+pub use write::{GoldenUpdate, KeyProfiles, NewProfile, NewRecord, NewReview, WriteTx};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -581,9 +581,9 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT DISTINCT r.profile_id FROM source_records r WHERE r.id IN (
-                 SELECT record_id FROM record_keys WHERE {} GROUP BY record_id HAVING COUNT(*) = $1
-             ) ORDER BY r.profile_id LIMIT $2",
+            "SELECT DISTINCT profile_id FROM (
+                 SELECT record_id, profile_id FROM record_keys WHERE {} GROUP BY record_id, profile_id HAVING COUNT(*) = $1
+             ) AS r ORDER BY profile_id LIMIT $2",
             self.backend.in_ids("hash", 3)
         );
         let rows = sqlx::query(AssertSqlSafe(sql))

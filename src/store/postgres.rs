@@ -27,6 +27,7 @@ pub(super) fn migrator() -> Migrator {
         (2, "feeds", include_str!("../../migrations/postgres/0002_feeds.sql")),
         (3, "privacy", include_str!("../../migrations/postgres/0003_privacy.sql")),
         (5, "intake_arrivals", include_str!("../../migrations/postgres/0005_intake_arrivals.sql")),
+        (6, "candidate_indexes", include_str!("../../migrations/postgres/0006_candidate_indexes.sql")),
     ])
 }
 

@@ -39,5 +39,6 @@ pub(super) fn migrator() -> Migrator {
         (2, "feeds", include_str!("../../migrations/sqlite/0002_feeds.sql")),
         (3, "privacy", include_str!("../../migrations/sqlite/0003_privacy.sql")),
         (5, "intake_arrivals", include_str!("../../migrations/sqlite/0005_intake_arrivals.sql")),
+        (6, "candidate_indexes", include_str!("../../migrations/sqlite/0006_candidate_indexes.sql")),
     ])
 }

@@ -71,13 +71,25 @@ const RECORD_INSERT_COLUMNS: &[(&str, &str)] = &[
     ("evidence", "text"),
 ];
 
+/// A key row carries the record's profile, so a block's profiles are read without a join;
+/// merges and unmerges keep it current.
 #[derive(serde::Serialize)]
 struct RecordKey {
     hash: i64,
+    profile_id: i64,
     record_id: i64,
 }
 
-const RECORD_KEY_COLUMNS: &[(&str, &str)] = &[("hash", "bigint"), ("record_id", "bigint")];
+const RECORD_KEY_COLUMNS: &[(&str, &str)] = &[("hash", "bigint"), ("profile_id", "bigint"), ("record_id", "bigint")];
+
+/// What the blocking keys of a batch reach in the store: see [`WriteTx::key_profiles`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyProfiles {
+    /// `(key hash, profile)`, sorted.
+    pub pairs: Vec<(i64, i64)>,
+    /// Hashes too common to look records up by, sorted.
+    pub generic: Vec<i64>,
+}
 
 /// A pair for a person to look at.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -247,19 +259,40 @@ impl WriteTx {
         Ok(())
     }
 
-    /// `(key hash, profile)` for every stored record carrying one of these key hashes, sorted.
-    /// The profiles are live: a merge moves the records of the profiles it absorbs.
-    pub async fn key_profiles(&mut self, hashes: &[i64]) -> Result<Vec<(i64, i64)>> {
+    /// `(key hash, profile)` for every stored record carrying one of these key hashes, sorted,
+    /// and the hashes that are generic: carried by more than `max_block` records, too common to
+    /// find candidates by, so their records are not read. The profiles are live: a merge moves
+    /// the records of the profiles it absorbs.
+    pub async fn key_profiles(&mut self, hashes: &[i64], max_block: u32) -> Result<KeyProfiles> {
         if hashes.is_empty() {
-            return Ok(Vec::new());
+            return Ok(KeyProfiles::default());
         }
+        let kept = match self.backend {
+            Backend::Sqlite => "k.hash IN (SELECT hash FROM counted WHERE n < $2)",
+            Backend::Postgres => "k.hash = ANY(ARRAY(SELECT hash FROM counted WHERE n < $2))",
+        };
+        // counting stops at the limit, so a generic key costs `max_block` index entries, not
+        // its whole block
         let select = format!(
-            "SELECT DISTINCT k.hash, r.profile_id FROM record_keys k JOIN source_records r ON r.id = k.record_id WHERE {}",
-            self.backend.in_ids("k.hash", 1)
+            "WITH counted AS MATERIALIZED (
+                 SELECT w.id AS hash, (SELECT COUNT(*) FROM (SELECT 1 FROM record_keys k WHERE k.hash = w.id LIMIT $2) AS c) AS n
+                 FROM {} AS w)
+             SELECT DISTINCT k.hash, k.profile_id FROM record_keys k WHERE {kept}
+             UNION ALL SELECT hash, NULL FROM counted WHERE n >= $2",
+            self.backend.id_table(1)
         );
-        let mut pairs: Vec<(i64, i64)> = self.id_rows(&select, "hash, profile_id", hashes).await?;
-        pairs.sort_unstable();
-        Ok(pairs)
+        let rows: Vec<(i64, Option<i64>)> =
+            self.id_rows(&select, "hash, profile_id", hashes, Some(i64::from(max_block) + 1)).await?;
+        let mut out = KeyProfiles::default();
+        for (hash, profile) in rows {
+            match profile {
+                Some(profile) => out.pairs.push((hash, profile)),
+                None => out.generic.push(hash),
+            }
+        }
+        out.pairs.sort_unstable();
+        out.generic.sort_unstable();
+        Ok(out)
     }
 
     /// Lock profile rows and return them. PostgreSQL: `NOWAIT`, because a transaction that
@@ -280,7 +313,7 @@ impl WriteTx {
             return Ok(Vec::new());
         }
         let select = self.lock_profiles_sql("id, merged_into");
-        let mut rows: Vec<(i64, Option<i64>)> = self.id_rows(&select, "id, merged_into", ids).await?;
+        let mut rows: Vec<(i64, Option<i64>)> = self.id_rows(&select, "id, merged_into", ids, None).await?;
         rows.sort_unstable();
         Ok(rows)
     }
@@ -293,14 +326,24 @@ impl WriteTx {
     /// The integer columns of `select` (which reads the id list bound at `$1`), aggregated
     /// into one JSON array: one row crosses from the database instead of thousands, and
     /// fetching row by row was what a batch spent most of its time on.
-    async fn id_rows<T: serde::de::DeserializeOwned>(&mut self, select: &str, columns: &str, ids: &[i64]) -> Result<Vec<T>> {
+    async fn id_rows<T: serde::de::DeserializeOwned>(
+        &mut self,
+        select: &str,
+        columns: &str,
+        ids: &[i64],
+        second: Option<i64>,
+    ) -> Result<Vec<T>> {
         let sql = match self.backend {
             Backend::Sqlite => format!("SELECT json_group_array(json_array({columns})) AS rows FROM ({select})"),
             Backend::Postgres => {
                 format!("SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text AS rows FROM ({select}) AS q")
             }
         };
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids)).fetch_one(&mut *self.tx).await?;
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids));
+        if let Some(second) = second {
+            query = query.bind(second);
+        }
+        let row = query.fetch_one(&mut *self.tx).await?;
         let rows: String = row.try_get("rows")?;
         Ok(serde_json::from_str(&rows)?)
     }
@@ -311,7 +354,7 @@ impl WriteTx {
             return Ok(Vec::new());
         }
         let select = format!("SELECT id, profile_id FROM source_records WHERE {}", self.backend.in_ids("profile_id", 1));
-        let mut rows: Vec<(i64, i64)> = self.id_rows(&select, "id, profile_id", profiles).await?;
+        let mut rows: Vec<(i64, i64)> = self.id_rows(&select, "id, profile_id", profiles, None).await?;
         rows.sort_unstable();
         Ok(rows)
     }
@@ -374,7 +417,7 @@ impl WriteTx {
             let mut hashes = r.keys.clone();
             hashes.sort_unstable();
             hashes.dedup();
-            keys.extend(hashes.into_iter().map(|hash| RecordKey { hash, record_id: r.id }));
+            keys.extend(hashes.into_iter().map(|hash| RecordKey { hash, profile_id: r.profile_id, record_id: r.id }));
         }
         self.bulk_insert("record_keys", RECORD_KEY_COLUMNS, &keys).await
     }
@@ -405,6 +448,11 @@ impl WriteTx {
             .bind(record)
             .execute(&mut *self.tx)
             .await?;
+        sqlx::query("UPDATE record_keys SET profile_id = $1 WHERE record_id = $2")
+            .bind(profile)
+            .bind(record)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
@@ -416,7 +464,12 @@ impl WriteTx {
         }
         let b = self.backend;
         let absorbed = json_ids(absorbed);
+        // key rows first: they find the moving records through the records' profile index
         let moves = [
+            format!(
+                "UPDATE record_keys SET profile_id = $1 WHERE record_id IN (SELECT id FROM source_records WHERE {})",
+                b.in_ids("profile_id", 2)
+            ),
             format!("UPDATE source_records SET profile_id = $1 WHERE {}", b.in_ids("profile_id", 2)),
             format!("UPDATE profiles SET merged_into = $1 WHERE {}", b.in_ids("merged_into", 2)),
         ];
