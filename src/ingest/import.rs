@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::mapping::{map_record, row_to_json};
+use super::mapping::{arrivals, row_to_json};
 use super::normalise_flags;
 use crate::api::ops::StartError;
 use crate::local::PlatformArgs;
 use crate::pipeline::PipelineConfig;
-use crate::store::{Store, StoreError};
+use crate::store::{Admission, Store, StoreError};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ImportArgs {
@@ -148,34 +148,31 @@ pub async fn import_file(
             break;
         }
         let now = crate::store::now_ms();
-        let mut valid = Vec::with_capacity(chunk.len());
-        let refusals = privacy.refusals(named, &chunk).await?;
-        summary.refused += refusals.len();
-        for (_, payload) in chunk.iter().enumerate().filter(|(i, _)| refusals.iter().all(|r| r.index != *i)) {
-            match map_record(named, flags, payload, now) {
-                Ok(mapped) => {
-                    for w in &mapped.warnings {
+        let size = chunk.len();
+        let identifiers = privacy.gate(named, &chunk).await?;
+        let (arrivals, notes) = arrivals(named, flags, chunk, identifiers, now);
+        for (admission, notes) in store.admit(arrivals).await?.into_iter().zip(notes) {
+            match admission {
+                Admission::Queued(e) => {
+                    if e.duplicate {
+                        summary.duplicates += 1;
+                    } else {
+                        summary.accepted += 1;
+                    }
+                    for w in notes {
                         *summary.reasons.entry(format!("{}: {} (kept)", w.field, w.code)).or_default() += 1;
                     }
-                    valid.push(mapped.record);
                 }
-                Err(errors) => {
-                    store.quarantine(source, payload, &errors).await?;
+                Admission::Quarantined(_) => {
                     summary.rejected += 1;
-                    for e in errors {
+                    for e in notes {
                         *summary.reasons.entry(format!("{}: {}", e.field, e.code)).or_default() += 1;
                     }
                 }
+                Admission::Refused(_) => summary.refused += 1,
             }
         }
-        for e in store.enqueue(&valid).await? {
-            if e.duplicate {
-                summary.duplicates += 1;
-            } else {
-                summary.accepted += 1;
-            }
-        }
-        done += chunk.len();
+        done += size;
         progress(done, read.load(std::sync::atomic::Ordering::Relaxed), total);
     }
     Ok(summary)

@@ -8,7 +8,7 @@ use crate::crd::source::InvalidValuePolicy;
 use crate::identity::normalise::{NormaliseFlags, normalise_with};
 use crate::identity::CanonicalRecord;
 use crate::pipeline::NamedSource;
-use crate::store::FieldError;
+use crate::store::{Arrival, FieldError, Payload};
 
 fn error(field: &str, code: &str, message: impl Into<String>) -> FieldError {
     FieldError { field: field.to_string(), code: code.to_string(), message: message.into() }
@@ -119,6 +119,29 @@ pub fn map_record(
         return Err(errors);
     }
     Ok(Mapped { record: CanonicalRecord { source: source.name.clone(), source_record_id, observed_at_ms, attributes }, warnings })
+}
+
+/// Payloads of `source` as the store takes them ([`crate::store::Store::admit`]), each with the
+/// identifiers the privacy gate named in it, and per payload what to report on it: the field
+/// errors of an invalid one, the kept invalid values of a valid one.
+pub fn arrivals(
+    source: &NamedSource,
+    flags: NormaliseFlags,
+    payloads: Vec<Value>,
+    identifiers: Vec<BTreeMap<String, String>>,
+    received_at_ms: i64,
+) -> (Vec<Arrival>, Vec<Vec<FieldError>>) {
+    payloads
+        .into_iter()
+        .zip(identifiers)
+        .map(|(payload, identifiers)| match map_record(source, flags, &payload, received_at_ms) {
+            Ok(mapped) => (Arrival { identifiers, payload: Payload::Record(mapped.record) }, mapped.warnings),
+            Err(errors) => {
+                let invalid = Payload::Invalid { source: source.name.clone(), payload, errors: errors.clone() };
+                (Arrival { identifiers, payload: invalid }, errors)
+            }
+        })
+        .unzip()
 }
 
 /// A flat row (CSV) as a JSON object; `a.b` column names become nested objects so the

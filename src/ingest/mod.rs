@@ -25,7 +25,7 @@ use crate::identity::normalise::NormaliseFlags;
 use crate::crd::matching::EmailProviderRule;
 use crate::pipeline::{NamedSource, PipelineConfig};
 use crate::privacy::Privacy;
-use crate::store::{Enqueued, FieldError, Store};
+use crate::store::{Admission, Enqueued, FieldError, Store};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct IngestArgs {
@@ -156,54 +156,43 @@ async fn receive(
     }
     let work = state.metrics.meters.ingest.start();
     let received = crate::store::now_ms();
-    let refusals = state.privacy.refusals(&intake.source, &payloads).await?;
-    let mut valid = Vec::new();
-    let mut invalid = Vec::new();
+    let total = payloads.len();
+    let identifiers = state.privacy.gate(&intake.source, &payloads).await?;
+    let (arrivals, notes) = mapping::arrivals(&intake.source, state.flags, payloads, identifiers, received);
+    let mut accepted = Vec::new();
     let mut rejected = Vec::new();
-    for (index, payload) in payloads.iter().enumerate() {
-        if let Some(refusal) = refusals.iter().find(|r| r.index == index) {
-            // an erased person's data: neither queued nor quarantined
-            let errors = refusal
-                .attributes
-                .iter()
-                .map(|a| FieldError {
-                    field: a.clone(),
-                    code: ERASED_SUBJECT.into(),
-                    message: "belongs to an erased person; this source may not send it again (privacy.afterErasure)".into(),
-                })
-                .collect();
-            rejected.push(RejectedRecord { index, quarantine_id: None, errors });
-            continue;
-        }
-        match mapping::map_record(&intake.source, state.flags, payload, received) {
-            Ok(mapped) => valid.push((index, mapped)),
-            Err(errors) => invalid.push((index, errors)),
+    let mut refused = 0;
+    for (index, (admission, notes)) in state.store.admit(arrivals).await?.into_iter().zip(notes).enumerate() {
+        match admission {
+            Admission::Queued(enqueued) => accepted.push(AcceptedRecord { index, enqueued, warnings: notes }),
+            Admission::Quarantined(id) => rejected.push(RejectedRecord { index, quarantine_id: Some(id), errors: notes }),
+            Admission::Refused(attributes) => {
+                // an erased person's data: neither queued nor quarantined
+                refused += 1;
+                let errors = attributes
+                    .into_iter()
+                    .map(|field| FieldError {
+                        field,
+                        code: ERASED_SUBJECT.into(),
+                        message: "belongs to an erased person; this source may not send it again (privacy.afterErasure)".into(),
+                    })
+                    .collect();
+                rejected.push(RejectedRecord { index, quarantine_id: None, errors });
+            }
         }
     }
-    let records: Vec<_> = valid.iter().map(|(_, m)| m.record.clone()).collect();
-    let enqueued = if records.is_empty() { Vec::new() } else { state.store.enqueue(&records).await? };
-    let accepted: Vec<AcceptedRecord> = valid
-        .into_iter()
-        .zip(enqueued)
-        .map(|((index, mapped), enqueued)| AcceptedRecord { index, enqueued, warnings: mapped.warnings })
-        .collect();
-    for (index, errors) in invalid {
-        let quarantine_id = state.store.quarantine(&source, &payloads[index], &errors).await?;
-        rejected.push(RejectedRecord { index, quarantine_id: Some(quarantine_id), errors });
-    }
-    rejected.sort_by_key(|r| r.index);
     let count = |outcome: &str, n: usize| {
         if n > 0 {
             let labels = vec![("source", source.clone()), ("outcome", outcome.to_string())];
             state.metrics.intake_records.get_or_create(&labels).inc_by(n as u64);
         }
     };
-    work.finished(payloads.len() as u64);
+    work.finished(total as u64);
     let duplicates = accepted.iter().filter(|a| a.enqueued.duplicate).count();
     count("accepted", accepted.len() - duplicates);
     count("duplicate", duplicates);
-    count("refused", refusals.len());
-    count("rejected", rejected.len() - refusals.len());
+    count("refused", refused);
+    count("rejected", rejected.len() - refused);
     tracing::debug!(%source, accepted = accepted.len(), duplicates, rejected = rejected.len(), "intake");
     if rejected.is_empty() {
         let body = serde_json::json!({"accepted": accepted, "duplicates": duplicates});
@@ -212,12 +201,12 @@ async fn receive(
     // valid records of a mixed batch are queued all the same: resending the whole batch is
     // safe, the queued ones are absorbed as duplicates
     let details = rejected.iter().map(|r| serde_json::to_value(r).expect("serialises")).collect();
-    let (code, message) = if refusals.len() == rejected.len() {
-        (ERASED_SUBJECT_ERROR, format!("{} of {} records belong to an erased person and were refused", rejected.len(), payloads.len()))
+    let (code, message) = if refused == rejected.len() {
+        (ERASED_SUBJECT_ERROR, format!("{} of {} records belong to an erased person and were refused", rejected.len(), total))
     } else {
-        let quarantined = rejected.len() - refusals.len();
-        let message = format!("{quarantined} of {} records are invalid and were quarantined", payloads.len());
-        ("validation_failed", if refusals.is_empty() { message } else { format!("{message}; {} refused (erased person)", refusals.len()) })
+        let quarantined = rejected.len() - refused;
+        let message = format!("{quarantined} of {total} records are invalid and were quarantined");
+        ("validation_failed", if refused == 0 { message } else { format!("{message}; {refused} refused (erased person)") })
     };
     let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).with_details(details);
     let mut body = serde_json::to_value(ops::ErrorBody::from(error)).expect("serialises");

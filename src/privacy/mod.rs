@@ -191,13 +191,6 @@ pub struct Export {
     pub quarantine: Vec<QuarantineEntry>,
 }
 
-/// A refused intake record: the identifying fields that belong to an erased person.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub index: usize,
-    pub attributes: Vec<String>,
-}
-
 /// Rows scanned per query when an erasure looks through quarantine and the intake queue.
 const SCAN_PAGE: i64 = 500;
 
@@ -220,30 +213,17 @@ impl Privacy {
         self.key.get_or_try_init(|| async { Ok(SubjectKey::new(&self.store.privacy_secret().await?)) }).await.cloned()
     }
 
-    /// Intake gate: the payloads of `source` carrying an identifier of an erased person, when
-    /// the source may not start a new profile for them.
-    pub async fn refusals(&self, source: &NamedSource, payloads: &[Value]) -> Result<Vec<Refusal>, StoreError> {
+    /// Intake gate: the keyed hashes of each payload's identifiers (hash → attribute), for
+    /// the store to refuse the payloads carrying one of an erased person, in the transaction
+    /// that stores them ([`crate::store::Arrival`]). None when the source may start a new
+    /// profile for an erased person.
+    pub async fn gate(&self, source: &NamedSource, payloads: &[Value]) -> Result<Vec<BTreeMap<String, String>>, StoreError> {
         use crate::crd::source::AfterErasure;
         if source.spec.privacy.after_erasure == AfterErasure::NewProfile {
-            return Ok(Vec::new());
+            return Ok(vec![BTreeMap::new(); payloads.len()]);
         }
         let key = self.key().await?;
-        let per_payload: Vec<BTreeMap<String, String>> =
-            payloads.iter().map(|p| key.payload_identifiers(source, p, self.flags)).collect();
-        let all: BTreeSet<String> = per_payload.iter().flat_map(|m| m.keys().cloned()).collect();
-        let suppressed = self.store.suppressed(&all).await?;
-        if suppressed.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(per_payload
-            .iter()
-            .enumerate()
-            .filter_map(|(index, ids)| {
-                let attributes: BTreeSet<String> =
-                    ids.iter().filter(|(h, _)| suppressed.contains(*h)).map(|(_, a)| a.clone()).collect();
-                (!attributes.is_empty()).then(|| Refusal { index, attributes: attributes.into_iter().collect() })
-            })
-            .collect())
+        Ok(payloads.iter().map(|p| key.payload_identifiers(source, p, self.flags)).collect())
     }
 
     /// The live profiles a subject names (none: the person may still have quarantined or
@@ -331,6 +311,10 @@ impl Privacy {
             erased_events.push((profile, aliases));
         }
         if !hashes.is_empty() {
+            if erasure.suppress {
+                // no intake may check the list between this scan of the queue and the commit
+                tx.exclude_intake().await?;
+            }
             self.drop_unresolved(tx, key, hashes, removed).await?;
         }
         let audit = ErasureAudit {

@@ -8,6 +8,7 @@
 
 mod load;
 mod feeds;
+mod intake;
 mod postgres;
 mod privacy;
 mod sqlite;
@@ -26,9 +27,11 @@ use tokio::sync::Notify;
 use crate::identity::CanonicalRecord;
 
 pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgress, NewDelivery, RetryOutcome};
+pub use intake::{Admission, Arrival, Payload};
 pub use load::IntakeLoad;
 pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
 pub use write::{GoldenUpdate, NewProfile, NewRecord, NewReview, WriteTx};
+use write::NewQuarantine;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,12 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored JSON does not parse: {0}")]
     Json(#[from] serde_json::Error),
+    /// The transaction of an intake group failed: every request of the group gets this.
+    #[error("intake group commit: {0}")]
+    Group(Arc<StoreError>),
+    /// The intake committer is gone (the runtime is shutting down): nothing was stored.
+    #[error("the intake committer stopped")]
+    CommitterStopped,
 }
 
 impl StoreError {
@@ -52,12 +61,17 @@ impl StoreError {
             Self::Db(_) => "database",
             Self::Migrate(_) => "migration",
             Self::Json(_) => "json",
+            Self::Group(e) => e.reason(),
+            Self::CommitterStopped => "committer_stopped",
         }
     }
 
     /// A transient conflict between concurrent writers (deadlock, serialisation failure,
     /// SQLite busy): retrying the transaction is the right answer.
     pub fn is_conflict(&self) -> bool {
+        if let Self::Group(e) = self {
+            return e.is_conflict();
+        }
         let Self::Db(sqlx::Error::Database(e)) = self else { return false };
         match e.code().as_deref() {
             // PostgreSQL: deadlock detected, serialisation failure, lock not available (NOWAIT)
@@ -91,6 +105,9 @@ pub struct Store {
     /// SQLite has one writer: this process's writers queue here, in order, instead of in
     /// SQLite's busy handler, which polls with sleeps of up to 100 ms.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Hands intake to this store's group committer ([`Store::admit`]). `None` only in the
+    /// committer's own handle: a sender there would keep the committer waiting forever.
+    intake: Option<intake::Queue>,
 }
 
 /// Outcome of enqueuing one record.
@@ -348,7 +365,7 @@ impl Store {
             Backend::Postgres => postgres::migrator(),
         };
         migrator.run(&pool).await?;
-        Ok(Store {
+        let store = Store {
             pool,
             backend,
             url: url.into(),
@@ -356,7 +373,9 @@ impl Store {
             outbox: Arc::new(Notify::new()),
             listener: Arc::new(tokio::sync::OnceCell::new()),
             writer: Arc::new(tokio::sync::Mutex::new(())),
-        })
+            intake: None,
+        };
+        Ok(Store { intake: Some(intake::spawn_committer(store.clone())), ..store })
     }
 
     pub fn backend(&self) -> Backend {
@@ -382,42 +401,24 @@ impl Store {
             }
             Backend::Postgres => (self.pool.begin().await?, None),
         };
-        Ok(WriteTx::new(tx, self.backend, writer, self.outbox.clone()))
+        Ok(WriteTx::new(tx, self.backend, writer, self.work.clone(), self.outbox.clone()))
     }
 
-    /// Durably queue valid records; redeliveries (same source + record id) are absorbed.
+    /// Durably queue valid records in one transaction of their own; redeliveries (same
+    /// source + record id) are absorbed. Intake goes through [`Store::admit`] instead.
     pub async fn enqueue(&self, records: &[CanonicalRecord]) -> Result<Vec<Enqueued>> {
-        let now = now_ms();
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(records.len());
-        for r in records {
-            out.push(tx.enqueue(r, now).await?);
-        }
-        let queued = out.iter().any(|e| !e.duplicate);
-        if queued && self.backend == Backend::Postgres {
-            tx.notify_work().await?;
-        }
+        let out = tx.enqueue(&records.iter().collect::<Vec<_>>(), now_ms()).await?;
         tx.commit().await?;
-        if queued {
-            self.work.notify_waiters();
-        }
         Ok(out)
     }
 
     /// Keep an invalid record with every reason it failed.
     pub async fn quarantine(&self, source: &str, payload: &serde_json::Value, errors: &[FieldError]) -> Result<i64> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO quarantine (source, received_at_ms, payload, errors) VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(source)
-        .bind(now_ms())
-        .bind(payload.to_string())
-        .bind(serde_json::to_string(errors)?)
-        .fetch_one(tx.conn())
-        .await?;
+        let ids = tx.quarantine(&[NewQuarantine { source, payload, errors }], now_ms()).await?;
         tx.commit().await?;
-        Ok(row.try_get("id")?)
+        Ok(ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)?)
     }
 
     /// Quarantined entries, oldest first, after `after_id`, optionally for one source.
@@ -453,14 +454,8 @@ impl Store {
         let mut tx = self.begin().await?;
         let out = match outcome {
             Ok(records) => {
-                let mut out = Vec::with_capacity(records.len());
-                for r in &records {
-                    out.push(tx.enqueue(r, now).await?);
-                }
+                let out = tx.enqueue(&records.iter().collect::<Vec<_>>(), now).await?;
                 tx.delete_quarantined(id).await?;
-                if self.backend == Backend::Postgres {
-                    tx.notify_work().await?;
-                }
                 out
             }
             Err(errors) => {
@@ -469,7 +464,6 @@ impl Store {
             }
         };
         tx.commit().await?;
-        self.work.notify_waiters();
         Ok(out)
     }
 

@@ -14,6 +14,8 @@ pub(super) const CHANNEL: &str = "cdp_intake";
 pub(super) const OUTBOX_CHANNEL: &str = "cdp_outbox";
 /// Advisory lock key serialising outbox inserts until commit (see `WriteTx::commit`).
 pub(super) const OUTBOX_LOCK: i64 = 0x0cd9_0007_b0c5;
+/// Advisory lock key between intake's suppression check (shared) and erasures (exclusive).
+pub(super) const SUPPRESSION_LOCK: i64 = 0x0cd9_0007_5e55;
 
 /// Concurrent claimers skip each other's rows instead of waiting for them.
 pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms = $2

@@ -76,17 +76,6 @@ impl Store {
         Ok(row.try_get("secret")?)
     }
 
-    /// The hashes among `hashes` that are on the suppression list.
-    pub async fn suppressed(&self, hashes: &BTreeSet<String>) -> Result<BTreeSet<String>> {
-        if hashes.is_empty() {
-            return Ok(BTreeSet::new());
-        }
-        let sql = format!("SELECT hash FROM suppressed_identifiers WHERE hash IN (SELECT value FROM {})", self.backend.text_table(1));
-        let list = serde_json::to_string(hashes)?;
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(list).fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok(r.try_get("hash")?)).collect()
-    }
-
     pub async fn erasure(&self, id: i64) -> Result<Option<ErasureRow>> {
         let row = sqlx::query(
             "SELECT id, erased_at_ms, subject_hashes, profile_ids, reason, requested_by, removed FROM erasures WHERE id = $1",
@@ -164,6 +153,32 @@ impl Backend {
 }
 
 impl WriteTx {
+    /// The hashes among `hashes` that are on the suppression list, read so that no erasure
+    /// commits before this transaction ends: what it queues then is either refused here or
+    /// found by the erasure's scan of the queue. PostgreSQL: a shared lock against the
+    /// erasure's exclusive one ([`WriteTx::exclude_intake`]); SQLite: the writer lock.
+    pub(super) async fn suppressed(&mut self, hashes: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+        if hashes.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(super::postgres::SUPPRESSION_LOCK).execute(self.conn()).await?;
+        }
+        let sql = format!("SELECT hash FROM suppressed_identifiers WHERE hash IN (SELECT value FROM {})", self.backend.text_table(1));
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(hashes)?).fetch_all(self.conn()).await?;
+        rows.iter().map(|r| Ok(r.try_get("hash")?)).collect()
+    }
+
+    /// Wait for intake transactions that checked the suppression list to end, and keep new
+    /// ones from checking it until this one ends (PostgreSQL; SQLite's writer lock does it
+    /// already). Taken before an erasure scans the queue for the identifiers it suppresses.
+    pub async fn exclude_intake(&mut self) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(super::postgres::SUPPRESSION_LOCK).execute(self.conn()).await?;
+        }
+        Ok(())
+    }
+
     /// Profiles merged into one of `live` (their aliases).
     pub async fn aliases_of(&mut self, live: &[i64]) -> Result<Vec<i64>> {
         let sql = format!("SELECT id FROM profiles WHERE {} ORDER BY id", self.backend.in_ids("merged_into", 1));

@@ -1,6 +1,7 @@
 //! Write transactions: the primitives the matcher and the API compose. Every change and the
 //! outbox event describing it are written in the same transaction.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sqlx::any::Any;
@@ -21,6 +22,9 @@ pub struct WriteTx {
     _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
     events: Vec<PendingEvent>,
     finished: Vec<i64>,
+    /// Records were newly queued: matcher workers are woken at commit.
+    queued: bool,
+    work: Arc<tokio::sync::Notify>,
     outbox: Arc<tokio::sync::Notify>,
 }
 
@@ -130,14 +134,66 @@ pub struct GoldenUpdate {
 
 const GOLDEN_COLUMNS: &[(&str, &str)] = &[("id", "bigint"), ("golden", "text"), ("record_count", "bigint")];
 
+/// An intake queue row, keyed by column for [`WriteTx::enqueue`].
+#[derive(serde::Serialize)]
+struct IntakeRow<'a> {
+    source: &'a str,
+    source_record_id: &'a str,
+    received_at_ms: i64,
+    record: String,
+}
+
+const INTAKE_COLUMNS: &[(&str, &str)] =
+    &[("source", "text"), ("source_record_id", "text"), ("received_at_ms", "bigint"), ("record", "text")];
+
+/// A record named for its source (unique in the intake queue).
+#[derive(serde::Serialize)]
+struct IntakeKey<'a> {
+    source: &'a str,
+    source_record_id: &'a str,
+}
+
+fn owned_key(source: &str, source_record_id: &str) -> (String, String) {
+    (source.to_string(), source_record_id.to_string())
+}
+
+const INTAKE_KEY_COLUMNS: &[(&str, &str)] = &[("source", "text"), ("source_record_id", "text")];
+
+/// An invalid payload to keep in quarantine with every reason it failed.
+pub(super) struct NewQuarantine<'a> {
+    pub(super) source: &'a str,
+    pub(super) payload: &'a serde_json::Value,
+    pub(super) errors: &'a [FieldError],
+}
+
+/// A quarantine row, keyed by column for [`WriteTx::quarantine`].
+#[derive(serde::Serialize)]
+struct QuarantineRow<'a> {
+    source: &'a str,
+    received_at_ms: i64,
+    payload: String,
+    errors: String,
+}
+
+const QUARANTINE_COLUMNS: &[(&str, &str)] =
+    &[("source", "text"), ("received_at_ms", "bigint"), ("payload", "text"), ("errors", "text")];
+
+/// For each key, the position of its first occurrence: a redelivery inside one batch is
+/// absorbed by the earlier copy.
+fn first_occurrences<K: Ord + Copy>(keys: &[K]) -> Vec<usize> {
+    let mut first = BTreeMap::new();
+    keys.iter().enumerate().map(|(i, k)| *first.entry(*k).or_insert(i)).collect()
+}
+
 impl WriteTx {
     pub(super) fn new(
         tx: Transaction<'static, Any>,
         backend: Backend,
         writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+        work: Arc<tokio::sync::Notify>,
         outbox: Arc<tokio::sync::Notify>,
     ) -> Self {
-        WriteTx { tx, backend, _writer: writer, events: Vec::new(), finished: Vec::new(), outbox }
+        WriteTx { tx, backend, _writer: writer, events: Vec::new(), finished: Vec::new(), queued: false, work, outbox }
     }
 
     /// Whether this transaction excludes every other writer (SQLite's single writer lock):
@@ -158,6 +214,10 @@ impl WriteTx {
             );
             sqlx::query(AssertSqlSafe(sql)).bind(json_ids(&self.finished)).execute(&mut *self.tx).await?;
         }
+        if self.queued && self.backend == Backend::Postgres {
+            // delivered at commit, to the matcher workers of every process
+            sqlx::query("SELECT pg_notify($1, '')").bind(super::postgres::CHANNEL).execute(&mut *self.tx).await?;
+        }
         let wrote_events = !self.events.is_empty();
         if wrote_events {
             if self.backend == Backend::Postgres {
@@ -172,10 +232,20 @@ impl WriteTx {
             self.bulk_insert("outbox", EVENT_COLUMNS, &events).await?;
         }
         self.tx.commit().await?;
+        if self.queued {
+            self.work.notify_waiters();
+        }
         if wrote_events {
             self.outbox.notify_waiters();
         }
         Ok(())
+    }
+
+    /// `INSERT INTO table` the rows of the JSON array bound at `$1` (objects keyed by column
+    /// name), in array order: ids handed out follow it.
+    fn insert_sql(&self, table: &str, columns: &[(&str, &str)]) -> String {
+        let names = columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
+        format!("INSERT INTO {table} ({names}) SELECT {names} FROM {} ORDER BY x.ord", self.backend.json_rows(columns, 1))
     }
 
     /// Insert `rows` (serialised to objects keyed by column name) in one statement, in order.
@@ -183,38 +253,91 @@ impl WriteTx {
         if rows.is_empty() {
             return Ok(());
         }
-        let names = columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
-        let sql = format!("INSERT INTO {table} ({names}) SELECT {names} FROM {} ORDER BY x.ord", self.backend.json_rows(columns, 1));
+        let sql = self.insert_sql(table, columns);
         sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(rows)?).execute(&mut *self.tx).await?;
         Ok(())
     }
 
-    pub(super) async fn enqueue(&mut self, r: &CanonicalRecord, now: i64) -> Result<Enqueued> {
-        let inserted = sqlx::query(
-            "INSERT INTO intake (source, source_record_id, received_at_ms, record) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (source, source_record_id) DO NOTHING RETURNING id",
-        )
-        .bind(&r.source)
-        .bind(&r.source_record_id)
-        .bind(now)
-        .bind(serde_json::to_string(r)?)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        if let Some(row) = inserted {
-            return Ok(Enqueued { intake_id: row.try_get("id")?, duplicate: false });
+    /// Queue records, in order, in two statements whatever their number. A redelivery (same
+    /// source + record id, already queued or earlier in `records`) is absorbed: reported as a
+    /// duplicate with the id of the copy that was queued.
+    pub(super) async fn enqueue(&mut self, records: &[&CanonicalRecord], now: i64) -> Result<Vec<Enqueued>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
         }
-        let row = sqlx::query("SELECT id FROM intake WHERE source = $1 AND source_record_id = $2")
-            .bind(&r.source)
-            .bind(&r.source_record_id)
-            .fetch_one(&mut *self.tx)
-            .await?;
-        Ok(Enqueued { intake_id: row.try_get("id")?, duplicate: true })
+        let keys: Vec<(&str, &str)> = records.iter().map(|r| (r.source.as_str(), r.source_record_id.as_str())).collect();
+        let first = first_occurrences(&keys);
+        let rows = (0..records.len())
+            .filter(|&i| first[i] == i)
+            .map(|i| {
+                let (source, source_record_id) = keys[i];
+                Ok(IntakeRow { source, source_record_id, received_at_ms: now, record: serde_json::to_string(records[i])? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sql = format!(
+            "{} ON CONFLICT (source, source_record_id) DO NOTHING RETURNING id, source, source_record_id",
+            self.insert_sql("intake", INTAKE_COLUMNS)
+        );
+        // RETURNING lists rows in no particular order: they are told apart by their key
+        let inserted = self.keyed_ids(sql, &rows).await?;
+        let absorbed: Vec<IntakeKey> = rows
+            .iter()
+            .filter(|r| !inserted.contains_key(&owned_key(r.source, r.source_record_id)))
+            .map(|r| IntakeKey { source: r.source, source_record_id: r.source_record_id })
+            .collect();
+        let existing = if absorbed.is_empty() {
+            BTreeMap::new()
+        } else {
+            let sql = format!(
+                "SELECT i.id, i.source, i.source_record_id FROM {} JOIN intake i
+                 ON i.source = x.source AND i.source_record_id = x.source_record_id",
+                self.backend.json_rows(INTAKE_KEY_COLUMNS, 1)
+            );
+            self.keyed_ids(sql, &absorbed).await?
+        };
+        self.queued |= !inserted.is_empty();
+        keys.iter()
+            .enumerate()
+            .map(|(i, &(source, id))| {
+                let key = owned_key(source, id);
+                // queue rows are never deleted: a key not inserted now was queued before
+                let intake_id = *inserted.get(&key).or_else(|| existing.get(&key)).ok_or(sqlx::Error::RowNotFound)?;
+                Ok(Enqueued { intake_id, duplicate: first[i] != i || !inserted.contains_key(&key) })
+            })
+            .collect()
     }
 
-    /// PostgreSQL: wake listening workers when this transaction commits.
-    pub(super) async fn notify_work(&mut self) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, '')").bind(super::postgres::CHANNEL).execute(&mut *self.tx).await?;
-        Ok(())
+    /// Run `sql` (rows `id, source, source_record_id`) over the JSON array of `rows` bound at `$1`.
+    async fn keyed_ids<T: serde::Serialize>(&mut self, sql: String, rows: &[T]) -> Result<BTreeMap<(String, String), i64>> {
+        let found = sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(rows)?).fetch_all(&mut *self.tx).await?;
+        found
+            .iter()
+            .map(|r| Ok(((r.try_get("source")?, r.try_get("source_record_id")?), r.try_get("id")?)))
+            .collect()
+    }
+
+    /// Keep invalid payloads in quarantine (one statement); returns their ids, in order.
+    pub(super) async fn quarantine(&mut self, entries: &[NewQuarantine<'_>], now: i64) -> Result<Vec<i64>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = entries
+            .iter()
+            .map(|e| {
+                Ok(QuarantineRow {
+                    source: e.source,
+                    received_at_ms: now,
+                    payload: e.payload.to_string(),
+                    errors: serde_json::to_string(e.errors)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sql = format!("{} RETURNING id", self.insert_sql("quarantine", QUARANTINE_COLUMNS));
+        let found = sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(&rows)?).fetch_all(&mut *self.tx).await?;
+        // ids are handed out in insert order, which is entry order; RETURNING keeps no order
+        let mut ids = found.iter().map(|r| r.try_get("id")).collect::<std::result::Result<Vec<i64>, _>>()?;
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     pub(super) async fn delete_quarantined(&mut self, id: i64) -> Result<()> {
@@ -483,5 +606,16 @@ impl WriteTx {
     /// it now) and the row stays so redeliveries are still absorbed.
     pub fn finish_intake(&mut self, id: i64) {
         self.finished.push(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_occurrences;
+
+    #[test]
+    fn a_repeated_key_points_at_its_first_copy() {
+        assert_eq!(first_occurrences(&[("a", "1"), ("a", "2"), ("a", "1"), ("b", "1"), ("a", "2")]), vec![0, 1, 0, 3, 1]);
+        assert!(first_occurrences::<(&str, &str)>(&[]).is_empty());
     }
 }
