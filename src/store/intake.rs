@@ -101,7 +101,8 @@ async fn commit(store: &Store, group: Vec<Request>) {
     let started = Instant::now();
     let arrivals: Vec<&Arrival> = group.iter().flat_map(|r| &r.arrivals).collect();
     let result = store_group(store, &arrivals).await;
-    tracing::debug!(requests = group.len(), records = arrivals.len(), ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "intake group");
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(requests = group.len(), records = arrivals.len(), ms, ok = result.is_ok(), "intake group");
     // a request whose caller is gone was stored all the same: its redelivery is absorbed
     match result {
         Ok(admissions) => {
