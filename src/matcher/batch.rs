@@ -126,9 +126,7 @@ impl<'r> Batch<'r> {
             .filter(|h| !self.generic.contains(h))
             .filter_map(|h| self.by_key.get(h))
             .flat_map(|reached| {
-                let live: BTreeSet<i64> =
-                    reached.iter().map(|p| self.live(*p)).filter(|p| self.members.contains_key(p)).collect();
-                live
+                reached.iter().map(|p| self.live(*p)).filter(|p| self.members.contains_key(p)).collect::<BTreeSet<_>>()
             })
             .collect();
         let candidates = select_candidates(hits, self.resolver.engine.model().max_candidates as usize);
