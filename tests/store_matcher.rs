@@ -145,6 +145,9 @@ async fn a_generic_key_finds_no_candidates(t: TestStore) {
     };
     assert_eq!(profile("pos", "ann").await, profile("webshop", "Ann").await, "three records: a block");
     assert_ne!(profile("pos", "zoe").await, profile("webshop", "Zoe").await, "four records: generic");
+    // what the blocks cost is measured: ann was compared with the three records of her
+    // mailbox's block, zoe with none
+    assert_eq!(w.metrics.compared_records.get(), 3);
 }
 
 /// Two records of one person that share nothing strong (one has the email, one the phone),

@@ -195,6 +195,9 @@ pub struct Metrics {
     pub matcher_errors: Family<Vec<(&'static str, String)>, Counter>,
     /// Seconds from intake to the record being resolved.
     pub resolve_lag: Histogram,
+    /// Stored records the resolved records were compared with; per record, it grows with the
+    /// blocks of the matching policy, up to `maxCandidates` profiles.
+    pub compared_records: Counter,
     /// Review items opened.
     pub review_items: Counter,
     /// API requests by route group and status.
@@ -217,6 +220,8 @@ impl Metrics {
         registry.register("matcher_errors", "Resolution failures, by reason", matcher_errors.clone());
         let resolve_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register("resolve_lag_seconds", "Time from intake to resolution", resolve_lag.clone());
+        let compared_records = Counter::default();
+        registry.register("matcher_compared_records", "Stored records resolved records were compared with", compared_records.clone());
         let review_items = Counter::default();
         registry.register("review_items", "Pairs sent to the review queue", review_items.clone());
         let api_requests = Family::default();
@@ -229,6 +234,7 @@ impl Metrics {
             registry,
             intake_records,
             matcher_records,
+            compared_records,
             matcher_errors,
             resolve_lag,
             review_items,

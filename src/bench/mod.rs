@@ -154,6 +154,8 @@ pub struct Checkpoint {
     pub resolved_per_second: f64,
     /// The same per CPU-second of this process: the steadier figure on a busy machine.
     pub resolved_per_cpu_second: f64,
+    /// Stored records each record resolved since the previous checkpoint was compared with.
+    pub compared_per_record: f64,
     pub rss_mb: f64,
 }
 
@@ -216,26 +218,29 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
     let (trigger, shutdown) = ops::shutdown_channel();
     let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
     let (started, cpu_started) = (Instant::now(), cpu_seconds());
-    let workers = spawn_workers(&store, resolver, Metrics::new(), args.workers, options, &shutdown);
+    let metrics = Metrics::new();
+    let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
     // a checkpoint every tenth of the run: does the rate hold, and the memory, as the store grows
     let step = args.records.div_ceil(10);
     let mut progress: Vec<Checkpoint> = Vec::new();
-    let mut last = (0usize, 0.0f64, cpu_started);
+    let mut last = (0usize, 0.0f64, cpu_started, 0.0f64);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let queued = store.counts_queued().await?;
         let resolved = args.records - queued as usize;
         if resolved >= last.0 + step || queued == 0 {
-            let (seconds, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds());
+            let (seconds, cpu, compared) =
+                (started.elapsed().as_secs_f64(), cpu_seconds(), metrics.compared_records.get() as f64);
             let checkpoint = Checkpoint {
                 resolved,
                 seconds,
                 resolved_per_second: (resolved - last.0) as f64 / (seconds - last.1).max(1e-3),
                 resolved_per_cpu_second: (resolved - last.0) as f64 / (cpu - last.2).max(0.01),
+                compared_per_record: (compared - last.3) / (resolved - last.0).max(1) as f64,
                 rss_mb: rss_mb(),
             };
             eprintln!("{}", serde_json::to_string(&checkpoint).expect("serialises"));
-            last = (resolved, seconds, cpu);
+            last = (resolved, seconds, cpu, compared);
             progress.push(checkpoint);
         }
         if queued == 0 {

@@ -137,6 +137,7 @@ impl<'r> Batch<'r> {
         let views: Vec<CandidateProfile<'_, Arc<PreparedRecord>>> =
             cands.iter().map(|(id, records)| CandidateProfile { id, records }).collect();
         let resolution = self.resolver.engine.resolve(&prepared, &views);
+        let compared = cands.iter().map(|(_, records)| records.len()).sum();
 
         // everything that reads the profiles' records, before a merge moves them
         let members = &self.members;
@@ -243,7 +244,7 @@ impl<'r> Batch<'r> {
         });
         tx.push_event("record.received", Some(target), Some(item.id), &payload, self.now);
         tx.finish_intake(item.id);
-        Ok(Resolved { intake_id: item.id, profile_id: target, decision })
+        Ok(Resolved { intake_id: item.id, profile_id: target, decision, compared })
     }
 
     /// Merge `absorbed` into `survivor`, in the store for stored profiles and in the view.

@@ -102,6 +102,8 @@ pub struct Resolved {
     pub intake_id: i64,
     pub profile_id: i64,
     pub decision: Decision,
+    /// Stored records it was compared with: what its blocking keys cost.
+    pub compared: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,7 +187,7 @@ impl Resolver {
         let mut found: HashMap<i64, Arc<PreparedRecord>> =
             ids.iter().filter_map(|id| self.cache.get(*id).map(|r| (*id, r))).collect();
         let missing: Vec<i64> = ids.iter().copied().filter(|id| !found.contains_key(id)).collect();
-        for r in tx.records(&missing).await? {
+        for r in tx.record_values(&missing).await? {
             let p = self.engine.prepare_normalised(&r.source, &r.source_record_id, r.observed_at_ms, &r.normalised);
             let p = Arc::new(p.with_display(&r.attributes));
             self.cache.insert(r.id, p.clone());

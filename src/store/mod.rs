@@ -50,6 +50,9 @@ pub enum StoreError {
     /// The intake committer is gone (the runtime is shutting down): nothing was stored.
     #[error("the intake committer stopped")]
     CommitterStopped,
+    /// A row handed to a multi-row statement does not fit the statement's columns (a bug).
+    #[error("row does not fit its columns: {0}")]
+    RowShape(String),
 }
 
 impl StoreError {
@@ -63,6 +66,7 @@ impl StoreError {
             Self::Json(_) => "json",
             Self::Group(e) => e.reason(),
             Self::CommitterStopped => "committer_stopped",
+            Self::RowShape(_) => "row_shape",
         }
     }
 
@@ -302,6 +306,32 @@ fn record_of(row: &AnyRow) -> Result<StoredRecord> {
         attributes: json_col(row, "attributes")?,
         normalised: json_col(row, "normalised")?,
         evidence: json_col(row, "evidence")?,
+    })
+}
+
+/// What the matcher prepares a stored record from: no evidence (the largest column, which
+/// only explanations read).
+#[derive(Clone, Debug)]
+pub struct RecordValues {
+    pub id: i64,
+    pub source: String,
+    pub source_record_id: String,
+    pub observed_at_ms: i64,
+    /// Canonical attributes as sent (the display values of the golden record).
+    pub attributes: BTreeMap<String, String>,
+    pub normalised: BTreeMap<String, String>,
+}
+
+const RECORD_VALUE_COLUMNS: &str = "id, source, source_record_id, observed_at_ms, attributes, normalised";
+
+fn record_values_of(row: &AnyRow) -> Result<RecordValues> {
+    Ok(RecordValues {
+        id: row.try_get("id")?,
+        source: row.try_get("source")?,
+        source_record_id: row.try_get("source_record_id")?,
+        observed_at_ms: row.try_get("observed_at_ms")?,
+        attributes: json_col(row, "attributes")?,
+        normalised: json_col(row, "normalised")?,
     })
 }
 

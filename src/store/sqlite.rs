@@ -21,9 +21,12 @@ pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPoo
             Box::pin(async move {
                 // WAL: readers never block the writer; NORMAL sync is durable across process
                 // crashes in WAL mode; busy_timeout makes concurrent writers queue, not fail.
+                // Memory temp store: a multi-row statement journals the pages it changes (to
+                // undo itself on a constraint error), and a temporary file made that journal
+                // cost as much as the writes themselves.
                 conn.execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000;
-                     PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536",
+                     PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY",
                 )
                 .await?;
                 Ok(())

@@ -8,8 +8,8 @@ use sqlx::any::Any;
 use sqlx::{AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use super::{
-    Backend, Enqueued, FieldError, PROFILE_COLUMNS, ProfileRow, RECORD_COLUMNS, Result, StoredRecord, json_ids,
-    profile_of, record_of,
+    Backend, Enqueued, FieldError, PROFILE_COLUMNS, ProfileRow, RECORD_COLUMNS, RECORD_VALUE_COLUMNS, RecordValues, Result,
+    StoreError, StoredRecord, json_ids, profile_of, record_of, record_values_of,
 };
 use crate::identity::CanonicalRecord;
 
@@ -144,7 +144,16 @@ pub struct GoldenUpdate {
     pub record_count: i64,
 }
 
-const GOLDEN_COLUMNS: &[(&str, &str)] = &[("id", "bigint"), ("golden", "text"), ("record_count", "bigint")];
+/// A golden record update with the time of the change.
+#[derive(serde::Serialize)]
+struct Stamped<'a> {
+    #[serde(flatten)]
+    update: &'a GoldenUpdate,
+    updated_at_ms: i64,
+}
+
+const GOLDEN_COLUMNS: &[(&str, &str)] =
+    &[("id", "bigint"), ("golden", "text"), ("record_count", "bigint"), ("updated_at_ms", "bigint")];
 
 /// An intake queue row, keyed by column for [`WriteTx::enqueue`].
 #[derive(serde::Serialize)]
@@ -195,6 +204,35 @@ const QUARANTINE_COLUMNS: &[(&str, &str)] =
 fn first_occurrences<K: Ord + Copy>(keys: &[K]) -> Vec<usize> {
     let mut first = BTreeMap::new();
     keys.iter().enumerate().map(|(i, k)| *first.entry(*k).or_insert(i)).collect()
+}
+
+/// `(source, source_record_id) → id` of rows returning those three columns.
+fn keyed_ids(found: Vec<sqlx::any::AnyRow>) -> Result<BTreeMap<(String, String), i64>> {
+    found.iter().map(|r| Ok(((r.try_get("source")?, r.try_get("source_record_id")?), r.try_get("id")?))).collect()
+}
+
+/// SQLite's bound on the parameters of one statement.
+const SQLITE_MAX_PARAMETERS: usize = 32_766;
+/// Rows in SQLite's largest `VALUES` chunk.
+const SQLITE_MAX_CHUNK: usize = 256;
+
+/// Rows in the next `VALUES` chunk of `remaining`: the largest power of two that fits, so
+/// every chunk size is one of a few.
+fn sqlite_chunk(remaining: usize, columns: usize) -> usize {
+    let most = remaining.min(SQLITE_MAX_CHUNK).min(SQLITE_MAX_PARAMETERS / columns.max(1));
+    1 << most.ilog2()
+}
+
+/// The derived table `x` over `rows` rows of `columns`, plus `ord`. Parameters are anonymous
+/// (`?`): SQLite looks a numbered one's name up in a list, which made binding a chunk
+/// quadratic in its size.
+fn sqlite_values(columns: &[(&str, &str)], rows: usize) -> String {
+    let width = columns.len();
+    let tuple = vec!["?"; width].join(", ");
+    let tuples: Vec<String> = (0..rows).map(|r| format!("({tuple}, {r})")).collect();
+    let names: Vec<String> =
+        columns.iter().enumerate().map(|(i, (c, _))| format!("column{} AS {c}", i + 1)).collect();
+    format!("(SELECT {}, column{} AS ord FROM (VALUES {})) AS x", names.join(", "), width + 1, tuples.join(", "))
 }
 
 impl WriteTx {
@@ -253,24 +291,71 @@ impl WriteTx {
         Ok(())
     }
 
-    /// `INSERT INTO table` the rows of the JSON array bound at `$1` (objects keyed by column
-    /// name), in array order: ids handed out follow it.
-    fn insert_sql(&self, table: &str, columns: &[(&str, &str)]) -> String {
+    /// `INSERT INTO table` the rows of the derived table `x` (see [`WriteTx::over_rows`]), in
+    /// row order: ids handed out follow it.
+    fn insert_sql(table: &str, columns: &[(&str, &str)]) -> impl Fn(&str) -> String {
         let names = columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
-        format!("INSERT INTO {table} ({names}) SELECT {names} FROM {} ORDER BY x.ord", self.backend.json_rows(columns, 1))
+        let table = table.to_string();
+        move |x: &str| format!("INSERT INTO {table} ({names}) SELECT {names} FROM {x} ORDER BY x.ord")
     }
 
-    /// Insert `rows` (serialised to objects keyed by column name) in one statement, in order.
+    /// Insert `rows` (serialised to objects keyed by column name), in order.
     async fn bulk_insert<T: serde::Serialize>(&mut self, table: &str, columns: &[(&str, &str)], rows: &[T]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let sql = self.insert_sql(table, columns);
-        sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(rows)?).execute(&mut *self.tx).await?;
+        self.over_rows(columns, rows, Self::insert_sql(table, columns)).await?;
         Ok(())
     }
 
-    /// Queue records, in order, in two statements whatever their number. A redelivery (same
+    /// Run a statement over `rows` (serialised to objects keyed by column name), which it sees
+    /// as the derived table `x` of `columns` plus `ord`, each row's position; the statement
+    /// has no other parameters. Returns the rows the statement returns.
+    ///
+    /// PostgreSQL: the rows as one JSON array parameter, one statement. SQLite: the rows bound
+    /// as parameters of a `VALUES` list, in chunks of power-of-two sizes, so a handful of
+    /// statement texts are prepared once; JSON made SQLite parse and unescape every text
+    /// column (a golden record is JSON inside that JSON), a fifth of what a batch cost.
+    async fn over_rows<T: serde::Serialize>(
+        &mut self,
+        columns: &[(&str, &str)],
+        rows: &[T],
+        statement: impl Fn(&str) -> String,
+    ) -> Result<Vec<sqlx::any::AnyRow>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.backend == Backend::Postgres {
+            let sql = statement(&self.backend.json_rows(columns, 1));
+            return Ok(sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(rows)?).fetch_all(&mut *self.tx).await?);
+        }
+        let mut out = Vec::new();
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let n = sqlite_chunk(rest.len(), columns.len());
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let mut query = sqlx::query(AssertSqlSafe(statement(&sqlite_values(columns, n))));
+            for row in chunk {
+                let serde_json::Value::Object(mut fields) = serde_json::to_value(row)? else {
+                    return Err(StoreError::RowShape("a row must serialise to an object".into()));
+                };
+                for (name, kind) in columns {
+                    let value = fields.remove(*name).ok_or_else(|| StoreError::RowShape(format!("no column {name}")))?;
+                    query = match (*kind, value) {
+                        (_, serde_json::Value::Null) => query.bind(None::<i64>),
+                        ("bigint", serde_json::Value::Number(n)) => query.bind(n.as_i64()),
+                        ("double precision", serde_json::Value::Number(n)) => query.bind(n.as_f64()),
+                        ("text", serde_json::Value::String(s)) => query.bind(s),
+                        (kind, value) => {
+                            return Err(StoreError::RowShape(format!("column {name} ({kind}) cannot hold {value}")));
+                        }
+                    };
+                }
+            }
+            out.extend(query.fetch_all(&mut *self.tx).await?);
+        }
+        Ok(out)
+    }
+
+    /// Queue records, in order, in multi-row statements. A redelivery (same
     /// source + record id, already queued or earlier in `records`) is absorbed: reported as a
     /// duplicate with the id of the copy that was queued.
     pub(super) async fn enqueue(&mut self, records: &[&CanonicalRecord], now: i64) -> Result<Vec<Enqueued>> {
@@ -286,12 +371,10 @@ impl WriteTx {
                 Ok(IntakeRow { source, source_record_id, received_at_ms: now, record: serde_json::to_string(records[i])? })
             })
             .collect::<Result<Vec<_>>>()?;
-        let sql = format!(
-            "{} ON CONFLICT (source, source_record_id) DO NOTHING RETURNING id, source, source_record_id",
-            self.insert_sql("intake", INTAKE_COLUMNS)
-        );
+        let insert = Self::insert_sql("intake", INTAKE_COLUMNS);
+        let sql = |x: &str| format!("{} ON CONFLICT (source, source_record_id) DO NOTHING RETURNING id, source, source_record_id", insert(x));
         // RETURNING lists rows in no particular order: they are told apart by their key
-        let inserted = self.keyed_ids(sql, &rows).await?;
+        let inserted = keyed_ids(self.over_rows(INTAKE_COLUMNS, &rows, sql).await?)?;
         let absorbed: Vec<IntakeKey> = rows
             .iter()
             .filter(|r| !inserted.contains_key(&owned_key(r.source, r.source_record_id)))
@@ -300,12 +383,13 @@ impl WriteTx {
         let existing = if absorbed.is_empty() {
             BTreeMap::new()
         } else {
-            let sql = format!(
-                "SELECT i.id, i.source, i.source_record_id FROM {} JOIN intake i
-                 ON i.source = x.source AND i.source_record_id = x.source_record_id",
-                self.backend.json_rows(INTAKE_KEY_COLUMNS, 1)
-            );
-            self.keyed_ids(sql, &absorbed).await?
+            let sql = |x: &str| {
+                format!(
+                    "SELECT i.id, i.source, i.source_record_id FROM {x} JOIN intake i
+                     ON i.source = x.source AND i.source_record_id = x.source_record_id"
+                )
+            };
+            keyed_ids(self.over_rows(INTAKE_KEY_COLUMNS, &absorbed, sql).await?)?
         };
         self.queued |= !inserted.is_empty();
         keys.iter()
@@ -319,16 +403,7 @@ impl WriteTx {
             .collect()
     }
 
-    /// Run `sql` (rows `id, source, source_record_id`) over the JSON array of `rows` bound at `$1`.
-    async fn keyed_ids<T: serde::Serialize>(&mut self, sql: String, rows: &[T]) -> Result<BTreeMap<(String, String), i64>> {
-        let found = sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(rows)?).fetch_all(&mut *self.tx).await?;
-        found
-            .iter()
-            .map(|r| Ok(((r.try_get("source")?, r.try_get("source_record_id")?), r.try_get("id")?)))
-            .collect()
-    }
-
-    /// Keep invalid payloads in quarantine (one statement); returns their ids, in order.
+    /// Keep invalid payloads in quarantine; returns their ids, in order.
     pub(super) async fn quarantine(&mut self, entries: &[NewQuarantine<'_>], now: i64) -> Result<Vec<i64>> {
         if entries.is_empty() {
             return Ok(Vec::new());
@@ -344,8 +419,8 @@ impl WriteTx {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let sql = format!("{} RETURNING id", self.insert_sql("quarantine", QUARANTINE_COLUMNS));
-        let found = sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(&rows)?).fetch_all(&mut *self.tx).await?;
+        let insert = Self::insert_sql("quarantine", QUARANTINE_COLUMNS);
+        let found = self.over_rows(QUARANTINE_COLUMNS, &rows, |x| format!("{} RETURNING id", insert(x))).await?;
         // ids are handed out in insert order, which is entry order; RETURNING keeps no order
         let mut ids = found.iter().map(|r| r.try_get("id")).collect::<std::result::Result<Vec<i64>, _>>()?;
         ids.sort_unstable();
@@ -491,6 +566,16 @@ impl WriteTx {
         rows.iter().map(record_of).collect()
     }
 
+    /// The values of these records, for the matcher to prepare them, in id order.
+    pub async fn record_values(&mut self, ids: &[i64]) -> Result<Vec<RecordValues>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("SELECT {RECORD_VALUE_COLUMNS} FROM source_records WHERE {} ORDER BY id", self.backend.in_ids("id", 1));
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids)).fetch_all(&mut *self.tx).await?;
+        rows.iter().map(record_values_of).collect()
+    }
+
     pub async fn create_profile(&mut self, now: i64) -> Result<i64> {
         let row = sqlx::query("INSERT INTO profiles (created_at_ms, updated_at_ms) VALUES ($1, $1) RETURNING id")
             .bind(now)
@@ -532,7 +617,7 @@ impl WriteTx {
         self.bulk_insert("profiles", PROFILE_INSERT_COLUMNS, profiles).await
     }
 
-    /// Store resolved records and their key hashes (two statements whatever their number).
+    /// Store resolved records and their key hashes, in multi-row statements.
     pub async fn insert_records(&mut self, records: &[NewRecord]) -> Result<()> {
         self.bulk_insert("source_records", RECORD_INSERT_COLUMNS, records).await?;
         let mut keys: Vec<RecordKey> = Vec::new();
@@ -549,17 +634,16 @@ impl WriteTx {
         self.bulk_insert("review_items", REVIEW_COLUMNS, reviews).await
     }
 
-    /// Store recomputed golden records of live profiles (one statement).
+    /// Store recomputed golden records of live profiles.
     pub async fn set_goldens(&mut self, updates: &[GoldenUpdate], now: i64) -> Result<()> {
-        if updates.is_empty() {
-            return Ok(());
-        }
-        let sql = format!(
-            "UPDATE profiles SET golden = x.golden, record_count = x.record_count, updated_at_ms = $2,
-             version = version + 1 FROM {} WHERE profiles.id = x.id",
-            self.backend.json_rows(GOLDEN_COLUMNS, 1)
-        );
-        sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(updates)?).bind(now).execute(&mut *self.tx).await?;
+        let sql = |x: &str| {
+            format!(
+                "UPDATE profiles SET golden = x.golden, record_count = x.record_count,
+                 updated_at_ms = x.updated_at_ms, version = version + 1 FROM {x} WHERE profiles.id = x.id"
+            )
+        };
+        let rows: Vec<Stamped<'_>> = updates.iter().map(|update| Stamped { update, updated_at_ms: now }).collect();
+        self.over_rows(GOLDEN_COLUMNS, &rows, sql).await?;
         Ok(())
     }
 
@@ -664,11 +748,38 @@ impl WriteTx {
 
 #[cfg(test)]
 mod tests {
-    use super::first_occurrences;
+    use super::{SQLITE_MAX_CHUNK, first_occurrences, sqlite_chunk, sqlite_values};
 
     #[test]
     fn a_repeated_key_points_at_its_first_copy() {
         assert_eq!(first_occurrences(&[("a", "1"), ("a", "2"), ("a", "1"), ("b", "1"), ("a", "2")]), vec![0, 1, 0, 3, 1]);
         assert!(first_occurrences::<(&str, &str)>(&[]).is_empty());
+    }
+
+    #[test]
+    fn values_chunks_cover_every_row_with_few_distinct_sizes() {
+        for (rows, columns) in [(1, 3), (7, 3), (256, 9), (1000, 3), (2561, 3), (300, 20_000)] {
+            let mut sizes = Vec::new();
+            let mut left = rows;
+            while left > 0 {
+                let n = sqlite_chunk(left, columns);
+                assert!(n >= 1 && n <= left && n <= SQLITE_MAX_CHUNK && n.is_power_of_two(), "{rows} rows: chunk {n}");
+                assert!(n * columns <= 32_766 || n == 1, "{rows} rows: too many parameters");
+                sizes.push(n);
+                left -= n;
+            }
+            assert_eq!(sizes.iter().sum::<usize>(), rows);
+            // full chunks first, then each smaller power of two at most once
+            let tail: Vec<usize> = sizes.iter().copied().skip_while(|n| *n == sizes[0]).collect();
+            assert!(tail.windows(2).all(|w| w[0] > w[1]), "{rows} rows: {sizes:?}");
+        }
+    }
+
+    #[test]
+    fn values_rows_keep_their_order_and_columns() {
+        assert_eq!(
+            sqlite_values(&[("id", "bigint"), ("golden", "text")], 2),
+            "(SELECT column1 AS id, column2 AS golden, column3 AS ord FROM (VALUES (?, ?, 0), (?, ?, 1))) AS x"
+        );
     }
 }
