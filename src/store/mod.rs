@@ -708,7 +708,7 @@ async fn connect(backend: Backend, url: &str) -> Result<AnyPool> {
     let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
     Ok(match backend {
         Backend::Sqlite => sqlite::connect(options, url).await?,
-        Backend::Postgres => options.max_connections(16).connect(url).await?,
+        Backend::Postgres => postgres::connect(options, url).await?,
     })
 }
 
