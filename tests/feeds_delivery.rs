@@ -195,6 +195,21 @@ fn person(source: &str, id: &str, given: &str, extra: &[(&str, &str)]) -> cdp_op
 
 // ---- cases ----
 
+/// Lag is what a feed still owes: before its first step, everything in the outbox (what the
+/// scaler and the Feed's status read), not zero.
+async fn a_feed_not_started_yet_owes_the_whole_outbox(t: TestStore) {
+    let (_r, base) = receiver().await;
+    let config = config(vec![feed("crm", &webhook(&base, "/crm", "events: [record.received]\nattributes: [givenName]\n"))]);
+    resolve(&t.store, &config, &[person("pos", "p1", "Ada", &[])]).await;
+    let before = t.store.feed_backlog("crm").await.unwrap();
+    assert!(before.head > 0);
+    assert_eq!((before.unread, before.pending, before.dead), (before.head, 0, 0), "{before:?}");
+    assert!(before.oldest_ms.is_some(), "the oldest owed event has an age: {before:?}");
+    let _feeds = start_feeds(&t.store, &config, &secrets(&[]));
+    settled(&t.store, "crm").await;
+    assert_eq!(t.store.feed_backlog("crm").await.unwrap().oldest_ms, None);
+}
+
 async fn ordered_signed_and_deduplicable(t: TestStore) {
     let (r, base) = receiver().await;
     let crm = feed(
@@ -513,6 +528,7 @@ async fn api_server(store: &Store, config: &PipelineConfig) -> String {
 }
 
 on_both_stores!(
+    a_feed_not_started_yet_owes_the_whole_outbox,
     ordered_signed_and_deduplicable,
     retries_dead_letters_and_replay,
     a_failing_feed_does_not_delay_the_others,

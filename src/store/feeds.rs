@@ -314,7 +314,8 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// What `feed` still has to deliver.
+    /// What `feed` still has to deliver. A feed that has not started yet starts at the
+    /// beginning of the outbox: it owes all of it.
     pub async fn feed_backlog(&self, feed: &str) -> Result<FeedBacklog> {
         let row = sqlx::query(
             "SELECT
@@ -324,12 +325,12 @@ impl Store {
                (SELECT MIN(created_at_ms) FROM feed_deliveries WHERE feed = s.feed AND dead_at_ms IS NULL) AS pending_oldest,
                (SELECT COUNT(*) FROM feed_deliveries WHERE feed = s.feed AND dead_at_ms IS NOT NULL) AS dead,
                (SELECT COALESCE(MAX(id), 0) FROM outbox) AS head
-             FROM feed_state s WHERE s.feed = $1",
+             FROM (SELECT CAST($1 AS TEXT) AS feed,
+                          COALESCE((SELECT cursor_id FROM feed_state WHERE feed = $1), 0) AS cursor_id) AS s",
         )
         .bind(feed)
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(FeedBacklog::default()) };
         let unread_oldest: Option<i64> = row.try_get("unread_oldest")?;
         let pending_oldest: Option<i64> = row.try_get("pending_oldest")?;
         Ok(FeedBacklog {
