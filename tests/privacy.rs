@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Row};
 
 on_both_stores!(
+    a_replay_after_erasure_is_refused,
     consents_newest_statement_wins_with_history,
     consents_follow_merges_and_unmerges,
     unclear_consent_is_rejected_naming_the_field,
@@ -315,6 +316,31 @@ async fn erased_person_is_refused_unless_the_source_allows(t: TestStore) {
     let back = t.store.record_by_source_id("ticketing", "back").await.unwrap().unwrap();
     assert_ne!(back.profile_id, profile);
     assert_eq!(t.store.records_of(back.profile_id).await.unwrap().len(), 1, "nothing of the erased profile comes back");
+}
+
+/// A quarantined payload replayed after its person's erasure (one the erasure could not
+/// recognise, say, before a mapping fix) arrives now: refused, and its entry removed.
+async fn a_replay_after_erasure_is_refused(t: TestStore) {
+    let c = Client::new(&t).await;
+    let (status, _) = c.send_status("webshop", json!({"id": "a", "givenName": "Annie", "email": "ann.lee@example.com"})).await;
+    assert_eq!(status, 202);
+    drain(&t.store).await;
+    let profile = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id;
+    let (status, _) = c.post("/v1/erasures", ERASE_TOKEN, json!({"profileId": format!("p{profile}"), "reason": "art17"})).await;
+    assert_eq!(status, 200);
+    let counts = t.store.counts().await.unwrap();
+    let payload = json!({"id": "q", "email": "Ann.Lee@example.com"});
+    let errors = vec![FieldError { field: "birthDate".into(), code: "invalid".into(), message: "not a date".into() }];
+    let entry = t.store.quarantine("pos", &payload, &errors).await.unwrap();
+    let config = config();
+    let named = config.source("pos").unwrap().clone();
+    let identifiers = privacy(&t.store, config.clone()).gate(&named, std::slice::from_ref(&payload)).await.unwrap().remove(0);
+    let flags = cdp_operator::ingest::normalise_flags(&config);
+    let record = cdp_operator::ingest::mapping::map_record(&named, flags, &payload, now_ms()).unwrap().record;
+    let replayed = t.store.replay_quarantined(entry, Ok(record), identifiers).await.unwrap();
+    assert_eq!(replayed, Some(Admission::Refused(vec!["email".into()])));
+    assert!(t.store.quarantine_entry(entry).await.unwrap().is_none(), "nothing of the person stays in quarantine");
+    assert_eq!(t.store.counts().await.unwrap().queued, counts.queued);
 }
 
 /// Sources keep delivering a person's records while the person is erased: each record is

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cdp_operator::matcher::{Worker, lookup_key};
-use cdp_operator::store::{FieldError, key_hash};
+use cdp_operator::store::{Admission, Enqueued, FieldError, key_hash};
 use common::{TestStore, record, resolver, worker};
 
 on_both_stores!(
@@ -65,11 +65,12 @@ async fn quarantine_lists_and_replays(t: TestStore) {
     assert_eq!(t.store.quarantined(Some("pos"), 0, 10).await.unwrap().len(), 1);
     // still invalid: the new errors replace the old ones
     let still = vec![FieldError { field: "phone".into(), code: "invalid".into(), message: "bad".into() }];
-    assert!(t.store.replay_quarantined(q2, Err(still.clone())).await.unwrap().is_empty());
+    assert_eq!(t.store.replay_quarantined(q2, Err(still.clone()), Default::default()).await.unwrap(), None);
     assert_eq!(t.store.quarantine_entry(q2).await.unwrap().unwrap().errors, still);
     // fixed: queued and gone from quarantine
-    let queued = t.store.replay_quarantined(q1, Ok(vec![record("webshop", "1", &[("email", "a@b.fr")])])).await.unwrap();
-    assert_eq!(queued.len(), 1);
+    let fixed = record("webshop", "1", &[("email", "a@b.fr")]);
+    let queued = t.store.replay_quarantined(q1, Ok(fixed), Default::default()).await.unwrap();
+    assert!(matches!(queued, Some(Admission::Queued(Enqueued { duplicate: false, .. }))), "{queued:?}");
     assert!(t.store.quarantine_entry(q1).await.unwrap().is_none());
     assert_eq!(t.store.counts().await.unwrap().queued, 1);
 }

@@ -28,7 +28,7 @@ use self::ops::{ApiError, Metrics, Secrets, StartError};
 use crate::identity::normalise::{NormaliseFlags, normalise_with};
 use crate::matcher::{MatchError, Resolver, lookup_key};
 use crate::pipeline::PipelineConfig;
-use crate::store::{self, Enqueued, FieldError, ProfileRow, Store, key_hash};
+use crate::store::{self, Admission, FieldError, ProfileRow, Store, key_hash};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ApiArgs {
@@ -584,10 +584,23 @@ async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(i
         .config
         .source(&entry.source)
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "unknown_source", format!("source {:?} is gone", entry.source)))?;
-    // validated again with the Source as it is now (the point of a replay after a fix)
-    let outcome = crate::ingest::mapping::map_record(source, s.flags, &entry.payload, entry.received_at_ms).map(|m| vec![m.record]);
+    // validated again with the Source as it is now (the point of a replay after a fix), and
+    // checked against the suppression list as any record arriving now
+    let outcome = crate::ingest::mapping::map_record(source, s.flags, &entry.payload, entry.received_at_ms).map(|m| m.record);
+    let identifiers = crate::privacy::Privacy::new(s.store.clone(), s.config.clone())
+        .gate(source, std::slice::from_ref(&entry.payload))
+        .await?
+        .pop()
+        .unwrap_or_default();
     let errors = outcome.as_ref().err().cloned();
-    let enqueued: Vec<Enqueued> = s.store.replay_quarantined(id, outcome).await?;
+    let enqueued = match s.store.replay_quarantined(id, outcome, identifiers).await? {
+        Some(Admission::Queued(enqueued)) => vec![enqueued],
+        Some(Admission::Refused(attributes)) => {
+            let message = format!("it belongs to an erased person ({}); the entry is removed", attributes.join(", "));
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, crate::ingest::ERASED_SUBJECT_ERROR, message));
+        }
+        Some(Admission::Quarantined(_)) | None => Vec::new(),
+    };
     if let Some(errors) = errors {
         let details = errors.iter().map(|e| serde_json::to_value(e).expect("serialises")).collect();
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "the record is still invalid")

@@ -108,7 +108,7 @@ struct RejectedRecord {
 /// Code of a record refused because it carries an identifier of an erased person (per field),
 /// and of a response whose every rejected record was refused so.
 pub const ERASED_SUBJECT: &str = "erasedSubject";
-const ERASED_SUBJECT_ERROR: &str = "erased_subject";
+pub const ERASED_SUBJECT_ERROR: &str = "erased_subject";
 
 /// Split the body into payloads by Content-Type: one JSON object, a JSON array, or NDJSON.
 fn payloads(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {

@@ -150,7 +150,7 @@ fn refused(identifiers: &BTreeMap<String, String>, suppressed: &BTreeSet<String>
 impl WriteTx {
     /// Store arrivals, in order: refused when they carry a suppressed identifier (checked in
     /// this transaction, so an erasure cannot commit in between), else queued or quarantined.
-    async fn admit(&mut self, arrivals: &[&Arrival], now: i64) -> Result<Vec<Admission>> {
+    pub(super) async fn admit(&mut self, arrivals: &[&Arrival], now: i64) -> Result<Vec<Admission>> {
         let hashes: BTreeSet<String> = arrivals.iter().flat_map(|a| a.identifiers.keys().cloned()).collect();
         let suppressed = self.suppressed(&hashes).await?;
         let refusals: Vec<Vec<String>> = arrivals.iter().map(|a| refused(&a.identifiers, &suppressed)).collect();

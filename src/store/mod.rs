@@ -473,28 +473,32 @@ impl Store {
         row.as_ref().map(quarantine_of).transpose()
     }
 
-    /// Replace a quarantined entry: it passed validation now (`Ok(records)` queued and the entry
-    /// removed) or still fails (`Err(errors)` stored in its place). One transaction.
+    /// Replace a quarantined entry: it passed validation now (`Ok(record)` admitted as intake
+    /// admits it, and the entry removed) or still fails (`Err(errors)` stored in its place).
+    /// One transaction. `identifiers` are the keyed hashes of the payload's identifiers
+    /// ([`Arrival::identifiers`]): a replay is a record arriving now, so one of an erased
+    /// person is refused, and its entry removed all the same.
     pub async fn replay_quarantined(
         &self,
         id: i64,
-        outcome: std::result::Result<Vec<CanonicalRecord>, Vec<FieldError>>,
-    ) -> Result<Vec<Enqueued>> {
-        let now = now_ms();
+        outcome: std::result::Result<CanonicalRecord, Vec<FieldError>>,
+        identifiers: BTreeMap<String, String>,
+    ) -> Result<Option<Admission>> {
         let mut tx = self.begin().await?;
-        let out = match outcome {
-            Ok(records) => {
-                let out = tx.enqueue(&records.iter().collect::<Vec<_>>(), now).await?;
+        let admission = match outcome {
+            Ok(record) => {
+                let arrival = Arrival { identifiers, payload: Payload::Record(record) };
+                let admission = tx.admit(&[&arrival], now_ms()).await?.pop();
                 tx.delete_quarantined(id).await?;
-                out
+                admission
             }
             Err(errors) => {
                 tx.set_quarantine_errors(id, &errors).await?;
-                Vec::new()
+                None
             }
         };
         tx.commit().await?;
-        Ok(out)
+        Ok(admission)
     }
 
     /// Claim up to `limit` queued records for `worker`. A claim older than `lease` is presumed
