@@ -282,10 +282,7 @@ async fn erasure_waits_for_a_record_being_resolved(t: TestStore) {
 
 async fn erased_person_is_refused_unless_the_source_allows(t: TestStore) {
     let c = Client::new(&t).await;
-    let (status, _) = c.send_status("webshop", json!({"id": "a", "givenName": "Annie", "email": "ann.lee@example.com", "phone": "0611223344"})).await;
-    assert_eq!(status, 202);
-    drain(&t.store).await;
-    let profile = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id;
+    let profile = resolved(&t, &c, json!({"id": "a", "givenName": "Annie", "email": "ann.lee@example.com", "phone": "0611223344"})).await;
     let (status, _) = c.post("/v1/erasures", ERASE_TOKEN, json!({"profileId": format!("p{profile}"), "reason": "art17"})).await;
     assert_eq!(status, 200);
     let counts = t.store.counts().await.unwrap();
@@ -318,14 +315,19 @@ async fn erased_person_is_refused_unless_the_source_allows(t: TestStore) {
     assert_eq!(t.store.records_of(back.profile_id).await.unwrap().len(), 1, "nothing of the erased profile comes back");
 }
 
+/// Send `payload` (id `a`) through the web shop and resolve it; returns its profile.
+async fn resolved(t: &TestStore, c: &Client, payload: Value) -> i64 {
+    let (status, _) = c.send_status("webshop", payload).await;
+    assert_eq!(status, 202);
+    drain(&t.store).await;
+    t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id
+}
+
 /// A quarantined payload replayed after its person's erasure (one the erasure could not
 /// recognise, say, before a mapping fix) arrives now: refused, and its entry removed.
 async fn a_replay_after_erasure_is_refused(t: TestStore) {
     let c = Client::new(&t).await;
-    let (status, _) = c.send_status("webshop", json!({"id": "a", "givenName": "Annie", "email": "ann.lee@example.com"})).await;
-    assert_eq!(status, 202);
-    drain(&t.store).await;
-    let profile = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id;
+    let profile = resolved(&t, &c, json!({"id": "a", "givenName": "Annie", "email": "ann.lee@example.com"})).await;
     let (status, _) = c.post("/v1/erasures", ERASE_TOKEN, json!({"profileId": format!("p{profile}"), "reason": "art17"})).await;
     assert_eq!(status, 200);
     let counts = t.store.counts().await.unwrap();
@@ -348,10 +350,7 @@ async fn a_replay_after_erasure_is_refused(t: TestStore) {
 /// between the suppression check and the queue.
 async fn erasure_racing_intake_lets_nothing_of_the_person_in(t: TestStore) {
     let c = Client::new(&t).await;
-    let (status, _) = c.send_status("webshop", json!({"id": "a", "givenName": "Ann", "email": "ann.lee@example.com"})).await;
-    assert_eq!(status, 202);
-    drain(&t.store).await;
-    let profile = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap().profile_id;
+    let profile = resolved(&t, &c, json!({"id": "a", "givenName": "Ann", "email": "ann.lee@example.com"})).await;
     let erased = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let senders: Vec<_> = (0..6)
         .map(|s| {
