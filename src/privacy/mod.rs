@@ -278,6 +278,13 @@ impl Privacy {
         }
         let mut removed = Removed::default();
         let report = self.erase_in(&mut tx, &key, erasure, &mut removed).await?;
+        // PostgreSQL: a matcher may have committed a record of the person between the look-up
+        // above and the scan of the queue (too late for the one, no longer queued for the
+        // other). Once the scan is done, every record of the person is either committed, and
+        // found by this look-up, or still queued or claimed, which the scan refused or held.
+        if self.subject_profiles(subject).await?.0 != erasure.profiles {
+            return Err(PrivacyError::Changed);
+        }
         tx.commit().await?;
         Ok(report)
     }
