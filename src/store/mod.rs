@@ -296,15 +296,16 @@ const RECORD_COLUMNS: &str =
     "id, source, source_record_id, observed_at_ms, received_at_ms, profile_id, attributes, normalised, evidence";
 
 fn record_of(row: &AnyRow) -> Result<StoredRecord> {
+    let RecordValues { id, source, source_record_id, observed_at_ms, attributes, normalised } = record_values_of(row)?;
     Ok(StoredRecord {
-        id: row.try_get("id")?,
-        source: row.try_get("source")?,
-        source_record_id: row.try_get("source_record_id")?,
-        observed_at_ms: row.try_get("observed_at_ms")?,
+        id,
+        source,
+        source_record_id,
+        observed_at_ms,
         received_at_ms: row.try_get("received_at_ms")?,
         profile_id: row.try_get("profile_id")?,
-        attributes: json_col(row, "attributes")?,
-        normalised: json_col(row, "normalised")?,
+        attributes,
+        normalised,
         evidence: json_col(row, "evidence")?,
     })
 }

@@ -558,22 +558,22 @@ impl WriteTx {
     }
 
     pub async fn records(&mut self, ids: &[i64]) -> Result<Vec<StoredRecord>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM source_records WHERE {} ORDER BY id", self.backend.in_ids("id", 1));
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids)).fetch_all(&mut *self.tx).await?;
-        rows.iter().map(record_of).collect()
+        self.record_rows(RECORD_COLUMNS, ids, record_of).await
     }
 
     /// The values of these records, for the matcher to prepare them, in id order.
     pub async fn record_values(&mut self, ids: &[i64]) -> Result<Vec<RecordValues>> {
+        self.record_rows(RECORD_VALUE_COLUMNS, ids, record_values_of).await
+    }
+
+    /// `columns` of these records, in id order, each row read by `read`.
+    async fn record_rows<T>(&mut self, columns: &str, ids: &[i64], read: fn(&sqlx::any::AnyRow) -> Result<T>) -> Result<Vec<T>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!("SELECT {RECORD_VALUE_COLUMNS} FROM source_records WHERE {} ORDER BY id", self.backend.in_ids("id", 1));
+        let sql = format!("SELECT {columns} FROM source_records WHERE {} ORDER BY id", self.backend.in_ids("id", 1));
         let rows = sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids)).fetch_all(&mut *self.tx).await?;
-        rows.iter().map(record_values_of).collect()
+        rows.iter().map(read).collect()
     }
 
     pub async fn create_profile(&mut self, now: i64) -> Result<i64> {
