@@ -363,3 +363,22 @@ fn assert_people(clusters: &[Vec<(String, String)>], expected: &[Vec<(String, St
     assert!(wrong.is_empty(), "clusters that are not one person: {wrong:?}");
     assert_eq!(clusters.len(), expected.len());
 }
+
+/// SQLite: the write-ahead log is copied into the database file while the store runs (the
+/// writers never checkpoint themselves), so what is written does not pile up in the log.
+#[tokio::test]
+async fn sqlite_writes_reach_the_database_file_while_open() {
+    let t = common::sqlite_store().await;
+    let path = t.url.trim_start_matches("sqlite:").to_string();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    let emails: Vec<String> = (0..2000).map(|i| format!("p{i}@example.com")).collect();
+    let records: Vec<_> =
+        emails.iter().enumerate().map(|(i, email)| record("pos", &format!("r{i}"), &[("email", email.as_str())])).collect();
+    t.store.enqueue(&records).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while size() <= before {
+        assert!(std::time::Instant::now() < deadline, "the database file stayed at {before} bytes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
