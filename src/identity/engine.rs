@@ -479,21 +479,27 @@ impl Engine {
     }
 
     /// Build a prepared record from values that are already normalised (e.g. read back from
-    /// the store). Values are normalised again (normalisers are idempotent).
+    /// the store): only the comparison features are computed. The values stay as normalised
+    /// when the record was resolved, like the blocking keys stored with it; normalisers are
+    /// idempotent, so normalising them again would change nothing under the same policy.
     pub fn prepare_normalised(
         &self,
         source: &str,
         source_record_id: &str,
         observed_at_ms: i64,
-        values: &BTreeMap<String, String>,
+        values: BTreeMap<String, String>,
     ) -> PreparedRecord {
-        let rec = CanonicalRecord {
+        let mut p = PreparedRecord {
             source: source.to_string(),
             source_record_id: source_record_id.to_string(),
             observed_at_ms,
-            attributes: values.clone(),
+            values,
+            invalid: Vec::new(),
+            display: BTreeMap::new(),
+            features: Vec::new(),
         };
-        self.prepare(&rec, "")
+        self.refresh(&mut p);
+        p
     }
 
     fn refresh(&self, p: &mut PreparedRecord) {

@@ -134,7 +134,7 @@ pub fn train_with(
     let recs: Vec<PreparedRecord> = records
         .iter()
         .map(|r| {
-            engine.prepare_normalised(&r.source, &r.source_record_id, r.observed_at_ms, &r.values)
+            engine.prepare_normalised(&r.source, &r.source_record_id, r.observed_at_ms, r.values.clone())
         })
         .collect();
     let n = recs.len();

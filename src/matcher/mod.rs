@@ -188,7 +188,7 @@ impl Resolver {
             ids.iter().filter_map(|id| self.cache.get(*id).map(|r| (*id, r))).collect();
         let missing: Vec<i64> = ids.iter().copied().filter(|id| !found.contains_key(id)).collect();
         for r in tx.record_values(&missing).await? {
-            let p = self.engine.prepare_normalised(&r.source, &r.source_record_id, r.observed_at_ms, &r.normalised);
+            let p = self.engine.prepare_normalised(&r.source, &r.source_record_id, r.observed_at_ms, r.normalised);
             let p = Arc::new(p.with_display(&r.attributes));
             self.cache.insert(r.id, p.clone());
             found.insert(r.id, p);

@@ -113,7 +113,7 @@ async fn stored_records(engine: &Engine) -> Result<Vec<PreparedRecord>, TrainErr
         let Some(last) = page.last() else { break };
         after = last.id;
         records.extend(page.iter().map(|r| {
-            engine.prepare_normalised(&r.source, &r.source_record_id, r.observed_at_ms, &r.normalised)
+            engine.prepare_normalised(&r.source, &r.source_record_id, r.observed_at_ms, r.normalised.clone())
         }));
     }
     store.close().await;

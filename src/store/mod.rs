@@ -311,8 +311,8 @@ fn record_of(row: &AnyRow) -> Result<StoredRecord> {
 }
 
 /// What the matcher prepares a stored record from: no evidence (the largest column, which
-/// only explanations read).
-#[derive(Clone, Debug)]
+/// only explanations read). Deserialised from a JSON array of the fields in order.
+#[derive(Clone, Debug, Deserialize)]
 pub struct RecordValues {
     pub id: i64,
     pub source: String,

@@ -9,7 +9,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use super::{
     Backend, Enqueued, FieldError, PROFILE_COLUMNS, ProfileRow, RECORD_COLUMNS, RECORD_VALUE_COLUMNS, RecordValues, Result,
-    StoreError, StoredRecord, json_ids, profile_of, record_of, record_values_of,
+    StoreError, StoredRecord, json_ids, profile_of, record_of,
 };
 use crate::identity::CanonicalRecord;
 
@@ -521,8 +521,8 @@ impl WriteTx {
         format!("SELECT {columns} FROM profiles WHERE {} ORDER BY id{lock}", self.backend.in_ids("id", 1))
     }
 
-    /// The integer columns of `select` (which reads the id list bound at `$1`), aggregated
-    /// into one JSON array: one row crosses from the database instead of thousands, and
+    /// `columns` of `select` (which reads the id list bound at `$1`), aggregated into one JSON
+    /// array: one row crosses from the database instead of thousands, and
     /// fetching row by row was what a batch spent most of its time on.
     async fn id_rows<T: serde::de::DeserializeOwned>(
         &mut self,
@@ -561,9 +561,21 @@ impl WriteTx {
         self.record_rows(RECORD_COLUMNS, ids, record_of).await
     }
 
-    /// The values of these records, for the matcher to prepare them, in id order.
+    /// The values of these records, for the matcher to prepare them, in id order. The matcher
+    /// reads thousands per batch, so they come back as one aggregated row ([`WriteTx::id_rows`]).
     pub async fn record_values(&mut self, ids: &[i64]) -> Result<Vec<RecordValues>> {
-        self.record_rows(RECORD_VALUE_COLUMNS, ids, record_values_of).await
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let select = format!("SELECT {RECORD_VALUE_COLUMNS} FROM source_records WHERE {}", self.backend.in_ids("id", 1));
+        // the two JSON columns are embedded as JSON, not as strings holding JSON
+        let columns = match self.backend {
+            Backend::Sqlite => "id, source, source_record_id, observed_at_ms, json(attributes), json(normalised)",
+            Backend::Postgres => "id, source, source_record_id, observed_at_ms, attributes::json, normalised::json",
+        };
+        let mut rows: Vec<RecordValues> = self.id_rows(&select, columns, ids, None).await?;
+        rows.sort_unstable_by_key(|r| r.id);
+        Ok(rows)
     }
 
     /// `columns` of these records, in id order, each row read by `read`.
