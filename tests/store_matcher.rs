@@ -19,6 +19,7 @@ on_both_stores!(
     unmerge_splits_and_keeps_records_apart,
     concurrent_workers_agree_with_one_worker,
     a_generic_key_finds_no_candidates,
+    a_pair_of_profiles_has_one_open_review_item,
 );
 
 async fn redelivery_is_absorbed(t: TestStore) {
@@ -199,6 +200,33 @@ async fn merge_through_a_third_record(t: &TestStore) {
     assert_eq!(c.evidence["links"].as_array().unwrap().len(), 2);
     let merged = t.store.events_of(&[survivor], 100).await.unwrap().into_iter().find(|e| e.kind == "profile.merged").unwrap();
     assert_eq!(merged.payload["absorbed"], serde_json::json!([absorbed]));
+    // the merge answered the name-only pair's question: its item is closed, not left open
+    assert_eq!(t.store.counts().await.unwrap().open_reviews, 0);
+    let closed = t.store.review_items("superseded", 0, 100).await.unwrap();
+    assert_eq!(closed.len(), 1);
+    assert!(closed[0].decided_at_ms.is_some());
+}
+
+/// A person looks at a pair of profiles once: another record of the same profile that is
+/// uncertain with the same other profile opens no second item.
+async fn a_pair_of_profiles_has_one_open_review_item(t: TestStore) {
+    let (pa, _) = linked_pair(&t).await;
+    assert_eq!(t.store.counts().await.unwrap().open_reviews, 1);
+    t.store.enqueue(&[record("webshop", "a2", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com")])]).await.unwrap();
+    drain(&t).await;
+    assert_eq!(t.store.record_by_source_id("webshop", "a2").await.unwrap().unwrap().profile_id, pa);
+    assert_eq!(t.store.counts().await.unwrap().open_reviews, 1);
+    // in one batch too: two more records of each side
+    t.store
+        .enqueue(&[
+            record("webshop", "a3", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com")]),
+            record("pos", "b3", &[("givenName", "Ann"), ("familyName", "Lee"), ("phone", "0611223344")]),
+        ])
+        .await
+        .unwrap();
+    drain(&t).await;
+    assert_eq!(t.store.counts().await.unwrap().open_reviews, 1);
+    assert_eq!(t.store.clusters().await.unwrap().len(), 2);
 }
 
 /// The same three records as above, resolved in one batch: the profiles the first two create
@@ -226,6 +254,8 @@ async fn one_batch_merges_profiles_it_created(t: TestStore) {
     assert_eq!(survivor.golden.unwrap()["attributes"]["phone"]["value"], "+33611223344");
     let kinds: Vec<String> = t.store.events_of(&[survivor.id], 100).await.unwrap().into_iter().map(|e| e.kind).collect();
     assert!(kinds.contains(&"profile.merged".to_string()), "{kinds:?}");
+    // the uncertain pair of the first two records was answered within the batch
+    assert_eq!(t.store.counts().await.unwrap().open_reviews, 0);
     // the batch's profile ids do not collide with later ones
     t.store.enqueue(&[record("pos", "z", &[("givenName", "Zoe"), ("familyName", "Kim"), ("phone", "0699887766")])]).await.unwrap();
     drain(&t).await;

@@ -256,7 +256,8 @@ pub struct PageQuery {
     pub after: Option<i64>,
     /// Page size (default 50, max 500).
     pub limit: Option<i64>,
-    /// Review status (`open`, `approved`, `rejected`) or quarantine source.
+    /// Review status (`open`, `approved`, `rejected`, or `superseded`: closed by a merge that
+    /// brought both records into one profile) or quarantine source.
     pub filter: Option<String>,
 }
 

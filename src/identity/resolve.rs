@@ -86,7 +86,7 @@ pub struct ProfileLink {
 pub enum ReviewReason {
     /// Score between the review and merge thresholds.
     Uncertain,
-    /// Score high enough but a never-merge constraint forbids it.
+    /// Score high enough to merge, but a never-merge constraint forbids it.
     Forbidden,
     /// Linked to several profiles that cannot be merged with each other.
     Ambiguous,
@@ -215,7 +215,9 @@ impl Engine {
         for (i, s) in scores.iter().enumerate() {
             let Some(s) = s else { continue };
             if s.forbidden {
-                if s.weight >= self.review_weight() {
+                // only a pair the score alone would merge is a question for a person; an
+                // uncertain pair that a never-merge rule also separates is two people
+                if s.weight >= self.merge_weight() {
                     review.push(ReviewItem {
                         reason: ReviewReason::Forbidden,
                         link: self.link(r, &candidates[i], s),

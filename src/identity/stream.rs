@@ -2,7 +2,7 @@
 //! (prepare → blocking keys → candidate profiles → resolve → apply → golden), with a hash map
 //! standing in for the store. Used by the accuracy benchmark and tests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::identity::engine::{Engine, PreparedRecord};
 use crate::identity::golden::{GoldenProfile, SourcedRecord};
@@ -23,6 +23,7 @@ pub struct StreamStats {
     pub new_profiles: usize,
     pub joins: usize,
     pub merges: usize,
+    /// Open review items: one per pair of live profiles, as the store keeps them.
     pub review_items: usize,
     pub candidate_profiles: usize,
     pub compared_records: usize,
@@ -43,6 +44,8 @@ pub struct StreamMatcher<'e> {
     /// Per blocking key: the profiles holding it and how many records carry it.
     index: HashMap<String, Block>,
     trust: HashMap<String, i32>,
+    /// Pairs of live profiles (smaller first) with an open review item.
+    open_reviews: HashSet<(usize, usize)>,
     pub stats: StreamStats,
 }
 
@@ -55,6 +58,7 @@ impl<'e> StreamMatcher<'e> {
             alias: Vec::new(),
             index: HashMap::new(),
             trust: HashMap::new(),
+            open_reviews: HashSet::new(),
             stats: StreamStats::default(),
         }
     }
@@ -69,6 +73,19 @@ impl<'e> StreamMatcher<'e> {
             p = self.alias[p];
         }
         p
+    }
+
+    /// The open review items of `absorbed` now concern `survivor`; those between the two are
+    /// answered by the merge.
+    fn move_reviews(&mut self, absorbed: usize, survivor: usize) {
+        let moved: Vec<(usize, usize)> = self.open_reviews.iter().copied().filter(|&(p, q)| p == absorbed || q == absorbed).collect();
+        for (p, q) in moved {
+            self.open_reviews.remove(&(p, q));
+            let other = if p == absorbed { q } else { p };
+            if other != survivor {
+                self.open_reviews.insert((other.min(survivor), other.max(survivor)));
+            }
+        }
     }
 
     /// Resolve one record and apply the outcome. `member` is the caller's id for the record.
@@ -102,7 +119,6 @@ impl<'e> StreamMatcher<'e> {
             self.stats.compared_records += cands.iter().map(|c| c.records.len()).sum::<usize>();
             self.engine.resolve(&record, &cands)
         };
-        self.stats.review_items += resolution.review.len();
         let pos = |id: &str| -> usize {
             id.strip_prefix('p')
                 .and_then(|s| s.parse().ok())
@@ -128,6 +144,7 @@ impl<'e> StreamMatcher<'e> {
                     let a = pos(a);
                     let gone = self.profiles[a].take().expect("live absorbed profile");
                     self.alias[a] = s;
+                    self.move_reviews(a, s);
                     let sp = self.profiles[s].as_mut().expect("live survivor");
                     sp.records.extend(gone.records);
                     sp.members.extend(gone.members);
@@ -135,6 +152,13 @@ impl<'e> StreamMatcher<'e> {
                 s
             }
         };
+        for item in &resolution.review {
+            let other = self.find(pos(&item.link.profile));
+            if other != target {
+                self.open_reviews.insert((target.min(other), target.max(other)));
+            }
+        }
+        self.stats.review_items = self.open_reviews.len();
         for k in keys {
             let block = self.index.entry(k).or_default();
             block.records += 1;

@@ -550,6 +550,23 @@ fn forbidden_bridge_joins_best_and_sends_the_rest_to_review() {
     );
     assert_eq!(res.outcome, Outcome::New);
     assert_eq!(res.review[0].reason, ReviewReason::Forbidden);
+    assert!(res.review[0].link.profile_weight >= e.merge_weight());
+}
+
+/// A never-merge rule only makes a question of a pair the score alone would merge: an
+/// uncertain pair it also separates (a relative sharing the surname and a phone, with another
+/// given name and postcode) is two people.
+#[test]
+fn an_uncertain_pair_a_rule_separates_is_not_reviewed() {
+    let e = engine();
+    let a = [prep(&e, "a", &[("givenName", "Lea"), ("familyName", "Roux"), ("phone", "06 11 11 11 11"), ("postcode", "75011")])];
+    let profile = [CandidateProfile { id: "a", records: &a }];
+    let c = prep(&e, "c", &[("givenName", "Marc"), ("familyName", "Roux"), ("phone", "06 11 11 11 11"), ("postcode", "69003")]);
+    let score = e.score_profile(&c, &a).unwrap();
+    assert!(score.forbidden && score.weight >= e.review_weight() && score.weight < e.merge_weight(), "{score:?}");
+    let res = e.resolve(&c, &profile);
+    assert_eq!(res.outcome, Outcome::New);
+    assert!(res.review.is_empty(), "{res:?}");
 }
 
 #[test]

@@ -269,6 +269,34 @@ impl<'r> Batch<'r> {
         Ok(())
     }
 
+    /// The review items to open: one per pair of profiles, none where one is open already, and
+    /// none for a pair a later record of the batch merged into one profile.
+    async fn open_reviews(&mut self, tx: &mut WriteTx) -> Result<Vec<NewReview>, MatchError> {
+        let profile_of: HashMap<i64, i64> =
+            self.members.iter().flat_map(|(p, records)| records.iter().map(move |(r, _)| (*r, *p))).collect();
+        let pair = |r: &NewReview| {
+            let (p, q) = (profile_of[&r.record_id], profile_of[&r.other_record_id]);
+            (p.min(q), p.max(q))
+        };
+        // a profile this batch created has no stored item yet
+        let mut profiles: Vec<i64> = self
+            .reviews
+            .iter()
+            .map(pair)
+            .filter(|(p, q)| !self.created.contains(p) && !self.created.contains(q))
+            .flat_map(|(p, q)| [p, q])
+            .collect();
+        profiles.sort_unstable();
+        profiles.dedup();
+        let mut open: HashSet<(i64, i64)> = tx.open_review_pairs(&profiles).await?.into_iter().collect();
+        let mut reviews = std::mem::take(&mut self.reviews);
+        reviews.retain(|r| {
+            let (p, q) = pair(r);
+            p != q && open.insert((p, q))
+        });
+        Ok(reviews)
+    }
+
     /// Write what the batch resolved: new profiles, records with their keys, review items and
     /// the golden records of the profiles that changed.
     pub(super) async fn flush(mut self, tx: &mut WriteTx) -> Result<(), MatchError> {
@@ -295,7 +323,8 @@ impl<'r> Batch<'r> {
             r.profile_id = self.live(r.profile_id);
         }
         tx.insert_records(&records).await?;
-        tx.add_reviews(&self.reviews).await?;
+        let reviews = self.open_reviews(tx).await?;
+        tx.add_reviews(&reviews).await?;
         let updates: Vec<GoldenUpdate> = self
             .changed
             .iter()

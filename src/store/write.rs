@@ -646,6 +646,30 @@ impl WriteTx {
         self.bulk_insert("review_items", REVIEW_COLUMNS, reviews).await
     }
 
+    /// The pairs of profiles, `(smaller id, larger id)`, that an open review item links, among
+    /// the items holding a record of one of `profiles`.
+    pub async fn open_review_pairs(&mut self, profiles: &[i64]) -> Result<Vec<(i64, i64)>> {
+        if profiles.is_empty() {
+            return Ok(Vec::new());
+        }
+        // one index-driven half per side of the pair (an OR across the join would scan)
+        let side = |mine: &str, theirs: &str| {
+            format!(
+                "SELECT a.profile_id AS p, b.profile_id AS q FROM source_records a
+                 JOIN review_items r ON r.{mine} = a.id AND r.status = 'open'
+                 JOIN source_records b ON b.id = r.{theirs}
+                 WHERE {}",
+                self.backend.in_ids("a.profile_id", 1)
+            )
+        };
+        let select = format!("{} UNION ALL {}", side("record_id", "other_record_id"), side("other_record_id", "record_id"));
+        let rows: Vec<(i64, i64)> = self.id_rows(&select, "p, q", profiles, None).await?;
+        let mut pairs: Vec<(i64, i64)> = rows.into_iter().map(|(p, q)| (p.min(q), p.max(q))).collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        Ok(pairs)
+    }
+
     /// Store recomputed golden records of live profiles.
     pub async fn set_goldens(&mut self, updates: &[GoldenUpdate], now: i64) -> Result<()> {
         let sql = |x: &str| {
@@ -676,7 +700,8 @@ impl WriteTx {
     }
 
     /// Merge `absorbed` into `survivor`: their records move, they become aliases (and so do
-    /// their own aliases, so an alias always points at a live profile).
+    /// their own aliases, so an alias always points at a live profile), and the open review
+    /// items between them are closed as `superseded`.
     pub async fn merge_profiles(&mut self, survivor: i64, absorbed: &[i64], now: i64) -> Result<()> {
         if absorbed.is_empty() {
             return Ok(());
@@ -701,6 +726,18 @@ impl WriteTx {
             b.in_ids("id", 2)
         );
         sqlx::query(AssertSqlSafe(sql)).bind(survivor).bind(&absorbed).bind(now).execute(&mut *self.tx).await?;
+        // the question an open item between the merged profiles asked is answered now
+        sqlx::query(
+            "UPDATE review_items SET status = 'superseded', decided_at_ms = $2 WHERE id IN (
+                 SELECT r.id FROM source_records a
+                 JOIN review_items r ON r.record_id = a.id AND r.status = 'open'
+                 JOIN source_records b ON b.id = r.other_record_id
+                 WHERE a.profile_id = $1 AND b.profile_id = $1)",
+        )
+        .bind(survivor)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 
