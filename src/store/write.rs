@@ -522,8 +522,8 @@ impl WriteTx {
     }
 
     /// `columns` of `select` (which reads the id list bound at `$1`), aggregated into one JSON
-    /// array: one row crosses from the database instead of thousands, and
-    /// fetching row by row was what a batch spent most of its time on.
+    /// array: one row crosses from the database instead of thousands, and fetching row by row
+    /// was what a batch spent most of its time on.
     async fn id_rows<T: serde::de::DeserializeOwned>(
         &mut self,
         select: &str,
