@@ -25,6 +25,7 @@ on_both_stores!(
     erasure_racing_intake_lets_nothing_of_the_person_in,
     export_holds_everything_on_the_person,
     retention_purges_old_records_and_empty_profiles,
+    purged_records_stop_counting_towards_how_common_a_name_is,
 );
 
 const T0: i64 = 1_700_000_000_000;
@@ -473,4 +474,40 @@ async fn retention_purges_old_records_and_empty_profiles(t: TestStore) {
     let left: Vec<String> = t.store.quarantined(None, 0, 10).await.unwrap().into_iter().map(|e| e.source).collect();
     assert_eq!(left, vec!["webshop"]);
     assert!(t.store.record_by_source_id("webshop", "ann-new").await.unwrap().is_some());
+}
+
+/// Names are weighed by how common they are among the stored records; a purged (or erased)
+/// record leaves those counts too.
+async fn purged_records_stop_counting_towards_how_common_a_name_is(t: TestStore) {
+    let mut config = config();
+    for s in &mut config.sources {
+        if s.name == "pos" {
+            s.spec.privacy.retention_days = Some(30);
+        }
+    }
+    let now = now_ms();
+    let givens = ["Bruno", "Chloe", "David", "Emile", "Fanny", "Gael", "Hugo", "Ines", "Jules", "Karim"];
+    let martins: Vec<CanonicalRecord> = (0..400)
+        .map(|i| {
+            let email = format!("m{i}@example.com");
+            at(record("pos", &format!("m{i}"), &[("givenName", givens[i % 10]), ("familyName", "Martin"), ("email", &email)]), now - 31 * 86_400_000)
+        })
+        .collect();
+    t.store.enqueue(&martins).await.unwrap();
+    drain(&t.store).await;
+    let namesake = |id: &str| at(record("webshop", id, &[("givenName", "Anna"), ("familyName", "Martin")]), now);
+    for id in ["a", "b"] {
+        t.store.enqueue(&[namesake(id)]).await.unwrap();
+        drain(&t.store).await;
+    }
+    let counts = t.store.counts().await.unwrap();
+    assert_eq!((counts.records, counts.open_reviews), (402, 0), "one namesake among 400 Martins is no question");
+
+    let report = retention::purge(&privacy(&t.store, config), &resolver(), now).await.unwrap();
+    assert_eq!(report.records, 400);
+    t.store.enqueue(&[namesake("c")]).await.unwrap();
+    drain(&t.store).await;
+    let counts = t.store.counts().await.unwrap();
+    assert_eq!(counts.records, 3);
+    assert!(counts.open_reviews >= 1, "with the Martins gone, a shared Martin is worth a look: {counts:?}");
 }

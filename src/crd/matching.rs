@@ -172,6 +172,13 @@ pub struct Comparison {
     pub levels: Vec<ComparisonLevel>,
     /// m and u when no level matches and both values are present.
     pub else_level: Probabilities,
+    /// Weigh exact agreement by how common the agreed value is among the stored records, as
+    /// Splink's term-frequency adjustments do: two records sharing a rare family name are
+    /// stronger evidence than two sharing the commonest one. The exact level's `u` is the
+    /// average; each value gets its own frequency instead, estimated from the store and
+    /// pulled towards `u` while the store is young. Needs an `exact` level.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub term_frequency_adjustments: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]

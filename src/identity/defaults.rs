@@ -50,6 +50,7 @@ fn cmp(
         swapped_with: swapped_with.map(Into::into),
         levels,
         else_level: Probabilities { m, u },
+        term_frequency_adjustments: false,
     }
 }
 
@@ -209,19 +210,25 @@ pub fn default_model() -> MatchingModel {
         key("given-street", &[("givenName", Prefix3), ("street", Exact)]),
         key("dob-postcode", &[("birthDate", Exact), ("postcode", Exact)]),
     ];
+    // names are weighed by how common they are: a shared "Smith" says far less than a shared
+    // "Oyelaran", and one average u cannot say both
+    let by_frequency = |c: Comparison| Comparison {
+        term_frequency_adjustments: true,
+        ..c
+    };
     let comparisons = vec![
-        cmp(
+        by_frequency(cmp(
             "given-name",
             "givenName",
             Some("familyName"),
             name_levels(0.01),
-        ),
-        cmp(
+        )),
+        by_frequency(cmp(
             "family-name",
             "familyName",
             Some("givenName"),
             name_levels(0.003),
-        ),
+        )),
         cmp(
             "middle-name",
             "middleName",

@@ -43,6 +43,8 @@ pub enum ModelError {
     TooManyComparisons(usize),
     #[error("survivorship: unknown attribute {0:?}")]
     SurvivorshipAttribute(String),
+    #[error("{0}: termFrequencyAdjustments needs an exact level")]
+    TermFrequencyWithoutExact(String),
 }
 
 /// Address parts from finest to coarsest.
@@ -65,6 +67,30 @@ pub(crate) struct Feature {
     pub nick: Option<Box<str>>,
     /// Date as (days since epoch, year, month, day).
     pub date: Option<(i64, i32, u32, u32)>,
+    /// How many stored records carry this value, for term-frequency adjusted comparisons
+    /// (attached by [`Engine::attach_term_counts`]).
+    pub term: Option<TermCount>,
+}
+
+/// Records carrying one value of an attribute, and records carrying the attribute at all,
+/// counted when the count was attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TermCount {
+    pub value: u64,
+    pub total: u64,
+}
+
+/// Occurrences of a value that the prior is worth (see [`TermCount::frequency`]).
+const PRIOR_OCCURRENCES: f64 = 10.0;
+
+impl TermCount {
+    /// The value's share of the records, pulled towards the level's average `u` as if the
+    /// store began with `10/u` records, ten of them carrying the value. A young store says
+    /// little about how common a name is (two of its first three records sharing a surname
+    /// makes it neither common nor rare); from a few thousand records on, the counts speak.
+    fn frequency(self, u: f64) -> f64 {
+        (self.value as f64 + PRIOR_OCCURRENCES) / (self.total as f64 + PRIOR_OCCURRENCES / u)
+    }
 }
 
 /// A record ready for matching: normalised values plus precomputed comparison features.
@@ -118,6 +144,8 @@ pub(crate) struct CompiledComparison {
     else_weight: f64,
     /// Rank in the address hierarchy (street 0, postcode 1, city 2).
     geo_rank: Option<u8>,
+    /// With term-frequency adjustments: the exact level's index, m and u.
+    term_frequency: Option<(u8, f64, f64)>,
 }
 
 impl CompiledComparison {
@@ -138,6 +166,15 @@ pub(crate) struct LevelHit {
     /// `None`: a side has no value. `Some(i)`: level `i`, where `levels.len()` is the else level.
     pub level: Option<u8>,
     pub swapped: bool,
+}
+
+/// A comparison's counted weight for one pair.
+#[derive(Clone, Copy, Debug)]
+struct Weighed {
+    weight: f64,
+    /// Agreement implied by a finer address part, so not counted.
+    implied: bool,
+    term_frequency: Option<f64>,
 }
 
 /// Cheap outcome of comparing two records (no allocation).
@@ -185,6 +222,10 @@ pub struct ComparisonEvidence {
     /// True when agreement is implied by a finer address part (same street): not counted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub implied: bool,
+    /// Share of the stored records carrying the agreed value, when the comparison weighs exact
+    /// agreement by it: the weight is then log2(m / termFrequency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term_frequency: Option<f64>,
     /// log2(m/u) of the level: this comparison's contribution in bits.
     pub weight: f64,
 }
@@ -213,6 +254,8 @@ pub struct Engine {
     prior_weight: f64,
     merge_weight: f64,
     review_weight: f64,
+    /// Attributes whose values are counted for term-frequency adjustments (slots, once each).
+    term_slots: Vec<usize>,
     nicknames: HashMap<String, String>,
     flags: NormaliseFlags,
     metaphone: DoubleMetaphone,
@@ -348,6 +391,17 @@ impl Engine {
                 c.else_level.m,
                 c.else_level.u,
             )?;
+            let term_frequency = if c.term_frequency_adjustments {
+                let exact = c
+                    .levels
+                    .iter()
+                    .position(|l| l.comparator == Comparator::Exact)
+                    .ok_or_else(|| ModelError::TermFrequencyWithoutExact(place.clone()))?;
+                let l = &c.levels[exact];
+                Some((exact as u8, l.m, l.u))
+            } else {
+                None
+            };
             comparisons.push(CompiledComparison {
                 name: c.name.clone(),
                 slot: slot(&c.attribute),
@@ -358,6 +412,7 @@ impl Engine {
                     .iter()
                     .position(|a| *a == c.attribute)
                     .map(|p| p as u8),
+                term_frequency,
             });
         }
         let mut rules = Vec::new();
@@ -406,8 +461,16 @@ impl Engine {
                 Some((k, v))
             })
             .collect();
+        let mut term_slots: Vec<usize> = comparisons
+            .iter()
+            .filter(|c| c.term_frequency.is_some())
+            .map(|c| c.slot)
+            .collect();
+        term_slots.sort_unstable();
+        term_slots.dedup();
         Ok(Engine {
             model: model.clone(),
+            term_slots,
             slots,
             slot_of,
             keys,
@@ -536,6 +599,7 @@ impl Engine {
                 phonetic: phonetic.into(),
                 nick,
                 date: None,
+                term: None,
             }
         } else if attr == "birthDate" {
             let date = normalise::parse_date(v)
@@ -546,6 +610,7 @@ impl Engine {
                 phonetic: "".into(),
                 nick: None,
                 date,
+                term: None,
             }
         } else {
             Feature {
@@ -553,6 +618,35 @@ impl Engine {
                 phonetic: "".into(),
                 nick: None,
                 date: None,
+                term: None,
+            }
+        }
+    }
+
+    /// What a record adds to the term counts: `attribute` (records carrying the attribute) and
+    /// `attribute=value`, for each attribute a comparison weighs by term frequency.
+    pub fn term_keys(&self, r: &PreparedRecord) -> Vec<String> {
+        self.term_slots
+            .iter()
+            .filter_map(|&slot| {
+                let f = Self::feat(r, slot)?;
+                let attribute = &self.slots[slot];
+                Some([attribute.clone(), format!("{attribute}={}", f.key)])
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Attach term counts to a record's values, `count` answering for the keys of
+    /// [`Engine::term_keys`] (counts that include the record itself).
+    pub fn attach_term_counts(&self, r: &mut PreparedRecord, count: impl Fn(&str) -> u64) {
+        for &slot in &self.term_slots {
+            let attribute = &self.slots[slot];
+            if let Some(Some(f)) = r.features.get_mut(slot) {
+                f.term = Some(TermCount {
+                    value: count(&format!("{attribute}={}", f.key)),
+                    total: count(attribute),
+                });
             }
         }
     }
@@ -672,6 +766,29 @@ impl Engine {
         }
     }
 
+    /// The weight of a comparison's hit, and the agreed value's frequency when exact agreement
+    /// is weighed by it: `log2(m / frequency)`, from the side counted in the larger store (the
+    /// fresher count; a cached record keeps the count of when it arrived).
+    fn hit_weight(
+        c: &CompiledComparison,
+        hit: LevelHit,
+        a: &PreparedRecord,
+        b: &PreparedRecord,
+    ) -> (f64, Option<f64>) {
+        if let Some((exact, m, u)) = c.term_frequency
+            && hit.level == Some(exact)
+            && !hit.swapped
+        {
+            let counts = [a, b].map(|r| Self::feat(r, c.slot).and_then(|f| f.term));
+            // the fresher count, and on a tie the larger (the more cautious weight)
+            if let Some(count) = counts.into_iter().flatten().max_by_key(|t| (t.total, t.value)) {
+                let f = count.frequency(u);
+                return ((m / f).log2(), Some(f));
+            }
+        }
+        (Self::level_weight(c, hit.level), None)
+    }
+
     /// Never-merge check: both present and clearly different. Identifiers and dates differ
     /// when more than one typo apart and (dates) not a day/month swap; a name differs when its
     /// comparison falls to the else level (no exact, nickname, fuzzy or swapped match) and
@@ -739,7 +856,7 @@ impl Engine {
     /// Whether any comparison of the pair counts against a match.
     pub(crate) fn disagrees(&self, a: &PreparedRecord, b: &PreparedRecord) -> bool {
         let mut neg = false;
-        self.each_weight(a, b, |_, _, w, _| neg |= w < 0.0);
+        self.each_weight(a, b, |_, _, w| neg |= w.weight < 0.0);
         neg
     }
 
@@ -751,26 +868,29 @@ impl Engine {
         &self,
         a: &PreparedRecord,
         b: &PreparedRecord,
-        mut f: impl FnMut(usize, LevelHit, f64, bool),
+        mut f: impl FnMut(usize, LevelHit, Weighed),
     ) -> [LevelHit; 64] {
         let mut hits = [LevelHit {
             level: None,
             swapped: false,
         }; 64];
+        let mut weights = [(0.0, None); 64];
         let mut finest = u8::MAX;
         for (i, c) in self.comparisons.iter().enumerate() {
             let h = self.hit(c, a, b);
             hits[i] = h;
+            weights[i] = Self::hit_weight(c, h, a, b);
             if let Some(rank) = c.geo_rank
-                && Self::level_weight(c, h.level) > 0.0
+                && weights[i].0 > 0.0
             {
                 finest = finest.min(rank);
             }
         }
         for (i, c) in self.comparisons.iter().enumerate() {
-            let w = Self::level_weight(c, hits[i].level);
+            let (w, term_frequency) = weights[i];
             let implied = w > 0.0 && c.geo_rank.is_some_and(|r| r > finest);
-            f(i, hits[i], if implied { 0.0 } else { w }, implied);
+            let weight = if implied { 0.0 } else { w };
+            f(i, hits[i], Weighed { weight, implied, term_frequency });
         }
         hits
     }
@@ -778,7 +898,7 @@ impl Engine {
     /// Score a pair without building an explanation.
     pub fn score(&self, a: &PreparedRecord, b: &PreparedRecord) -> PairScore {
         let mut w = self.prior_weight;
-        let hits = self.each_weight(a, b, |_, _, cw, _| w += cw);
+        let hits = self.each_weight(a, b, |_, _, cw| w += cw.weight);
         let forbidden = (0..self.never.len()).find(|&i| self.differs_with(i, a, b, Some(&hits)));
         PairScore {
             weight: w,
@@ -791,7 +911,7 @@ impl Engine {
     pub fn compare(&self, a: &PreparedRecord, b: &PreparedRecord) -> PairEvidence {
         let mut comparisons = Vec::with_capacity(self.comparisons.len());
         let mut w = self.prior_weight;
-        self.each_weight(a, b, |i, hit, weight, implied| {
+        self.each_weight(a, b, |i, hit, Weighed { weight, implied, term_frequency }| {
             let (c, mc) = (&self.comparisons[i], &self.model.comparisons[i]);
             w += weight;
             let level = match hit.level {
@@ -806,6 +926,7 @@ impl Engine {
                 level_index: hit.level,
                 swapped: hit.swapped,
                 implied,
+                term_frequency,
                 weight,
             });
         });

@@ -46,6 +46,8 @@ pub struct StreamMatcher<'e> {
     trust: HashMap<String, i32>,
     /// Pairs of live profiles (smaller first) with an open review item.
     open_reviews: HashSet<(usize, usize)>,
+    /// Term counts ([`Engine::term_keys`]) of every record pushed.
+    terms: HashMap<String, u64>,
     pub stats: StreamStats,
 }
 
@@ -59,6 +61,7 @@ impl<'e> StreamMatcher<'e> {
             index: HashMap::new(),
             trust: HashMap::new(),
             open_reviews: HashSet::new(),
+            terms: HashMap::new(),
             stats: StreamStats::default(),
         }
     }
@@ -89,8 +92,12 @@ impl<'e> StreamMatcher<'e> {
     }
 
     /// Resolve one record and apply the outcome. `member` is the caller's id for the record.
-    pub fn push(&mut self, record: PreparedRecord, member: usize) -> Resolution {
+    pub fn push(&mut self, mut record: PreparedRecord, member: usize) -> Resolution {
         self.stats.records += 1;
+        for k in self.engine.term_keys(&record) {
+            *self.terms.entry(k).or_default() += 1;
+        }
+        self.engine.attach_term_counts(&mut record, |k| self.terms.get(k).copied().unwrap_or(0));
         let keys = self.engine.blocking_keys(&record);
         let model = self.engine.model();
         let mut hits: Vec<usize> = Vec::new();

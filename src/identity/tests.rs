@@ -69,6 +69,12 @@ fn default_model_compiles_and_validation_rejects_bad_models() {
         })
     ));
     let mut m = default_model();
+    m.comparisons[0].levels.remove(0);
+    assert!(matches!(
+        Engine::new(&m),
+        Err(ModelError::TermFrequencyWithoutExact(place)) if place == "comparison given-name"
+    ));
+    let mut m = default_model();
     m.blocking.clear();
     assert_eq!(Engine::new(&m).unwrap_err(), ModelError::NoBlocking);
     let mut m = default_model();
@@ -264,6 +270,82 @@ fn scoring_math_is_fellegi_sunter() {
     let back: crate::identity::PairEvidence = serde_json::from_str(&json).unwrap();
     assert_eq!(back.comparisons, ev.comparisons);
     assert!((back.probability - ev.probability).abs() < 1e-12);
+}
+
+#[test]
+fn a_shared_rare_name_weighs_more_than_a_shared_common_one() {
+    let e = engine();
+    let m = default_model();
+    let family = &m.comparisons[1];
+    assert_eq!(family.name, "family-name");
+    let (exact_m, exact_u) = (family.levels[0].m, family.levels[0].u);
+    let person = |id: &str, name: &str| prep(&e, id, &[("givenName", "Anna"), ("familyName", name)]);
+    let family_weight = |a: &PreparedRecord, b: &PreparedRecord| {
+        let ev = e.compare(a, b);
+        let c = ev.comparisons.iter().find(|c| c.name == "family-name").unwrap();
+        (c.weight, c.term_frequency, ev.match_weight)
+    };
+    // no counts attached: the level's average weight
+    let (a, b) = (person("a", "Martin"), person("b", "Martin"));
+    let (plain, tf, _) = family_weight(&a, &b);
+    assert!((plain - (exact_m / exact_u).log2()).abs() < 1e-9);
+    assert_eq!(tf, None);
+    let mut keys = e.term_keys(&a);
+    keys.sort();
+    assert_eq!(keys, ["familyName", "familyName=martin", "givenName", "givenName=anna"]);
+
+    // a store of 100,000 records: "martin" on 2,000 of them, "oyelaran" on 2
+    let counted = |r: &PreparedRecord, value: u64| {
+        let mut r = r.clone();
+        e.attach_term_counts(&mut r, |key| match key {
+            "familyName" | "givenName" => 100_000,
+            k if k.starts_with("familyName=") => value,
+            _ => 1_000,
+        });
+        r
+    };
+    let (common, common_tf, common_total) = family_weight(&counted(&a, 2_000), &b);
+    let (x, y) = (person("x", "Oyelaran"), person("y", "Oyelaran"));
+    let (rare, rare_tf, rare_total) = family_weight(&counted(&x, 2), &counted(&y, 1));
+    let (common_tf, rare_tf) = (common_tf.unwrap(), rare_tf.unwrap());
+    // the frequency comes from the larger count (the fresher one), pulled towards u a little
+    assert!((common_tf - 2_010.0 / (100_000.0 + 10.0 / exact_u)).abs() < 1e-12);
+    assert!((rare_tf - 12.0 / (100_000.0 + 10.0 / exact_u)).abs() < 1e-12);
+    assert!((common - (exact_m / common_tf).log2()).abs() < 1e-9);
+    assert!(common < plain && plain < rare, "{common} < {plain} < {rare}");
+    assert!(common_total < rare_total);
+    // the explanation says which frequency made the weight, and the score agrees with it
+    assert_eq!(e.score(&counted(&a, 2_000), &b).weight, common_total);
+    let json = serde_json::to_string(&e.compare(&counted(&x, 2), &y)).unwrap();
+    assert!(json.contains("\"termFrequency\""), "{json}");
+    // a swapped or fuzzy agreement keeps its level's weight
+    let typo = counted(&person("t", "Martinn"), 1);
+    let (fuzzy, fuzzy_tf, _) = family_weight(&typo, &counted(&a, 2_000));
+    assert_eq!(fuzzy_tf, None);
+    assert!((fuzzy - (family.levels[2].m / family.levels[2].u).log2()).abs() < 1e-9);
+}
+
+#[test]
+fn the_stream_weighs_names_by_how_common_they_are_in_it() {
+    // two records sharing only a name, after 600 others: whether the pair is a question for a
+    // person depends on how many of those 600 carry the same family name
+    let e = engine();
+    let second_namesake = |others_family: &dyn Fn(usize) -> String| {
+        let mut stream = crate::identity::StreamMatcher::new(&e);
+        for i in 0..600 {
+            let r = prep(&e, &format!("o{i}"), &[("givenName", "Zoe"), ("familyName", &others_family(i))]);
+            stream.push(r, i);
+        }
+        let namesake = |id: &str| prep(&e, id, &[("givenName", "Anna"), ("familyName", "Martin")]);
+        stream.push(namesake("a"), 100);
+        stream.push(namesake("b"), 101)
+    };
+    let rare = second_namesake(&|i| format!("Other{i}"));
+    assert_eq!(rare.outcome, Outcome::New);
+    assert_eq!(rare.review.len(), 1, "a rare shared name is worth a look");
+    let common = second_namesake(&|_| "Martin".to_string());
+    assert_eq!(common.outcome, Outcome::New);
+    assert!(common.review.is_empty(), "one namesake among many: {:?}", common.review);
 }
 
 #[test]

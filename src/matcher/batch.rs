@@ -5,12 +5,12 @@
 //! multi-row statements at the end. A batch costs a fixed number of round trips, not several
 //! per record.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{
     Decision, LinkDetail, LinkEvidence, MatchError, Members, Resolved, Resolver, push_golden_events, is_lookup_attribute,
-    lookup_key, review_reason,
+    lookup_key, review_reason, stored_count,
 };
 use crate::identity::{CandidateProfile, GoldenProfile, Outcome, PreparedRecord, ProfileLink, select_candidates};
 use crate::store::{GoldenUpdate, IntakeItem, NewProfile, NewRecord, NewReview, WriteTx, key_hash};
@@ -36,12 +36,23 @@ pub(super) struct Batch<'r> {
     changed: BTreeSet<i64>,
     records: Vec<NewRecord>,
     reviews: Vec<NewReview>,
+    /// Term counts of the batch's terms: as stored, plus the batch's records so far.
+    term_counts: HashMap<i64, i64>,
+    /// What the batch's records add to the stored term counts.
+    term_deltas: BTreeMap<i64, i64>,
 }
 
 impl<'r> Batch<'r> {
-    /// Read and lock the candidate profiles of these records (the blocking-key hashes of each).
-    /// `tx` must hold the locks on the keys already ([`WriteTx::lock_keys`]).
-    pub(super) async fn load(resolver: &'r Resolver, tx: &mut WriteTx, records: &[&[i64]], now: i64) -> Result<Self, MatchError> {
+    /// Read and lock the candidate profiles of these records (prepared, with the hashes of their
+    /// blocking keys), and read the term counts they need. `tx` must hold the locks on the
+    /// keys already ([`WriteTx::lock_keys`]).
+    pub(super) async fn load(
+        resolver: &'r Resolver,
+        tx: &mut WriteTx,
+        prepared: &[(PreparedRecord, Vec<i64>)],
+        now: i64,
+    ) -> Result<Self, MatchError> {
+        let records: Vec<&[i64]> = prepared.iter().map(|(_, k)| k.as_slice()).collect();
         let mut keys: Vec<i64> = records.iter().flat_map(|k| k.iter().copied()).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -75,6 +86,10 @@ impl<'r> Batch<'r> {
             }
         }
         let members = resolver.members(tx, &profiles).await?;
+        let mut terms: Vec<i64> = prepared.iter().flat_map(|(p, _)| resolver.term_hashes(p)).collect();
+        terms.sort_unstable();
+        terms.dedup();
+        let term_counts = tx.term_counts(&terms).await?;
         Ok(Batch {
             resolver,
             now,
@@ -88,7 +103,21 @@ impl<'r> Batch<'r> {
             changed: BTreeSet::new(),
             records: Vec::new(),
             reviews: Vec::new(),
+            term_counts,
+            term_deltas: BTreeMap::new(),
         })
+    }
+
+    /// Count the record's terms and attach the counts to it (they include the record).
+    fn count_terms(&mut self, prepared: &mut PreparedRecord) -> Vec<i64> {
+        let terms = self.resolver.term_hashes(prepared);
+        for &term in &terms {
+            *self.term_counts.entry(term).or_default() += 1;
+            *self.term_deltas.entry(term).or_default() += 1;
+        }
+        let counts = &self.term_counts;
+        self.resolver.engine.attach_term_counts(prepared, |key| stored_count(counts, key));
+        terms
     }
 
     /// The live profile `profile` is now part of.
@@ -116,9 +145,10 @@ impl<'r> Batch<'r> {
         &mut self,
         tx: &mut WriteTx,
         item: &IntakeItem,
-        (prepared, blocking): (PreparedRecord, Vec<i64>),
+        (mut prepared, blocking): (PreparedRecord, Vec<i64>),
         remaining: usize,
     ) -> Result<Resolved, MatchError> {
+        let terms = self.count_terms(&mut prepared);
         // per key, the live profiles it reaches that the batch holds (those it read for this
         // record, and those the batch created or joined)
         let hits: Vec<i64> = blocking
@@ -227,6 +257,7 @@ impl<'r> Batch<'r> {
             attributes: serde_json::to_string(&record.attributes).expect("attributes serialise"),
             normalised: serde_json::to_string(&prepared.values).expect("values serialise"),
             evidence: serde_json::to_string(&evidence).expect("evidence serialises"),
+            terms: serde_json::to_string(&terms).expect("terms serialise"),
             keys,
         });
         self.reviews.extend(reviews);
@@ -335,6 +366,9 @@ impl<'r> Batch<'r> {
             })
             .collect();
         tx.set_goldens(&updates, self.now).await?;
+        // last: the hot rows (a common name, each attribute's total) stay locked the shortest
+        let deltas: Vec<(i64, i64)> = self.term_deltas.into_iter().collect();
+        tx.add_term_counts(&deltas).await?;
         Ok(())
     }
 }

@@ -166,6 +166,11 @@ impl Resolver {
         (prepared, blocking)
     }
 
+    /// Hashes of the record's term keys ([`Engine::term_keys`]), as the store counts them.
+    fn term_hashes(&self, prepared: &PreparedRecord) -> Vec<i64> {
+        self.engine.term_keys(prepared).iter().map(|k| key_hash(k)).collect()
+    }
+
     /// Prepared records of each profile, `(record id, record)` in id order.
     async fn members(
         &self,
@@ -315,9 +320,9 @@ impl Resolver {
         }
         let mut created = Vec::new();
         let action = serde_json::to_value(LinkEvidence::Manual { action: "unmerge".into() }).expect("serialises");
-        let mut groups = self.clusters_of(&keep);
+        let mut groups = self.clusters_of(tx, &keep).await?;
         let kept = groups.remove(0);
-        for group in groups.into_iter().chain(self.clusters_of(&out)) {
+        for group in groups.into_iter().chain(self.clusters_of(tx, &out).await?) {
             let id = tx.create_profile(now).await?;
             for (record, _) in &group {
                 tx.relink(*record, id, &action).await?;
@@ -334,15 +339,33 @@ impl Resolver {
         Ok(created)
     }
 
-    /// Re-cluster records with the identity core; clusters in order of their oldest record.
-    fn clusters_of(&self, records: &[(i64, Arc<PreparedRecord>)]) -> Vec<Vec<(i64, Arc<PreparedRecord>)>> {
-        let prepared: Vec<PreparedRecord> = records.iter().map(|(_, r)| (**r).clone()).collect();
-        self.engine
+    /// Re-cluster stored records with the identity core, names weighed by the store's current
+    /// term counts; clusters in order of their oldest record.
+    async fn clusters_of(
+        &self,
+        tx: &mut WriteTx,
+        records: &[(i64, Arc<PreparedRecord>)],
+    ) -> Result<Vec<Vec<(i64, Arc<PreparedRecord>)>>, MatchError> {
+        let mut prepared: Vec<PreparedRecord> = records.iter().map(|(_, r)| (**r).clone()).collect();
+        let mut terms: Vec<i64> = prepared.iter().flat_map(|r| self.term_hashes(r)).collect();
+        terms.sort_unstable();
+        terms.dedup();
+        let counts = tx.term_counts(&terms).await?;
+        for r in &mut prepared {
+            self.engine.attach_term_counts(r, |key| stored_count(&counts, key));
+        }
+        Ok(self
+            .engine
             .cluster(&prepared)
             .into_iter()
             .map(|c| c.into_iter().map(|i| records[i].clone()).collect())
-            .collect()
+            .collect())
     }
+}
+
+/// A term key's count among `counts` (read from the store by hash).
+fn stored_count(counts: &HashMap<i64, i64>, key: &str) -> u64 {
+    counts.get(&key_hash(key)).map_or(0, |&n| n.max(0) as u64)
 }
 
 fn review_reason(reason: crate::identity::ReviewReason) -> &'static str {
@@ -420,8 +443,7 @@ async fn resolve_chunk(store: &Store, resolver: &Resolver, items: &[IntakeItem])
         let result = async {
             let mut tx = store.begin().await?;
             tx.lock_keys(&keys).await?;
-            let per_record: Vec<&[i64]> = prepared.iter().map(|(_, k)| k.as_slice()).collect();
-            let mut batch = batch::Batch::load(resolver, &mut tx, &per_record, store::now_ms()).await?;
+            let mut batch = batch::Batch::load(resolver, &mut tx, &prepared, store::now_ms()).await?;
             let mut resolved = Vec::with_capacity(items.len());
             for (i, (item, p)) in items.iter().zip(&prepared).enumerate() {
                 resolved.push(batch.resolve(&mut tx, item, p.clone(), items.len() - i).await?);

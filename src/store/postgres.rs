@@ -51,6 +51,7 @@ pub(super) fn migrator() -> Migrator {
         (5, "intake_arrivals", include_str!("../../migrations/postgres/0005_intake_arrivals.sql")),
         (6, "candidate_indexes", include_str!("../../migrations/postgres/0006_candidate_indexes.sql")),
         (7, "review_pairs", include_str!("../../migrations/postgres/0007_review_pairs.sql")),
+        (8, "term_counts", include_str!("../../migrations/postgres/0008_term_counts.sql")),
     ])
 }
 

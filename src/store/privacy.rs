@@ -186,11 +186,13 @@ impl WriteTx {
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
-    /// Remove source records with their match keys, review items and never-merge pairs.
+    /// Remove source records with their match keys, term counts, review items and never-merge
+    /// pairs.
     pub async fn delete_records(&mut self, records: &[i64], removed: &mut Removed) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
+        self.uncount_terms(records).await?;
         let b = self.backend;
         let ids = json_ids(records);
         let reviews = format!("DELETE FROM review_items WHERE {} OR {}", b.in_ids("record_id", 1), b.in_ids("other_record_id", 1));

@@ -77,5 +77,6 @@ pub(super) fn migrator() -> Migrator {
         (5, "intake_arrivals", include_str!("../../migrations/sqlite/0005_intake_arrivals.sql")),
         (6, "candidate_indexes", include_str!("../../migrations/sqlite/0006_candidate_indexes.sql")),
         (7, "review_pairs", include_str!("../../migrations/sqlite/0007_review_pairs.sql")),
+        (8, "term_counts", include_str!("../../migrations/sqlite/0008_term_counts.sql")),
     ])
 }

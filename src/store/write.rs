@@ -1,7 +1,7 @@
 //! Write transactions: the primitives the matcher and the API compose. Every change and the
 //! outbox event describing it are written in the same transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sqlx::any::Any;
@@ -58,6 +58,8 @@ pub struct NewRecord {
     pub attributes: String,
     pub normalised: String,
     pub evidence: String,
+    /// Hashes of the terms it added to the term counts, as a JSON array.
+    pub terms: String,
     /// Hashes of its blocking keys and lookup identifiers.
     #[serde(skip)]
     pub keys: Vec<i64>,
@@ -73,6 +75,7 @@ const RECORD_INSERT_COLUMNS: &[(&str, &str)] = &[
     ("attributes", "text"),
     ("normalised", "text"),
     ("evidence", "text"),
+    ("terms", "text"),
 ];
 
 /// A key row carries the record's profile, so a block's profiles are read without a join;
@@ -151,6 +154,15 @@ struct Stamped<'a> {
     update: &'a GoldenUpdate,
     updated_at_ms: i64,
 }
+
+/// A change to one term count, keyed by column for [`WriteTx::add_term_counts`].
+#[derive(serde::Serialize)]
+struct TermDelta {
+    term: i64,
+    records: i64,
+}
+
+const TERM_COLUMNS: &[(&str, &str)] = &[("term", "bigint"), ("records", "bigint")];
 
 const GOLDEN_COLUMNS: &[(&str, &str)] =
     &[("id", "bigint"), ("golden", "text"), ("record_count", "bigint"), ("updated_at_ms", "bigint")];
@@ -640,6 +652,45 @@ impl WriteTx {
             keys.extend(hashes.into_iter().map(|hash| RecordKey { hash, profile_id: r.profile_id, record_id: r.id }));
         }
         self.bulk_insert("record_keys", RECORD_KEY_COLUMNS, &keys).await
+    }
+
+    /// How many records carry each of `terms` (hashes of term keys); a term no record
+    /// carries is absent.
+    pub async fn term_counts(&mut self, terms: &[i64]) -> Result<HashMap<i64, i64>> {
+        if terms.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let select = format!("SELECT term, records FROM term_counts WHERE {}", self.backend.in_ids("term", 1));
+        let rows: Vec<(i64, i64)> = self.id_rows(&select, "term, records", terms, None).await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Add each `(term, delta)` to the term counts; a count falling to zero is removed. Pass
+    /// the terms sorted: concurrent writers then take the rows' locks in one order.
+    pub async fn add_term_counts(&mut self, deltas: &[(i64, i64)]) -> Result<()> {
+        let rows: Vec<TermDelta> = deltas.iter().map(|&(term, records)| TermDelta { term, records }).collect();
+        let insert = Self::insert_sql("term_counts", TERM_COLUMNS);
+        let sql = |x: &str| format!("{} ON CONFLICT (term) DO UPDATE SET records = term_counts.records + excluded.records", insert(x));
+        self.over_rows(TERM_COLUMNS, &rows, sql).await?;
+        let fallen: Vec<i64> = deltas.iter().filter(|(_, d)| *d < 0).map(|(t, _)| *t).collect();
+        if !fallen.is_empty() {
+            let sql = format!("DELETE FROM term_counts WHERE records <= 0 AND {}", self.backend.in_ids("term", 1));
+            sqlx::query(AssertSqlSafe(sql)).bind(json_ids(&fallen)).execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Take the terms of these records back out of the term counts (before they are deleted).
+    pub(super) async fn uncount_terms(&mut self, records: &[i64]) -> Result<()> {
+        let select = format!("SELECT terms FROM source_records WHERE terms IS NOT NULL AND {}", self.backend.in_ids("id", 1));
+        let rows: Vec<(String,)> = self.id_rows(&select, "terms", records, None).await?;
+        let mut deltas: BTreeMap<i64, i64> = BTreeMap::new();
+        for (terms,) in rows {
+            for term in serde_json::from_str::<Vec<i64>>(&terms)? {
+                *deltas.entry(term).or_default() -= 1;
+            }
+        }
+        self.add_term_counts(&deltas.into_iter().collect::<Vec<_>>()).await
     }
 
     pub async fn add_reviews(&mut self, reviews: &[NewReview]) -> Result<()> {

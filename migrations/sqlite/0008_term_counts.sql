@@ -1,0 +1,5 @@
+-- Term-frequency adjustments: how many records carry each value of a counted attribute
+-- (`term` hashes `attribute=value`) and how many carry the attribute at all (`term` hashes
+-- `attribute`). Each record keeps the terms it added, so that removing it takes them back.
+CREATE TABLE term_counts (term INTEGER PRIMARY KEY, records INTEGER NOT NULL);
+ALTER TABLE source_records ADD COLUMN terms TEXT;
