@@ -86,10 +86,7 @@ impl<'r> Batch<'r> {
             }
         }
         let members = resolver.members(tx, &profiles).await?;
-        let mut terms: Vec<i64> = prepared.iter().flat_map(|(p, _)| resolver.term_hashes(p)).collect();
-        terms.sort_unstable();
-        terms.dedup();
-        let term_counts = tx.term_counts(&terms).await?;
+        let term_counts = resolver.term_counts_of(tx, prepared.iter().map(|(p, _)| p)).await?;
         Ok(Batch {
             resolver,
             now,

@@ -171,6 +171,18 @@ impl Resolver {
         self.engine.term_keys(prepared).iter().map(|k| key_hash(k)).collect()
     }
 
+    /// The stored counts of every term of `records`, by hash.
+    async fn term_counts_of<'p>(
+        &self,
+        tx: &mut WriteTx,
+        records: impl Iterator<Item = &'p PreparedRecord>,
+    ) -> Result<HashMap<i64, i64>, MatchError> {
+        let mut terms: Vec<i64> = records.flat_map(|r| self.term_hashes(r)).collect();
+        terms.sort_unstable();
+        terms.dedup();
+        Ok(tx.term_counts(&terms).await?)
+    }
+
     /// Prepared records of each profile, `(record id, record)` in id order.
     async fn members(
         &self,
@@ -347,10 +359,7 @@ impl Resolver {
         records: &[(i64, Arc<PreparedRecord>)],
     ) -> Result<Vec<Vec<(i64, Arc<PreparedRecord>)>>, MatchError> {
         let mut prepared: Vec<PreparedRecord> = records.iter().map(|(_, r)| (**r).clone()).collect();
-        let mut terms: Vec<i64> = prepared.iter().flat_map(|r| self.term_hashes(r)).collect();
-        terms.sort_unstable();
-        terms.dedup();
-        let counts = tx.term_counts(&terms).await?;
+        let counts = self.term_counts_of(tx, prepared.iter()).await?;
         for r in &mut prepared {
             self.engine.attach_term_counts(r, |key| stored_count(&counts, key));
         }
