@@ -1001,8 +1001,8 @@ fn level_matches(c: Comparator, t: f64, a: &Feature, b: &Feature) -> bool {
     match c {
         Comparator::Exact => a.key == b.key,
         Comparator::JaroWinkler => jaro_winkler(&a.key, &b.key) >= t,
-        Comparator::Levenshtein => bounded_levenshtein(&a.key, &b.key, t as usize),
-        Comparator::DamerauLevenshtein => damerau_within(&a.key, &b.key, t as usize),
+        Comparator::Levenshtein => edit_distance_within(&a.key, &b.key, t as usize, false),
+        Comparator::DamerauLevenshtein => edit_distance_within(&a.key, &b.key, t as usize, true),
         Comparator::Phonetic => !a.phonetic.is_empty() && a.phonetic == b.phonetic,
         Comparator::Nickname => {
             let ca = a.nick.as_deref().unwrap_or(&a.key);
@@ -1025,7 +1025,7 @@ fn level_matches(c: Comparator, t: f64, a: &Feature, b: &Feature) -> bool {
 /// Never-merge "differ": not equal, not one typo apart (Damerau), not a day/month swap.
 fn never_merge_differs(x: &Feature, y: &Feature) -> bool {
     x.key != y.key
-        && !damerau_within(&x.key, &y.key, 1)
+        && !edit_distance_within(&x.key, &y.key, 1, true)
         && !level_matches(Comparator::DateSwappedDayMonth, 0.0, x, y)
 }
 
@@ -1086,20 +1086,49 @@ pub(crate) fn jaro_winkler(a: &str, b: &str) -> f64 {
     jaro + 0.1 * prefix * (1.0 - jaro)
 }
 
-fn bounded_levenshtein(a: &str, b: &str, max: usize) -> bool {
-    if a.len().abs_diff(b.len()) > max {
-        return false;
-    }
-    strsim::levenshtein(a, b) <= max
-}
-
-/// Optimal string alignment distance ≤ max (transpositions count once).
-pub(crate) fn damerau_within(a: &str, b: &str, max: usize) -> bool {
-    if a.len().abs_diff(b.len()) > max {
-        return false;
-    }
+/// Whether the edit distance of `a` and `b` is at most `max`: Levenshtein, or optimal string
+/// alignment with `transpositions` (an adjacent swap is one edit). On bytes, without
+/// allocating, for ASCII values up to 64 bytes (keys after normalisation); it stops as soon
+/// as no alignment can stay within `max`. Other values go to `strsim`.
+pub(crate) fn edit_distance_within(a: &str, b: &str, max: usize, transpositions: bool) -> bool {
     if a == b {
         return true;
     }
-    strsim::osa_distance(a, b) <= max
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    if x.len() > 64 || y.len() > 64 || !a.is_ascii() || !b.is_ascii() {
+        let distance = if transpositions { strsim::osa_distance(a, b) } else { strsim::levenshtein(a, b) };
+        return distance <= max;
+    }
+    if x.len().abs_diff(y.len()) > max {
+        return false;
+    }
+    // rows i-2, i-1 and i of the distance table; distances stay below 129, within a u8
+    let n = y.len();
+    let (mut two_back, mut prev, mut cur) = ([0u8; 65], [0u8; 65], [0u8; 65]);
+    for (j, d) in prev.iter_mut().enumerate().take(n + 1) {
+        *d = j as u8;
+    }
+    let mut prev_min = 0u8;
+    for i in 1..=x.len() {
+        cur[0] = i as u8;
+        let mut row_min = cur[0];
+        for j in 1..=n {
+            let substitution = prev[j - 1] + u8::from(x[i - 1] != y[j - 1]);
+            let mut d = substitution.min(prev[j] + 1).min(cur[j - 1] + 1);
+            if transpositions && i > 1 && j > 1 && x[i - 1] == y[j - 2] && x[i - 2] == y[j - 1] {
+                d = d.min(two_back[j - 2] + 1);
+            }
+            cur[j] = d;
+            row_min = row_min.min(d);
+        }
+        // every later cell comes from this row or (a transposition) the one before, plus
+        // something: once both exceed `max`, so does the answer
+        if usize::from(row_min) > max && (!transpositions || usize::from(prev_min) > max) {
+            return false;
+        }
+        prev_min = row_min;
+        two_back = prev;
+        prev = cur;
+    }
+    usize::from(prev[n]) <= max
 }

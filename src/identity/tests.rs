@@ -937,6 +937,13 @@ proptest::proptest! {
     }
 
     #[test]
+    fn edit_distances_match_strsim(a in "[a-d]{0,10}", b in "[a-d]{0,10}", max in 0usize..4) {
+        use crate::identity::engine::edit_distance_within;
+        proptest::prop_assert_eq!(edit_distance_within(&a, &b, max, true), strsim::osa_distance(&a, &b) <= max);
+        proptest::prop_assert_eq!(edit_distance_within(&a, &b, max, false), strsim::levenshtein(&a, &b) <= max);
+    }
+
+    #[test]
     fn compare_is_symmetric(
         g1 in "[a-z]{2,8}", g2 in "[a-z]{2,8}", f1 in "[a-z]{2,8}", f2 in "[a-z]{2,8}",
         d1 in 1u32..28, d2 in 1u32..28, swap in proptest::bool::ANY,
