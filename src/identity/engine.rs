@@ -860,7 +860,6 @@ impl Engine {
         neg
     }
 
-    /// Score a pair without building an explanation.
     /// Visit every comparison's hit and counted weight. Address parts are nested (a street
     /// lies in one postcode, a postcode in one city): when a finer part agrees, agreement of the
     /// coarser parts is implied and not counted again (their disagreement still counts).
