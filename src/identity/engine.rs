@@ -1028,13 +1028,22 @@ fn never_merge_differs(x: &Feature, y: &Feature) -> bool {
         && !level_matches(Comparator::DateSwappedDayMonth, 0.0, x, y)
 }
 
+/// The longest values the string comparators handle on the stack.
+const SHORT_KEY_BYTES: usize = 64;
+
+/// Both values as bytes when both are ASCII and at most [`SHORT_KEY_BYTES`] long (keys are
+/// ASCII after normalisation; others go to `strsim`, which works on chars).
+fn short_ascii<'a>(a: &'a str, b: &'a str) -> Option<(&'a [u8], &'a [u8])> {
+    let short = |s: &str| s.len() <= SHORT_KEY_BYTES && s.is_ascii();
+    (short(a) && short(b)).then(|| (a.as_bytes(), b.as_bytes()))
+}
+
 /// Jaro-Winkler similarity on bytes without allocating for values up to 64 bytes (keys are
 /// ASCII after normalisation; longer or non-ASCII values fall back to `strsim`).
 pub(crate) fn jaro_winkler(a: &str, b: &str) -> f64 {
-    let (x, y) = (a.as_bytes(), b.as_bytes());
-    if x.len() > 64 || y.len() > 64 || !a.is_ascii() || !b.is_ascii() {
+    let Some((x, y)) = short_ascii(a, b) else {
         return strsim::jaro_winkler(a, b);
-    }
+    };
     if x.is_empty() && y.is_empty() {
         return 1.0;
     }
@@ -1045,8 +1054,8 @@ pub(crate) fn jaro_winkler(a: &str, b: &str) -> f64 {
         return 1.0;
     }
     let window = (x.len().max(y.len()) / 2).saturating_sub(1);
-    let mut ym = [false; 64];
-    let mut xm = [false; 64];
+    let mut ym = [false; SHORT_KEY_BYTES];
+    let mut xm = [false; SHORT_KEY_BYTES];
     let mut matches = 0usize;
     for (i, &c) in x.iter().enumerate() {
         let lo = i.saturating_sub(window);
@@ -1093,17 +1102,17 @@ pub(crate) fn edit_distance_within(a: &str, b: &str, max: usize, transpositions:
     if a == b {
         return true;
     }
-    let (x, y) = (a.as_bytes(), b.as_bytes());
-    if x.len() > 64 || y.len() > 64 || !a.is_ascii() || !b.is_ascii() {
+    let Some((x, y)) = short_ascii(a, b) else {
         let distance = if transpositions { strsim::osa_distance(a, b) } else { strsim::levenshtein(a, b) };
         return distance <= max;
-    }
+    };
     if x.len().abs_diff(y.len()) > max {
         return false;
     }
-    // rows i-2, i-1 and i of the distance table; distances stay below 129, within a u8
+    // rows i-2, i-1 and i of the distance table; a distance is at most the longer length
+    // (64), so it and its sums with 1 fit in a u8
     let n = y.len();
-    let (mut two_back, mut prev, mut cur) = ([0u8; 65], [0u8; 65], [0u8; 65]);
+    let (mut two_back, mut prev, mut cur) = ([0u8; SHORT_KEY_BYTES + 1], [0u8; SHORT_KEY_BYTES + 1], [0u8; SHORT_KEY_BYTES + 1]);
     for (j, d) in prev.iter_mut().enumerate().take(n + 1) {
         *d = j as u8;
     }
