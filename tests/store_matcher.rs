@@ -412,3 +412,25 @@ async fn sqlite_writes_reach_the_database_file_while_open() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The matcher keeps recently resolved records prepared in memory and reads the others back
+/// from the store: where a candidate's records come from must not change any decision (a
+/// record held in memory once carried the name counts of when it arrived, and weighed two
+/// profiles' records against each other differently from one read back).
+#[tokio::test]
+async fn decisions_do_not_depend_on_the_prepared_cache() {
+    let mut generator = cdp_operator::bench::generate::Generator::new(7, 6000, 3.0);
+    let records: Vec<_> = (0..6000).map(|_| generator.next_record().record).collect();
+    let mut outcomes = Vec::new();
+    for capacity in [1, 100_000] {
+        let t = common::sqlite_store().await;
+        t.store.enqueue(&records).await.unwrap();
+        let resolver = cdp_operator::matcher::Resolver::with_prepared_cache(&common::config(), capacity).unwrap();
+        let mut w = worker(&t.store, std::sync::Arc::new(resolver), "w");
+        w.options.batch = 256;
+        w.drain().await.unwrap();
+        let counts = t.store.counts().await.unwrap();
+        outcomes.push((t.store.clusters().await.unwrap(), counts.profiles, counts.open_reviews));
+    }
+    assert!(outcomes[0] == outcomes[1], "profiles or review items differ with a cold cache");
+}

@@ -651,6 +651,18 @@ impl Engine {
         }
     }
 
+    /// Drop the term counts of a resolved record. A stored record carries none, whether the
+    /// matcher still holds it or reads it back from the store, so comparisons between stored
+    /// records (may two profiles merge?) weigh the same either way; only the record being
+    /// resolved brings counts, the freshest.
+    pub fn detach_term_counts(&self, r: &mut PreparedRecord) {
+        for &slot in &self.term_slots {
+            if let Some(Some(f)) = r.features.get_mut(slot) {
+                f.term = None;
+            }
+        }
+    }
+
     /// Blocking keys of a record: `name:part|part`, one per policy key whose parts all have a value.
     pub fn blocking_keys(&self, r: &PreparedRecord) -> Vec<String> {
         let mut out = Vec::with_capacity(self.keys.len());
@@ -767,8 +779,8 @@ impl Engine {
     }
 
     /// The weight of a comparison's hit, and the agreed value's frequency when exact agreement
-    /// is weighed by it: `log2(m / frequency)`, from the side counted in the larger store (the
-    /// fresher count; a cached record keeps the count of when it arrived).
+    /// is weighed by it: `log2(m / frequency)`, from the side that carries counts (the record
+    /// being resolved; see [`Engine::detach_term_counts`]), the fresher when both do.
     fn hit_weight(
         c: &CompiledComparison,
         hit: LevelHit,

@@ -173,6 +173,7 @@ impl<'e> StreamMatcher<'e> {
                 block.profiles.push(target as u32);
             }
         }
+        self.engine.detach_term_counts(&mut record);
         let prof = self.profiles[target].as_mut().expect("live target");
         prof.records.push(record);
         prof.members.push(member);

@@ -258,6 +258,7 @@ impl<'r> Batch<'r> {
             keys,
         });
         self.reviews.extend(reviews);
+        self.resolver.engine.detach_term_counts(&mut prepared);
         let prepared = Arc::new(prepared);
         self.resolver.cache.insert(item.id, prepared.clone());
         let held = self.members.entry(target).or_default();

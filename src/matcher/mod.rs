@@ -138,6 +138,11 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(config: &PipelineConfig) -> Result<Resolver, crate::identity::ModelError> {
+        Self::with_prepared_cache(config, PREPARED_CACHE_RECORDS)
+    }
+
+    /// A resolver that keeps at most `records` prepared records in memory.
+    pub fn with_prepared_cache(config: &PipelineConfig, records: usize) -> Result<Resolver, crate::identity::ModelError> {
         Ok(Resolver {
             engine: Engine::new(&config.matching.model)?,
             trust: config.sources.iter().map(|s| (s.name.clone(), s.spec.trust_rank)).collect(),
@@ -146,7 +151,7 @@ impl Resolver {
                 .iter()
                 .map(|s| (s.name.clone(), s.spec.default_phone_region.clone().unwrap_or_default()))
                 .collect(),
-            cache: cache::PreparedCache::new(PREPARED_CACHE_RECORDS),
+            cache: cache::PreparedCache::new(records),
         })
     }
 
