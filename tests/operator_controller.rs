@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Load the samples into the fake and start the operator's controllers on it.
 async fn start() -> (FakeApi, kube::Client, tokio::task::JoinHandle<()>) {
     let (fake, client) = FakeApi::new();
-    support::samples::put_samples(&fake);
+    support::samples::put_samples_out_of_peak(&fake);
     let ctx = Arc::new(Context::new(client.clone(), Metrics::default()));
     let task = tokio::spawn(async move { run_controllers(ctx, &[NS.to_string()]).await });
     (fake, client, task)

@@ -198,7 +198,7 @@ async fn the_scaling_pause_annotation_holds_every_size() {
 #[tokio::test]
 async fn keda_mode_applies_scaled_objects_and_leaves_replicas_to_them() {
     let (fake, client) = FakeApi::new();
-    support::samples::put_samples(&fake);
+    support::samples::put_samples_out_of_peak(&fake);
     fake.modify::<ScalingPolicy>(NS, "retail", |p| p.spec.mode = cdp_operator::crd::scaling::ScalingMode::Keda);
     fake.put(&pod("matcher", "retail-matcher-0", "127.0.0.1"));
     let options = ScalerOptions { interval: INTERVAL, ..ScalerOptions::default() };
