@@ -419,7 +419,9 @@ async fn sqlite_writes_reach_the_database_file_while_open() {
 /// profiles' records against each other differently from one read back).
 #[tokio::test]
 async fn decisions_do_not_depend_on_the_prepared_cache() {
-    let mut generator = cdp_operator::bench::generate::Generator::new(7, 6000, 3.0);
+    use cdp_operator::bench::generate::{Generator, Population};
+    // the crowded town: many namesakes, so candidates come from both the cache and the store
+    let mut generator = Generator::new(7, 6000, 3.0, Population::Town);
     let records: Vec<_> = (0..6000).map(|_| generator.next_record().record).collect();
     let mut outcomes = Vec::new();
     for capacity in [1, 100_000] {

@@ -20,7 +20,7 @@ use crate::identity::eval::{PairwiseMetrics, pairwise};
 use crate::matcher::{Resolver, WorkerOptions, spawn_workers};
 use crate::pipeline::{MatchingConfig, NamedSource, PipelineConfig};
 use crate::store::{Store, StoreError, scratch_database};
-use generate::Generator;
+use generate::{Generator, Population};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -53,6 +53,9 @@ pub struct ThroughputArgs {
     pub batch: i64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Who the records are of: `town` crowds everyone into a few names and postcodes.
+    #[arg(long, value_enum, default_value_t)]
+    pub population: Population,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -69,6 +72,9 @@ pub struct LatencyArgs {
     pub workers: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Who the records are of: `town` crowds everyone into a few names and postcodes.
+    #[arg(long, value_enum, default_value_t)]
+    pub population: Population,
 }
 
 const BENCH_KEY: &str = "bench-intake-key";
@@ -200,7 +206,7 @@ pub(crate) fn remove_sqlite(path: Option<PathBuf>) {
 pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, StartError> {
     let config = bench_config();
     let (store, file) = open_scratch(args.postgres.as_deref()).await?;
-    let mut generator = Generator::new(args.seed, args.records, 3.0);
+    let mut generator = Generator::new(args.seed, args.records, 3.0, args.population);
     let mut entities = Vec::with_capacity(args.records);
     let started = Instant::now();
     let mut done = 0;
@@ -331,7 +337,7 @@ pub async fn latency(args: &LatencyArgs) -> Result<LatencyReport, StartError> {
     let workers = spawn_workers(&store, resolver, metrics, args.workers, WorkerOptions::default(), &shutdown);
 
     let client = reqwest::Client::new();
-    let mut generator = Generator::new(args.seed, (args.rate as u64 * args.seconds) as usize, 3.0);
+    let mut generator = Generator::new(args.seed, (args.rate as u64 * args.seconds) as usize, 3.0, args.population);
     let total = args.rate as u64 * args.seconds;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, String>>();
     let started = Instant::now();

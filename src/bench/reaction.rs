@@ -102,7 +102,8 @@ fn reaction_config(receiver: &str) -> PipelineConfig {
 /// Patrons from the generator, sent by the tills and the web shop (not the gates, so seeding
 /// triggers no welcome message).
 fn patrons(seed: u64, n: usize) -> Vec<CanonicalRecord> {
-    let mut generator = Generator::new(seed, n, 1.0);
+    // the town: the people its recorded figures were measured with
+    let mut generator = Generator::new(seed, n, 1.0, super::generate::Population::Town);
     (0..n)
         .map(|i| {
             let mut record = generator.next_record().record;

@@ -99,6 +99,11 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where write transactions run. SQLite: one connection of its own, because a connection
+    /// drops its whole page cache whenever another one wrote: writers taking turns over the
+    /// pool's connections started every batch cold and read its B-tree pages from the file
+    /// again. PostgreSQL: the pool.
+    writes: AnyPool,
     backend: Backend,
     url: Arc<str>,
     /// Wakes matcher workers of this process when work arrives (PostgreSQL feeds it from LISTEN).
@@ -396,8 +401,13 @@ impl Store {
             Backend::Postgres => postgres::migrator(),
         };
         migrator.run(&pool).await?;
+        let writes = match backend {
+            Backend::Sqlite => sqlite::connect(AnyPoolOptions::new(), url, 1).await?,
+            Backend::Postgres => pool.clone(),
+        };
         let store = Store {
             pool,
+            writes,
             backend,
             url: url.into(),
             work: Arc::new(Notify::new()),
@@ -417,6 +427,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.writes.close().await;
         self.pool.close().await;
     }
 
@@ -431,7 +442,7 @@ impl Store {
         let (tx, writer) = match self.backend {
             Backend::Sqlite => {
                 let writer = self.writer.clone().lock_owned().await;
-                (self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(writer))
+                (self.writes.begin_with("BEGIN IMMEDIATE").await?, Some(writer))
             }
             Backend::Postgres => (self.pool.begin().await?, None),
         };
@@ -715,7 +726,7 @@ impl Store {
 async fn connect(backend: Backend, url: &str) -> Result<AnyPool> {
     let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
     Ok(match backend {
-        Backend::Sqlite => sqlite::connect(options, url).await?,
+        Backend::Sqlite => sqlite::connect(options, url, 8).await?,
         Backend::Postgres => postgres::connect(options, url).await?,
     })
 }

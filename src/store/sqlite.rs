@@ -12,11 +12,11 @@ pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms
                   ORDER BY id LIMIT $4)
      RETURNING id, received_at_ms, record";
 
-pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPool, sqlx::Error> {
+pub(super) async fn connect(options: AnyPoolOptions, url: &str, connections: u32) -> Result<AnyPool, sqlx::Error> {
     // create the file when missing
     let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
     options
-        .max_connections(8)
+        .max_connections(connections)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 // WAL: readers never block the writer; NORMAL sync is durable across process
@@ -38,8 +38,15 @@ pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPoo
 }
 
 /// WAL frames above which the checkpointer finishes its work under the writer lock, so the
-/// log is fully copied and the next writer starts it over (32 MB of 4 KB pages).
-const WAL_RESET_FRAMES: i64 = 8192;
+/// log is fully copied and the next writer starts it over (128 MB of 4 KB pages).
+const WAL_RESET_FRAMES: i64 = 32768;
+
+/// How long the log grows between two copies into the database. A copy writes each page once
+/// however many commits changed it, and a batch's key rows land on thousands of scattered
+/// index pages that the next batches change again: copying every second instead of every
+/// 100 ms cut the bytes written to disk by about a fifth and sped the matcher up by about a
+/// tenth (`cdp bench throughput`, 200,000 records).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Copy the write-ahead log into the database beside the writers, instead of in the commit
 /// that crosses the threshold (that copy was 8 % of the matcher's time, on the writer's
@@ -53,7 +60,7 @@ pub(super) fn spawn_checkpointer(pool: AnyPool, writer: std::sync::Arc<tokio::sy
             row.try_get::<i64, _>(1)
         };
         while !pool.is_closed() {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
             match checkpoint().await {
                 Ok(log) if log >= WAL_RESET_FRAMES => {
                     let _writer = writer.lock().await;
