@@ -130,6 +130,7 @@ pub fn bench_config() -> PipelineConfig {
 pub struct ThroughputReport {
     pub store: &'static str,
     pub records: usize,
+    pub population: Population,
     pub people: usize,
     pub workers: usize,
     pub batch: i64,
@@ -273,6 +274,7 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
             None => "sqlite",
         },
         records: args.records,
+        population: args.population,
         people: generator.people(),
         workers: args.workers,
         batch: args.batch,
