@@ -12,6 +12,7 @@ use common::{TestStore, record, resolver, worker};
 on_both_stores!(
     redelivery_is_absorbed,
     claims_do_not_overlap_and_leases_expire,
+    a_worker_leaves_records_another_worker_claimed,
     quarantine_lists_and_replays,
     one_person_across_sources_is_one_profile,
     a_record_linking_two_profiles_merges_them,
@@ -54,6 +55,20 @@ async fn claims_do_not_overlap_and_leases_expire(t: TestStore) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     // w1 and w2 "died": their claims are taken over once the lease has run out
     assert_eq!(t.store.claim("w3", 10, Duration::ZERO).await.unwrap().len(), 10);
+}
+
+async fn a_worker_leaves_records_another_worker_claimed(t: TestStore) {
+    let records: Vec<_> = (0..10).map(|i| record("pos", &format!("r{i}"), &[("email", &format!("p{i}@example.com"))])).collect();
+    t.store.enqueue(&records).await.unwrap();
+    let taken = t.store.claim("busy", 4, Duration::from_secs(60)).await.unwrap();
+    let w = worker(&t.store, resolver(), "w");
+    assert_eq!(w.drain().await.unwrap(), 6);
+    let counts = t.store.counts().await.unwrap();
+    assert_eq!((counts.records, counts.queued), (6, 4));
+    // the other worker's claim is intact: it resolves its own records
+    let resolved = cdp_operator::matcher::resolve_batch(&t.store, &resolver(), &taken).await;
+    assert!(resolved.iter().all(Result::is_ok));
+    assert_eq!(t.store.counts().await.unwrap().records, 10);
 }
 
 async fn quarantine_lists_and_replays(t: TestStore) {

@@ -425,6 +425,46 @@ fn golden_event(profile: i64, before: Option<&GoldenProfile>, golden: &GoldenPro
 /// that a conflict (rare: a deadlock between two batches) costs little to redo.
 const POSTGRES_CHUNK: usize = 32;
 
+/// Claim up to `limit` queued records for `worker` and resolve them; returns the items taken
+/// with what became of each.
+///
+/// SQLite: the oldest queued records are read and resolved in one write transaction. Its
+/// writer lock is the claim (a crash rolls it back and leaves them queued), so intake rows
+/// are neither marked as claimed nor committed twice. Should that transaction fail, or on
+/// PostgreSQL, records are claimed by marking them, then resolved by [`resolve_batch`].
+pub async fn claim_and_resolve(
+    store: &Store,
+    resolver: &Resolver,
+    worker: &str,
+    limit: i64,
+    lease: std::time::Duration,
+) -> Result<(Vec<IntakeItem>, Vec<Result<Resolved, MatchError>>), StoreError> {
+    if store.backend() == store::Backend::Sqlite {
+        let mut tx = store.begin().await?;
+        let items = tx.queued(limit, lease).await?;
+        if items.is_empty() {
+            return Ok((items, Vec::new()));
+        }
+        let prepared: Vec<(PreparedRecord, Vec<i64>)> = items.iter().map(|i| resolver.prepare(i)).collect();
+        let resolved = async {
+            let resolved = resolve_in(&mut tx, resolver, &items, &prepared).await?;
+            tx.commit().await?;
+            Ok::<_, MatchError>(resolved)
+        };
+        match resolved.await {
+            Ok(resolved) => return Ok((items, resolved.into_iter().map(Ok).collect())),
+            Err(error) => {
+                // the robust path below isolates the record at fault and retries the others
+                tracing::debug!(%error, "batch transaction failed; claiming and resolving record by record");
+                resolver.cache.forget(items.iter().map(|i| i.id));
+            }
+        }
+    }
+    let items = store.claim(worker, limit, lease).await?;
+    let results = resolve_batch(store, resolver, &items).await;
+    Ok((items, results))
+}
+
 /// Resolve `items` with retries. SQLite: one transaction for the whole batch (one writer,
 /// one commit). PostgreSQL: one transaction per chunk, which first locks the blocking keys of
 /// every record in it (sorted), then resolves them one by one.
@@ -451,18 +491,11 @@ pub async fn resolve_batch(store: &Store, resolver: &Resolver, items: &[IntakeIt
 
 async fn resolve_chunk(store: &Store, resolver: &Resolver, items: &[IntakeItem]) -> Result<Vec<Resolved>, MatchError> {
     let prepared: Vec<(PreparedRecord, Vec<i64>)> = items.iter().map(|i| resolver.prepare(i)).collect();
-    let keys: Vec<i64> = prepared.iter().flat_map(|(_, k)| k.iter().copied()).collect();
     let mut attempt = 0u32;
     loop {
         let result = async {
             let mut tx = store.begin().await?;
-            tx.lock_keys(&keys).await?;
-            let mut batch = batch::Batch::load(resolver, &mut tx, &prepared, store::now_ms()).await?;
-            let mut resolved = Vec::with_capacity(items.len());
-            for (i, (item, p)) in items.iter().zip(&prepared).enumerate() {
-                resolved.push(batch.resolve(&mut tx, item, p.clone(), items.len() - i).await?);
-            }
-            batch.flush(&mut tx).await?;
+            let resolved = resolve_in(&mut tx, resolver, items, &prepared).await?;
             tx.commit().await?;
             Ok::<_, MatchError>(resolved)
         }
@@ -481,4 +514,23 @@ async fn resolve_chunk(store: &Store, resolver: &Resolver, items: &[IntakeItem])
             ok => return ok,
         }
     }
+}
+
+/// Resolve `items` (prepared, with their blocking-key hashes) in `tx`: lock their keys, read
+/// the profiles they reach, decide each record in order, write what the batch decided.
+async fn resolve_in(
+    tx: &mut WriteTx,
+    resolver: &Resolver,
+    items: &[IntakeItem],
+    prepared: &[(PreparedRecord, Vec<i64>)],
+) -> Result<Vec<Resolved>, MatchError> {
+    let keys: Vec<i64> = prepared.iter().flat_map(|(_, k)| k.iter().copied()).collect();
+    tx.lock_keys(&keys).await?;
+    let mut batch = batch::Batch::load(resolver, tx, prepared, store::now_ms()).await?;
+    let mut resolved = Vec::with_capacity(items.len());
+    for (i, (item, p)) in items.iter().zip(prepared).enumerate() {
+        resolved.push(batch.resolve(tx, item, p.clone(), items.len() - i).await?);
+    }
+    batch.flush(tx).await?;
+    Ok(resolved)
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Resolver, resolve_batch};
+use super::{Resolver, claim_and_resolve};
 use crate::api::load;
 use crate::api::ops::{self, Metrics, Shutdown, StartError};
 use crate::store::{Store, StoreError, now_ms};
@@ -55,11 +55,11 @@ impl Worker {
     /// Claim and resolve one batch; returns how many records were claimed.
     pub async fn step(&self) -> Result<usize, StoreError> {
         let work = self.metrics.meters.matcher.start();
-        let items = self.store.claim(&self.name, self.options.batch, self.options.lease).await?;
+        let (items, results) =
+            claim_and_resolve(&self.store, &self.resolver, &self.name, self.options.batch, self.options.lease).await?;
         if items.is_empty() {
             return Ok(0);
         }
-        let results = resolve_batch(&self.store, &self.resolver, &items).await;
         work.finished(items.len() as u64);
         let now = now_ms();
         for (item, result) in items.iter().zip(results) {

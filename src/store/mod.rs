@@ -292,6 +292,18 @@ fn json_ids(ids: &[i64]) -> String {
     serde_json::to_string(ids).expect("integers serialise")
 }
 
+/// Intake items from rows of `id, received_at_ms, record`, in id order.
+fn intake_items(rows: &[AnyRow]) -> Result<Vec<IntakeItem>> {
+    let mut items = rows
+        .iter()
+        .map(|row| {
+            Ok(IntakeItem { id: row.try_get("id")?, received_at_ms: row.try_get("received_at_ms")?, record: json_col(row, "record")? })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    items.sort_by_key(|i| i.id);
+    Ok(items)
+}
+
 fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
     let text: String = row.try_get(col)?;
     Ok(serde_json::from_str(&text)?)
@@ -528,16 +540,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(sql).bind(worker).bind(now).bind(stale).bind(limit).fetch_all(tx.conn()).await?;
         tx.commit().await?;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in &rows {
-            items.push(IntakeItem {
-                id: row.try_get("id")?,
-                received_at_ms: row.try_get("received_at_ms")?,
-                record: json_col(row, "record")?,
-            });
-        }
-        items.sort_by_key(|i| i.id);
-        Ok(items)
+        intake_items(&rows)
     }
 
     /// Wait until work may have arrived, or `timeout` passes. Call [`Store::work_signal`]

@@ -12,6 +12,11 @@ pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms
                   ORDER BY id LIMIT $4)
      RETURNING id, received_at_ms, record";
 
+/// The rows [`CLAIM`] would claim, read without marking them: inside the writer's
+/// transaction, the writer lock is the claim.
+pub(super) const QUEUED: &str = "SELECT id, received_at_ms, record FROM intake
+     WHERE state = 'queued' AND (claimed_at_ms IS NULL OR claimed_at_ms < $1) ORDER BY id LIMIT $2";
+
 pub(super) async fn connect(options: AnyPoolOptions, url: &str, connections: u32) -> Result<AnyPool, sqlx::Error> {
     // create the file when missing
     let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };

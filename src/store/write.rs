@@ -8,7 +8,7 @@ use sqlx::any::Any;
 use sqlx::{AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use super::{
-    Backend, Enqueued, FieldError, PROFILE_COLUMNS, ProfileRow, RECORD_COLUMNS, RECORD_VALUE_COLUMNS, RecordValues, Result,
+    Backend, Enqueued, FieldError, IntakeItem, PROFILE_COLUMNS, ProfileRow, RECORD_COLUMNS, RECORD_VALUE_COLUMNS, RecordValues, Result,
     StoreError, StoredRecord, json_ids, profile_of, record_of,
 };
 use crate::identity::CanonicalRecord;
@@ -451,6 +451,15 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         Ok(())
+    }
+
+    /// SQLite: the oldest queued intake items (those a claim would take), unmarked: the
+    /// transaction holds the writer lock, which claims them until it commits or rolls back.
+    pub async fn queued(&mut self, limit: i64, lease: std::time::Duration) -> Result<Vec<IntakeItem>> {
+        debug_assert!(self.serialised(), "only the single writer may take items unmarked");
+        let stale = super::now_ms() - lease.as_millis() as i64;
+        let rows = sqlx::query(super::sqlite::QUEUED).bind(stale).bind(limit).fetch_all(&mut *self.tx).await?;
+        super::intake_items(&rows)
     }
 
     /// Serialise with every other transaction touching one of these identities (blocking-key
