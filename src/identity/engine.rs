@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crd::matching::{Comparator, KeyTransform, MatchingModel};
 use crate::identity::normalise::{self, NormaliseFlags, days_from_civil, name_key, normalise_with};
-use crate::identity::record::{CanonicalRecord, is_known_attribute};
+use crate::identity::record::{CanonicalRecord, is_known_attribute, is_lookup_attribute, lookup_key};
 
 /// Why a [`MatchingModel`] cannot be compiled.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -663,10 +663,22 @@ impl Engine {
         }
     }
 
-    /// Blocking keys of a record: `name:part|part`, one per policy key whose parts all have a value.
+    /// Blocking keys of a record: `name:part|part`, one per policy key whose parts all have a
+    /// value. A key on one lookup identifier as it is (`email`, `identifiers.crmId`) is that
+    /// identifier's [`lookup_key`]: it blocks on the same records, and the store keeps one
+    /// index row for both instead of two.
     pub fn blocking_keys(&self, r: &PreparedRecord) -> Vec<String> {
         let mut out = Vec::with_capacity(self.keys.len());
         'key: for k in &self.keys {
+            if let [(slot, KeyTransform::Exact)] = k.parts[..] {
+                let attribute = &self.slots[slot];
+                if is_lookup_attribute(attribute) && !is_name_attribute(attribute) {
+                    if let Some(f) = r.features.get(slot).and_then(Option::as_ref) {
+                        out.push(lookup_key(attribute, &f.key));
+                    }
+                    continue;
+                }
+            }
             let mut s = String::with_capacity(32);
             s.push_str(&k.name);
             s.push(':');

@@ -44,6 +44,20 @@ pub fn is_known_attribute(name: &str) -> bool {
         })
 }
 
+/// Attributes indexed for lookup and search (as keyed hashes, never as plain values), besides
+/// every `identifiers.*` attribute.
+const LOOKUP_ATTRIBUTES: &[&str] = &["email", "phone", "nationalId", "familyName", "givenName", "postcode"];
+
+/// The index key of a normalised identifier value, shared by the matcher (write), the API
+/// (lookup) and the blocking keys that block on that identifier alone.
+pub fn lookup_key(attribute: &str, normalised: &str) -> String {
+    format!("={attribute}:{normalised}")
+}
+
+pub fn is_lookup_attribute(attribute: &str) -> bool {
+    LOOKUP_ATTRIBUTES.contains(&attribute) || attribute.starts_with(IDENTIFIER_PREFIX)
+}
+
 /// One record from one source, in canonical attribute names, values as the source sent them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

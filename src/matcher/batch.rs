@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{
-    Decision, LinkDetail, LinkEvidence, MatchError, Members, Resolved, Resolver, push_golden_events, is_lookup_attribute,
-    lookup_key, review_reason, stored_count,
+    Decision, LinkDetail, LinkEvidence, MatchError, Members, Resolved, Resolver, push_golden_events,
+    review_reason, stored_count,
 };
+use crate::identity::record::{is_lookup_attribute, lookup_key};
 use crate::identity::{CandidateProfile, GoldenProfile, Outcome, PreparedRecord, ProfileLink, select_candidates};
 use crate::store::{GoldenUpdate, IntakeItem, NewProfile, NewRecord, NewReview, WriteTx, key_hash};
 
@@ -240,6 +241,9 @@ impl<'r> Batch<'r> {
                 .filter(|(a, _)| is_lookup_attribute(a))
                 .map(|(a, v)| key_hash(&lookup_key(a, v))),
         );
+        // a blocking key on one identifier is that identifier's lookup key: one index row
+        keys.sort_unstable();
+        keys.dedup();
         for hash in blocking {
             self.by_key.entry(hash).or_default().push(target);
         }

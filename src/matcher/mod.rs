@@ -29,17 +29,7 @@ type Members = BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>>;
 
 pub use service::{MatcherArgs, Worker, WorkerOptions, run, spawn_queue_gauge, spawn_workers, worker_spawner};
 
-/// Attributes indexed for lookup and search (as keyed hashes, never as plain values).
-const LOOKUP_ATTRIBUTES: &[&str] = &["email", "phone", "nationalId", "familyName", "givenName", "postcode"];
-
-/// The index key of a normalised identifier value, shared by the matcher (write) and the API (lookup).
-pub fn lookup_key(attribute: &str, normalised: &str) -> String {
-    format!("={attribute}:{normalised}")
-}
-
-fn is_lookup_attribute(attribute: &str) -> bool {
-    LOOKUP_ATTRIBUTES.contains(&attribute) || attribute.starts_with(crate::identity::record::IDENTIFIER_PREFIX)
-}
+pub use crate::identity::record::lookup_key;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MatchError {
