@@ -415,13 +415,16 @@ fn golden_event(profile: i64, before: Option<&GoldenProfile>, golden: &GoldenPro
 /// that a conflict (rare: a deadlock between two batches) costs little to redo.
 const POSTGRES_CHUNK: usize = 32;
 
-/// Claim up to `limit` queued records for `worker` and resolve them; returns the items taken
-/// with what became of each.
+/// Claim up to `limit` queued records for `worker` (at most [`POSTGRES_CHUNK`] on PostgreSQL)
+/// and resolve them; returns the items taken with what became of each.
 ///
-/// SQLite: the oldest queued records are read and resolved in one write transaction. Its
-/// writer lock is the claim (a crash rolls it back and leaves them queued), so intake rows
-/// are neither marked as claimed nor committed twice. Should that transaction fail, or on
-/// PostgreSQL, records are claimed by marking them, then resolved by [`resolve_batch`].
+/// The oldest queued records are read and resolved in one transaction, which is their claim:
+/// SQLite's writer lock, or PostgreSQL's row locks that other claimers skip. A crash rolls it
+/// back and leaves them queued, and each intake row is written once, as done, instead of
+/// being marked as claimed in a transaction of its own first (on PostgreSQL that mark left a
+/// dead row version per record in the queue's index, which every claim walked until vacuum
+/// came). Should the transaction keep failing, the records are claimed by marking them and
+/// resolved by [`resolve_batch`], which isolates the record at fault.
 pub async fn claim_and_resolve(
     store: &Store,
     resolver: &Resolver,
@@ -429,7 +432,11 @@ pub async fn claim_and_resolve(
     limit: i64,
     lease: std::time::Duration,
 ) -> Result<(Vec<IntakeItem>, Vec<Result<Resolved, MatchError>>), StoreError> {
-    if store.backend() == store::Backend::Sqlite {
+    let limit = match store.backend() {
+        store::Backend::Sqlite => limit,
+        store::Backend::Postgres => limit.min(POSTGRES_CHUNK as i64),
+    };
+    for attempt in 1..=RETRIES {
         let mut tx = store.begin().await?;
         let items = tx.queued(limit, lease).await?;
         if items.is_empty() {
@@ -444,15 +451,27 @@ pub async fn claim_and_resolve(
         match resolved.await {
             Ok(resolved) => return Ok((items, resolved.into_iter().map(Ok).collect())),
             Err(error) => {
-                // the robust path below isolates the record at fault and retries the others
-                tracing::debug!(%error, "batch transaction failed; claiming and resolving record by record");
+                // the failed transaction may have cached records it never committed
                 resolver.cache.forget(items.iter().map(|i| i.id));
+                if !error.is_retryable() {
+                    tracing::debug!(%error, "batch transaction failed; claiming and resolving record by record");
+                    break;
+                }
+                back_off(attempt).await;
             }
         }
     }
     let items = store.claim(worker, limit, lease).await?;
     let results = resolve_batch(store, resolver, &items).await;
     Ok((items, results))
+}
+
+/// Attempts of a transaction that failed on a conflict (a deadlock, a profile changed under it).
+const RETRIES: u32 = 20;
+
+/// A short random pause, longer with each attempt, so two conflicting workers part ways.
+async fn back_off(attempt: u32) {
+    tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(1..5) * u64::from(attempt))).await;
 }
 
 /// Resolve `items` with retries. SQLite: one transaction for the whole batch (one writer,
@@ -491,11 +510,11 @@ async fn resolve_chunk(store: &Store, resolver: &Resolver, items: &[IntakeItem])
         }
         .await;
         match result {
-            Err(e) if e.is_retryable() && attempt < 20 => {
+            Err(e) if e.is_retryable() && attempt < RETRIES => {
                 attempt += 1;
                 // the failed transaction may have cached records it never committed
                 resolver.cache.forget(items.iter().map(|i| i.id));
-                tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(1..5) * u64::from(attempt))).await;
+                back_off(attempt).await;
             }
             Err(e) => {
                 resolver.cache.forget(items.iter().map(|i| i.id));

@@ -428,8 +428,9 @@ impl Store {
             writer: Arc::new(tokio::sync::Mutex::new(())),
             intake: None,
         };
-        if backend == Backend::Sqlite {
-            sqlite::spawn_checkpointer(store.pool.clone(), store.writer.clone());
+        match backend {
+            Backend::Sqlite => sqlite::spawn_checkpointer(store.pool.clone(), store.writer.clone()),
+            Backend::Postgres => postgres::spawn_analyzer(store.pool.clone()),
         }
         Ok(Store { intake: Some(intake::spawn_committer(store.clone())), ..store })
     }

@@ -453,12 +453,16 @@ impl WriteTx {
         Ok(())
     }
 
-    /// SQLite: the oldest queued intake items (those a claim would take), unmarked: the
-    /// transaction holds the writer lock, which claims them until it commits or rolls back.
+    /// The oldest queued intake items (those a claim would take), unmarked: this transaction
+    /// claims them until it commits or rolls back, by SQLite's writer lock or by PostgreSQL's
+    /// row locks, which other claimers skip.
     pub async fn queued(&mut self, limit: i64, lease: std::time::Duration) -> Result<Vec<IntakeItem>> {
-        debug_assert!(self.serialised(), "only the single writer may take items unmarked");
         let stale = super::now_ms() - lease.as_millis() as i64;
-        let rows = sqlx::query(super::sqlite::QUEUED).bind(stale).bind(limit).fetch_all(&mut *self.tx).await?;
+        let sql = match self.backend {
+            Backend::Sqlite => super::sqlite::QUEUED,
+            Backend::Postgres => super::postgres::QUEUED,
+        };
+        let rows = sqlx::query(sql).bind(stale).bind(limit).fetch_all(&mut *self.tx).await?;
         super::intake_items(&rows)
     }
 
