@@ -451,3 +451,27 @@ async fn decisions_do_not_depend_on_the_prepared_cache() {
     }
     assert!(outcomes[0] == outcomes[1], "profiles or review items differ with a cold cache");
 }
+
+/// A store filling faster than autovacuum's round keeps statistics that match its size, so
+/// the planner keeps its index-driven plans (with none, it scanned the whole key table in
+/// every merge). Autovacuum's own analyze comes a minute after the database appears at the
+/// earliest; this asks for fresh statistics well before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_statistics_follow_a_growing_store() {
+    let Some(t) = common::postgres_store().await else { return };
+    let records: Vec<_> = (0..3000).map(|i| record("pos", &format!("r{i}"), &[("email", "x@example.com")])).collect();
+    t.store.enqueue(&records).await.unwrap();
+    let pool = sqlx::PgPool::connect(&t.url).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: f32 = sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE relname = 'intake' AND relnamespace = current_schema()::regnamespace")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if rows >= 3000.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "intake still planned as {rows} rows after 30 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
