@@ -672,6 +672,7 @@ impl Engine {
         'key: for k in &self.keys {
             if let [(slot, KeyTransform::Exact)] = k.parts[..] {
                 let attribute = &self.slots[slot];
+                // a name's feature key is not its normalised value, which the lookup key holds
                 if is_lookup_attribute(attribute) && !is_name_attribute(attribute) {
                     if let Some(f) = r.features.get(slot).and_then(Option::as_ref) {
                         out.push(lookup_key(attribute, &f.key));
