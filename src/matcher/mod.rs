@@ -104,6 +104,8 @@ pub enum Decision {
 }
 
 impl Decision {
+    pub const ALL: [Decision; 3] = [Decision::New, Decision::Join, Decision::Merge];
+
     pub fn label(self) -> &'static str {
         match self {
             Decision::New => "new",
