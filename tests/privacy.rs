@@ -258,6 +258,22 @@ async fn erasure_leaves_no_trace_of_the_person(t: TestStore) {
     // nothing of the subject is left to resolve: the queue holds only what was there for others
     drain(&t.store).await;
     assert_eq!(t.store.counts().await.unwrap().records, 1);
+    // no key row outlives its record (PostgreSQL has no foreign key to remove them)
+    let (keys, orphans) = key_rows(&t.url).await;
+    assert!(keys > 0 && orphans == 0, "the bystander's keys stay, and no other: {keys} rows, {orphans} orphans");
+}
+
+/// Key rows in all, and those whose record is gone.
+async fn key_rows(url: &str) -> (i64, i64) {
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, COUNT(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM source_records r WHERE r.id = k.record_id)) AS orphans
+         FROM record_keys k",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    (row.get("n"), row.get("orphans"))
 }
 
 async fn erasure_waits_for_a_record_being_resolved(t: TestStore) {

@@ -102,6 +102,7 @@ pub(super) fn migrator() -> Migrator {
         (6, "candidate_indexes", include_str!("../../migrations/postgres/0006_candidate_indexes.sql")),
         (7, "review_pairs", include_str!("../../migrations/postgres/0007_review_pairs.sql")),
         (8, "term_counts", include_str!("../../migrations/postgres/0008_term_counts.sql")),
+        (9, "key_rows_unchecked", include_str!("../../migrations/postgres/0009_key_rows_unchecked.sql")),
     ])
 }
 
