@@ -239,7 +239,7 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
     let mut last = (0usize, 0.0f64, cpu_started, 0.0f64);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        // from the workers' counters: counting the queue in the store, ten times a second,
+XX
         // took a seventh of PostgreSQL's time from the workers it measures
         let resolved = resolved_count(&metrics).min(args.records);
         let done = resolved == args.records;
