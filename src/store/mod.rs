@@ -255,22 +255,20 @@ impl Backend {
     }
 }
 
-impl Backend {
-    /// A derived table `x` with the given `(column, PostgreSQL type)` columns, read from the
-    /// JSON array of objects bound at `$n` (one object per row, keyed by column), plus `ord`,
-    /// each row's position in the array (order by it: outbox ids must follow push order).
-    fn json_rows(self, columns: &[(&str, &str)], n: u8) -> String {
-        match self {
-            Backend::Sqlite => {
-                let cols: Vec<String> = columns.iter().map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}")).collect();
-                format!("(SELECT {}, key AS ord FROM json_each(${n})) AS x", cols.join(", "))
-            }
-            Backend::Postgres => {
-                let cols: Vec<String> = columns.iter().map(|(c, t)| format!("(e->>'{c}')::{t} AS {c}")).collect();
-                format!("(SELECT {}, ord FROM json_array_elements(${n}::json) WITH ORDINALITY AS t(e, ord)) AS x", cols.join(", "))
-            }
-        }
-    }
+/// PostgreSQL: a derived table `x` with the given `(column, type)` columns, read from the JSON
+/// array of objects bound at `$n` (one object per row, keyed by column), plus `ord`, each
+/// row's position in the array (order by it: outbox ids must follow push order).
+/// `json_to_recordset` parses each object once; reading the columns one `->>` at a time
+/// parsed and unescaped the whole object again for every column, which took a sixth of the
+/// server's time in `cdp bench throughput`.
+fn postgres_json_rows(columns: &[(&str, &str)], n: u8) -> String {
+    let definitions: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
+    let names: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
+    format!(
+        "ROWS FROM (json_to_recordset(${n}::json) AS ({})) WITH ORDINALITY AS x({}, ord)",
+        definitions.join(", "),
+        names.join(", ")
+    )
 }
 
 /// A backend's migrations, `(version, description, SQL)` in version order.

@@ -9,7 +9,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use super::{
     Backend, Enqueued, FieldError, IntakeItem, PROFILE_COLUMNS, ProfileRow, RECORD_COLUMNS, RECORD_VALUE_COLUMNS, RecordValues, Result,
-    StoreError, StoredRecord, json_ids, profile_of, record_of,
+    StoreError, StoredRecord, json_ids, postgres_json_rows, profile_of, record_of,
 };
 use crate::identity::CanonicalRecord;
 
@@ -335,7 +335,7 @@ impl WriteTx {
             return Ok(Vec::new());
         }
         if self.backend == Backend::Postgres {
-            let sql = statement(&self.backend.json_rows(columns, 1));
+            let sql = statement(&postgres_json_rows(columns, 1));
             return Ok(sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(rows)?).fetch_all(&mut *self.tx).await?);
         }
         let mut out = Vec::new();
