@@ -475,3 +475,45 @@ async fn postgres_statistics_follow_a_growing_store() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// PostgreSQL: a batch looks up which profiles its keys reach once, after locking the keys,
+/// and then locks those profiles. An unmerge moves records to new profiles and leaves the old
+/// one live, which the profile lock does not show: it holds the locks of the keys it moves
+/// until it commits, so a batch carrying one of them waits and then reads where they went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unmerge_holds_the_keys_it_moves() {
+    let Some(t) = common::postgres_store().await else { return };
+    merge_through_a_third_record(&t).await;
+    let b = t.store.record_by_source_id("pos", "b").await.unwrap().unwrap();
+    let a = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap();
+    // one connection: a session lock taken by the probe is released on that same connection
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&t.url).await.unwrap();
+    let keys_of = |record: i64| {
+        sqlx::query_scalar::<_, i64>("SELECT hash FROM record_keys WHERE record_id = $1").bind(record).fetch_all(&pool)
+    };
+    let (moved, kept) = (keys_of(b.id).await.unwrap(), keys_of(a.id).await.unwrap());
+    assert!(!moved.is_empty() && !kept.is_empty());
+    let free = |hash: i64| {
+        let pool = pool.clone();
+        async move {
+            let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(hash).fetch_one(&pool).await.unwrap();
+            if free {
+                sqlx::query("SELECT pg_advisory_unlock_all()").execute(&pool).await.unwrap();
+            }
+            free
+        }
+    };
+    let mut tx = t.store.begin().await.unwrap();
+    resolver().unmerge(&mut tx, b.profile_id, &[b.id], cdp_operator::store::now_ms()).await.unwrap();
+    for &hash in &moved {
+        assert!(!free(hash).await, "key {hash} of the moved record is not locked by the unmerge");
+    }
+    // keys carried only by records that stay are left to batches
+    for hash in kept.iter().filter(|h| !moved.contains(h)) {
+        assert!(free(*hash).await, "key {hash} of a record that stays is locked");
+    }
+    tx.commit().await.unwrap();
+    for &hash in &moved {
+        assert!(free(hash).await, "key {hash} still locked after the commit");
+    }
+}

@@ -75,14 +75,12 @@ impl<'r> Batch<'r> {
         profiles.sort_unstable();
         profiles.dedup();
         // SQLite's single writer: the key rows' profiles are live (merges move them) and
-        // nothing changes them before we commit. PostgreSQL: lock them and check.
+        // nothing changes them before we commit. PostgreSQL: lock them and check. Records
+        // that came or left since the look-up did so under our key locks (new records, an
+        // unmerge) or merged their profile away, which the check sees.
         if !tx.serialised() {
             let rows = tx.lock_profile_ids(&profiles).await?;
             if rows.len() != profiles.len() || rows.iter().any(|(_, merged_into)| merged_into.is_some()) {
-                return Err(MatchError::Stale);
-            }
-            // a concurrent unmerge may have moved records between our look-up and our locks
-            if tx.key_profiles(&keys, model.max_block_size).await? != reached {
                 return Err(MatchError::Stale);
             }
         }

@@ -331,7 +331,12 @@ impl Resolver {
         let action = serde_json::to_value(LinkEvidence::Manual { action: "unmerge".into() }).expect("serialises");
         let mut groups = self.clusters_of(tx, &keep).await?;
         let kept = groups.remove(0);
-        for group in groups.into_iter().chain(self.clusters_of(tx, &out).await?) {
+        groups.extend(self.clusters_of(tx, &out).await?);
+        // the profile stays live, so a batch would not notice its records leave: their keys
+        // are locked first, which makes a batch holding one of them finish before, or wait
+        let moved: Vec<i64> = groups.iter().flatten().map(|(record, _)| *record).collect();
+        tx.lock_record_keys(&moved).await?;
+        for group in groups {
             let id = tx.create_profile(now).await?;
             for (record, _) in &group {
                 tx.relink(*record, id, &action).await?;

@@ -482,6 +482,22 @@ impl WriteTx {
         Ok(())
     }
 
+    /// PostgreSQL: take the advisory locks of every key these stored records carry, as
+    /// [`WriteTx::lock_keys`] does. Whoever moves records to another profile without merging
+    /// their profile away (an unmerge) takes them first, so a batch that holds a key reads
+    /// where its records are and nothing moves them until it commits.
+    pub async fn lock_record_keys(&mut self, records: &[i64]) -> Result<()> {
+        if self.backend != Backend::Postgres || records.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT COUNT(pg_advisory_xact_lock(hash)) AS n FROM (SELECT DISTINCT hash FROM record_keys WHERE {} ORDER BY hash) s",
+            self.backend.in_ids("record_id", 1)
+        );
+        sqlx::query(AssertSqlSafe(sql)).bind(json_ids(records)).fetch_one(&mut *self.tx).await?;
+        Ok(())
+    }
+
     /// `(key hash, profile)` for every stored record carrying one of these key hashes, sorted,
     /// and the hashes that are generic: carried by more than `max_block` records, too common to
     /// find candidates by, so their records are not read. The profiles are live: a merge moves
@@ -490,20 +506,29 @@ impl WriteTx {
         if hashes.is_empty() {
             return Ok(KeyProfiles::default());
         }
-        let kept = match self.backend {
-            Backend::Sqlite => "k.hash IN (SELECT hash FROM counted WHERE n < $2)",
-            Backend::Postgres => "k.hash = ANY(ARRAY(SELECT hash FROM counted WHERE n < $2))",
-        };
         // counting stops at the limit, so a generic key costs `max_block` index entries, not
         // its whole block
-        let select = format!(
-            "WITH counted AS MATERIALIZED (
-                 SELECT w.id AS hash, (SELECT COUNT(*) FROM (SELECT 1 FROM record_keys k WHERE k.hash = w.id LIMIT $2) AS c) AS n
-                 FROM {} AS w)
-             SELECT DISTINCT k.hash, k.profile_id FROM record_keys k WHERE {kept}
-             UNION ALL SELECT hash, NULL FROM counted WHERE n >= $2",
-            self.backend.id_table(1)
-        );
+        let select = match self.backend {
+            // no LATERAL: the block is counted, then read again for the keys that are kept
+            Backend::Sqlite => format!(
+                "WITH counted AS MATERIALIZED (
+                     SELECT w.id AS hash, (SELECT COUNT(*) FROM (SELECT 1 FROM record_keys k WHERE k.hash = w.id LIMIT $2) AS c) AS n
+                     FROM {} AS w)
+                 SELECT DISTINCT k.hash, k.profile_id FROM record_keys k WHERE k.hash IN (SELECT hash FROM counted WHERE n < $2)
+                 UNION ALL SELECT hash, NULL FROM counted WHERE n >= $2",
+                self.backend.id_table(1)
+            ),
+            // each block read once, up to the limit (counting first, then reading the kept
+            // blocks, made this the server's costliest statement)
+            Backend::Postgres => format!(
+                "WITH hits AS MATERIALIZED (
+                     SELECT w.id AS hash, l.profile_id, COUNT(*) OVER (PARTITION BY w.id) AS n
+                     FROM (SELECT DISTINCT id FROM {} AS d) AS w CROSS JOIN LATERAL (SELECT k.profile_id FROM record_keys k WHERE k.hash = w.id LIMIT $2) AS l)
+                 SELECT DISTINCT hash, profile_id FROM hits WHERE n < $2
+                 UNION ALL SELECT DISTINCT hash, NULL::bigint FROM hits WHERE n >= $2",
+                self.backend.id_table(1)
+            ),
+        };
         let rows: Vec<(i64, Option<i64>)> =
             self.id_rows(&select, "hash, profile_id", hashes, Some(i64::from(max_block) + 1)).await?;
         let mut out = KeyProfiles::default();
