@@ -90,7 +90,7 @@ struct RecordKey {
 const RECORD_KEY_COLUMNS: &[(&str, &str)] = &[("hash", "bigint"), ("profile_id", "bigint"), ("record_id", "bigint")];
 
 /// What the blocking keys of a batch reach in the store: see [`WriteTx::key_profiles`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct KeyProfiles {
     /// `(key hash, profile)`, sorted.
     pub pairs: Vec<(i64, i64)>,
