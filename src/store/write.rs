@@ -470,16 +470,8 @@ impl WriteTx {
     /// hashes). PostgreSQL: advisory locks taken in sorted order, so two transactions cannot
     /// deadlock on them; SQLite: the writer lock already serialises everything.
     pub async fn lock_keys(&mut self, hashes: &[i64]) -> Result<()> {
-        if self.backend != Backend::Postgres || hashes.is_empty() {
-            return Ok(());
-        }
-        let sql = format!(
-            "SELECT COUNT(pg_advisory_xact_lock(id)) AS n FROM (SELECT DISTINCT id FROM {} AS k ORDER BY id) s",
-            self.backend.id_table(1)
-        );
-        // the ordered sub-select fixes the order the locks are taken in
-        sqlx::query(AssertSqlSafe(sql)).bind(json_ids(hashes)).fetch_one(&mut *self.tx).await?;
-        Ok(())
+        let hashes_sql = format!("SELECT id AS hash FROM {} AS k", self.backend.id_table(1));
+        self.lock_hashes(&hashes_sql, hashes).await
     }
 
     /// PostgreSQL: take the advisory locks of every key these stored records carry, as
@@ -487,14 +479,19 @@ impl WriteTx {
     /// their profile away (an unmerge) takes them first, so a batch that holds a key reads
     /// where its records are and nothing moves them until it commits.
     pub async fn lock_record_keys(&mut self, records: &[i64]) -> Result<()> {
-        if self.backend != Backend::Postgres || records.is_empty() {
+        let hashes_sql = format!("SELECT hash FROM record_keys WHERE {}", self.backend.in_ids("record_id", 1));
+        self.lock_hashes(&hashes_sql, records).await
+    }
+
+    /// PostgreSQL: the advisory locks of the hashes `hashes_sql` selects (a `hash` column, from
+    /// the id list bound at `$1`), in sorted order.
+    async fn lock_hashes(&mut self, hashes_sql: &str, ids: &[i64]) -> Result<()> {
+        if self.backend != Backend::Postgres || ids.is_empty() {
             return Ok(());
         }
-        let sql = format!(
-            "SELECT COUNT(pg_advisory_xact_lock(hash)) AS n FROM (SELECT DISTINCT hash FROM record_keys WHERE {} ORDER BY hash) s",
-            self.backend.in_ids("record_id", 1)
-        );
-        sqlx::query(AssertSqlSafe(sql)).bind(json_ids(records)).fetch_one(&mut *self.tx).await?;
+        // the ordered sub-select fixes the order the locks are taken in
+        let sql = format!("SELECT COUNT(pg_advisory_xact_lock(hash)) AS n FROM (SELECT DISTINCT hash FROM ({hashes_sql}) h ORDER BY hash) s");
+        sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids)).fetch_one(&mut *self.tx).await?;
         Ok(())
     }
 
@@ -772,7 +769,8 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Move records to another profile, with the evidence of their new link.
+    /// Move records to another profile, with the evidence of their new link. On PostgreSQL the
+    /// caller holds the locks of their keys ([`WriteTx::lock_record_keys`]).
     pub async fn relink(&mut self, record: i64, profile: i64, evidence: &serde_json::Value) -> Result<()> {
         sqlx::query("UPDATE source_records SET profile_id = $1, evidence = $2 WHERE id = $3")
             .bind(profile)
