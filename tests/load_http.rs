@@ -82,13 +82,7 @@ async fn matcher_reports_backlog_and_its_own_work(t: TestStore) {
     let text = metrics_text(&base).await;
     assert!(text.contains("cdp_load_backlog{workload=\"matcher\"} 3"), "{text}");
 
-    let worker = Worker {
-        store: t.store.clone(),
-        resolver: common::resolver(),
-        metrics: metrics.clone(),
-        name: "w".into(),
-        options: WorkerOptions::default(),
-    };
+    let worker = Worker::new(t.store.clone(), common::resolver(), metrics.clone(), "w".into(), WorkerOptions::default());
     assert_eq!(worker.drain().await.unwrap(), 3);
     let drained = load_report(&base).await;
     assert_eq!((drained.backlog, drained.oldest_backlog_seconds), (0, 0.0));

@@ -164,7 +164,7 @@ async fn a_generic_key_finds_no_candidates(t: TestStore) {
     assert_ne!(profile("pos", "zoe").await, profile("webshop", "Zoe").await, "four records: generic");
     // what the blocks cost is measured: ann was compared with the three records of her
     // mailbox's block, zoe with none
-    assert_eq!(w.metrics.compared_records.get(), 3);
+    assert_eq!(w.metrics().compared_records.get(), 3);
 }
 
 /// Two records of one person that share nothing strong (one has the email, one the phone),
@@ -255,8 +255,9 @@ async fn one_batch_merges_profiles_it_created(t: TestStore) {
         ])
         .await
         .unwrap();
-    let w = drain(&t).await;
-    assert!(w.options.batch >= 3, "one claim holds all three");
+    let w = worker(&t.store, resolver(), "w");
+    assert!(w.next_claim() >= 3, "one claim holds all three");
+    w.drain().await.unwrap();
     let a = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap();
     let survivor = t.store.profile(a.profile_id).await.unwrap().unwrap();
     assert_eq!(survivor.record_count, 3);
@@ -386,9 +387,9 @@ async fn concurrent_workers_agree_with_one_worker(t: TestStore) {
     let mut tasks = Vec::new();
     for (i, store) in stores.iter().enumerate() {
         for j in 0..3 {
-            let mut w = worker(store, if i == 0 { r.clone() } else { resolver() }, &format!("w{i}-{j}"));
             // batches of different sizes, so records of one person meet inside a batch too
-            w.options.batch = [1, 3, 16][j];
+            let resolver = if i == 0 { r.clone() } else { resolver() };
+            let w = common::worker_claiming(store, resolver, &format!("w{i}-{j}"), [1, 3, 16][j]);
             tasks.push(tokio::spawn(async move { w.drain().await.unwrap() }));
         }
     }
@@ -443,8 +444,7 @@ async fn decisions_do_not_depend_on_the_prepared_cache() {
         let t = common::sqlite_store().await;
         t.store.enqueue(&records).await.unwrap();
         let resolver = cdp_operator::matcher::Resolver::with_prepared_cache(&common::config(), capacity).unwrap();
-        let mut w = worker(&t.store, std::sync::Arc::new(resolver), "w");
-        w.options.batch = 256;
+        let w = common::worker_claiming(&t.store, std::sync::Arc::new(resolver), "w", 256);
         w.drain().await.unwrap();
         let counts = t.store.counts().await.unwrap();
         outcomes.push((t.store.clusters().await.unwrap(), counts.profiles, counts.open_reviews));

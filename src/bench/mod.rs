@@ -49,8 +49,12 @@ pub struct ThroughputArgs {
     pub records: usize,
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    #[arg(long, default_value_t = 256)]
+    /// Most records a worker claims at a time.
+    #[arg(long, default_value_t = WorkerOptions::default().batch)]
     pub batch: i64,
+    /// Time a batch should take, in milliseconds (claims are sized to it).
+    #[arg(long, default_value_t = WorkerOptions::default().batch_budget.as_millis() as u64)]
+    pub batch_budget_ms: u64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Who the records are of: `town` crowds everyone into a few names and postcodes.
@@ -134,6 +138,7 @@ pub struct ThroughputReport {
     pub people: usize,
     pub workers: usize,
     pub batch: i64,
+    pub batch_budget_ms: u64,
     /// Records written to the intake queue per second (enqueue only).
     pub enqueue_per_second: f64,
     /// Records resolved per second by the matcher workers.
@@ -229,7 +234,11 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
 
     let resolver = Arc::new(Resolver::new(&config)?);
     let (trigger, shutdown) = ops::shutdown_channel();
-    let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
+    let options = WorkerOptions {
+        batch: args.batch,
+        batch_budget: Duration::from_millis(args.batch_budget_ms),
+        ..WorkerOptions::default()
+    };
     let (started, cpu_started) = (Instant::now(), cpu_seconds());
     let metrics = Metrics::new();
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
@@ -286,6 +295,7 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
         people: generator.people(),
         workers: args.workers,
         batch: args.batch,
+        batch_budget_ms: args.batch_budget_ms,
         enqueue_per_second: args.records as f64 / enqueue_seconds,
         resolved_per_second: args.records as f64 / resolve_seconds,
         resolve_seconds,

@@ -4,13 +4,14 @@
 //!
 //! Concurrency: a transaction first takes locks on the blocking-key hashes of the records it
 //! resolves (sorted), so two records that could belong to one person never resolve at the
-//! same time; then, per record, it locks the candidate profiles (sorted) and checks they did
+//! same time; then it locks the candidate profiles of the batch (sorted) and checks they did
 //! not change since it looked them up (another worker may have merged them meanwhile) — if
 //! they did, the transaction is retried. Keys are always locked before profiles. Two batches
 //! can still deadlock on profile rows (PostgreSQL detects it); that too is a retry.
 
 mod batch;
 mod cache;
+mod pace;
 mod privacy;
 mod service;
 pub mod train;
@@ -418,19 +419,20 @@ fn golden_event(profile: i64, before: Option<&GoldenProfile>, golden: &GoldenPro
     }
 }
 
-/// Records per transaction on PostgreSQL: enough to amortise the round trips, few enough
-/// that a conflict (rare: a deadlock between two batches) costs little to redo.
+/// Records per transaction on PostgreSQL when claimed records are redone apart: enough to
+/// amortise the round trips, few enough that a conflict costs little to redo.
 const POSTGRES_CHUNK: usize = 32;
 
-/// Claim up to `limit` queued records for `worker` (at most [`POSTGRES_CHUNK`] on PostgreSQL)
-/// and resolve them; returns the items taken with what became of each.
+/// Claim up to `limit` queued records for `worker` and resolve them; returns the items taken
+/// with what became of each. Workers size `limit` to a time budget ([`pace::BatchSizer`]).
 ///
 /// The oldest queued records are read and resolved in one transaction, which is their claim:
 /// SQLite's writer lock, or PostgreSQL's row locks that other claimers skip. A crash rolls it
 /// back and leaves them queued, and each intake row is written once, as done, instead of
 /// being marked as claimed in a transaction of its own first (on PostgreSQL, 1.14× the
-/// records per second with two workers). Should the transaction keep failing, the records are claimed by marking them and
-/// resolved by [`resolve_batch`], which isolates the record at fault.
+/// records per second with two workers). Should the transaction keep failing, the records
+/// are claimed by marking them and resolved by [`resolve_batch`], which isolates the record
+/// at fault.
 pub async fn claim_and_resolve(
     store: &Store,
     resolver: &Resolver,
@@ -438,10 +440,6 @@ pub async fn claim_and_resolve(
     limit: i64,
     lease: std::time::Duration,
 ) -> Result<(Vec<IntakeItem>, Vec<Result<Resolved, MatchError>>), StoreError> {
-    let limit = match store.backend() {
-        store::Backend::Sqlite => limit,
-        store::Backend::Postgres => limit.min(POSTGRES_CHUNK as i64),
-    };
     for attempt in 1..=RETRIES {
         let mut tx = store.begin().await?;
         let items = tx.queued(limit, lease).await?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::pace::BatchSizer;
 use super::{Resolver, claim_and_resolve};
 use crate::api::load;
 use crate::api::ops::{self, Metrics, Shutdown, StartError};
@@ -21,14 +22,20 @@ pub struct MatcherArgs {
     /// Concurrent workers in this process.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Records claimed at a time by one worker.
-    #[arg(long, default_value_t = 256)]
+    /// Most records claimed at a time by one worker.
+    #[arg(long, default_value_t = WorkerOptions::default().batch)]
     pub batch: i64,
+    /// Time a batch should take, in milliseconds: claims are sized to it at the recent pace.
+    #[arg(long, default_value_t = WorkerOptions::default().batch_budget.as_millis() as u64)]
+    pub batch_budget_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct WorkerOptions {
+    /// Most records claimed at a time.
     pub batch: i64,
+    /// Time a batch should take ([`BatchSizer`]).
+    pub batch_budget: Duration,
     /// A claim older than this is presumed abandoned by a dead worker.
     pub lease: Duration,
     /// Sleep between queue checks when no wake-up arrives (work queued by another process
@@ -36,30 +43,58 @@ pub struct WorkerOptions {
     pub idle_poll: Duration,
 }
 
+/// Default time a batch should take: long enough to write many records per commit, short
+/// enough that intake, waiting for the writer behind it, still answers within a fraction of a
+/// second.
+const BATCH_BUDGET_MS: u64 = 250;
+
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions { batch: 256, lease: Duration::from_secs(60), idle_poll: Duration::from_secs(1) }
+        WorkerOptions {
+            batch: 4096,
+            batch_budget: Duration::from_millis(BATCH_BUDGET_MS),
+            lease: Duration::from_secs(60),
+            idle_poll: Duration::from_secs(1),
+        }
     }
 }
 
 /// One matcher worker.
 pub struct Worker {
-    pub store: Store,
-    pub resolver: Arc<Resolver>,
-    pub metrics: Arc<Metrics>,
-    pub name: String,
-    pub options: WorkerOptions,
+    store: Store,
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+    name: String,
+    options: WorkerOptions,
+    sizer: BatchSizer,
 }
 
 impl Worker {
+    /// A worker claiming under `name` (unique among the store's workers).
+    pub fn new(store: Store, resolver: Arc<Resolver>, metrics: Arc<Metrics>, name: String, options: WorkerOptions) -> Worker {
+        let sizer = BatchSizer::new(options.batch_budget, options.batch.max(1) as usize);
+        Worker { store, resolver, metrics, name, options, sizer }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// How many records the next claim takes at most.
+    pub fn next_claim(&self) -> usize {
+        self.sizer.next()
+    }
+
     /// Claim and resolve one batch; returns how many records were claimed.
     pub async fn step(&self) -> Result<usize, StoreError> {
         let work = self.metrics.meters.matcher.start();
-        let (items, results) =
-            claim_and_resolve(&self.store, &self.resolver, &self.name, self.options.batch, self.options.lease).await?;
+        let started = std::time::Instant::now();
+        let limit = self.sizer.next() as i64;
+        let (items, results) = claim_and_resolve(&self.store, &self.resolver, &self.name, limit, self.options.lease).await?;
         if items.is_empty() {
             return Ok(0);
         }
+        self.sizer.observe(items.len(), started.elapsed());
         work.finished(items.len() as u64);
         let now = now_ms();
         for (item, result) in items.iter().zip(results) {
@@ -150,13 +185,7 @@ pub fn worker_spawner(
     let store = store.clone();
     move |shutdown| {
         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let worker = Worker {
-            store: store.clone(),
-            resolver: resolver.clone(),
-            metrics: metrics.clone(),
-            name: format!("{host}-{id:08x}-{i}"),
-            options,
-        };
+        let worker = Worker::new(store.clone(), resolver.clone(), metrics.clone(), format!("{host}-{id:08x}-{i}"), options);
         tokio::spawn(worker.run(shutdown))
     }
 }
@@ -186,7 +215,11 @@ pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
     let (trigger, shutdown) = ops::shutdown_channel();
     ops::on_signal(trigger);
     let listener = ops::bind(args.listen).await?;
-    let options = WorkerOptions { batch: args.batch, ..WorkerOptions::default() };
+    let options = WorkerOptions {
+        batch: args.batch,
+        batch_budget: Duration::from_millis(args.batch_budget_ms),
+        ..WorkerOptions::default()
+    };
     metrics.meters.matcher.set_slots(args.workers as u32);
     crate::privacy::retention::spawn(&store, &config, resolver.clone(), shutdown.clone());
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);

@@ -113,13 +113,12 @@ pub fn resolver() -> Arc<Resolver> {
 }
 
 pub fn worker(store: &Store, resolver: Arc<Resolver>, name: &str) -> Worker {
-    Worker {
-        store: store.clone(),
-        resolver,
-        metrics: Metrics::new(),
-        name: name.into(),
-        options: WorkerOptions { batch: 16, ..WorkerOptions::default() },
-    }
+    worker_claiming(store, resolver, name, 16)
+}
+
+/// A worker claiming at most `batch` records at a time.
+pub fn worker_claiming(store: &Store, resolver: Arc<Resolver>, name: &str, batch: i64) -> Worker {
+    Worker::new(store.clone(), resolver, Metrics::new(), name.into(), WorkerOptions { batch, ..WorkerOptions::default() })
 }
 
 /// Ingest and API servers on ephemeral local ports; returns their base URLs.
