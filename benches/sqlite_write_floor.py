@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations" / "sqlite"
-KEYS_PER_RECORD = 8
 # share of a record's keys that differ from the person's other records (typos, moves)
 KEY_NOISE = 0.25
 PRAGMAS = """PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
@@ -52,6 +51,7 @@ def main() -> None:
     args.add_argument("--records", type=int, default=200_000)
     args.add_argument("--batch", type=int, default=4096)
     args.add_argument("--seed", type=int, default=42)
+    args.add_argument("--keys-per-record", type=int, default=8, help="key rows per record (0: what the rest costs)")
     opts = args.parse_args()
     rng = random.Random(opts.seed)
     workdir = tempfile.mkdtemp()
@@ -96,7 +96,7 @@ def main() -> None:
             else:
                 goldens[profile] = golden
             records.append((rid, "pos", str(rid), 0, 0, profile, attributes, normalised, evidence, "[1,2,3,4]"))
-            for k in range(KEYS_PER_RECORD):
+            for k in range(opts.keys_per_record):
                 owner = (1, rid) if rng.random() < KEY_NOISE else (0, person)
                 keys.append((key_hash(opts.seed, k, *owner), profile, rid))
             terms += [(key_hash(opts.seed, 10, person % 5000),), (key_hash(opts.seed, 11, person % 20000),), (1,), (2,)]
@@ -126,7 +126,7 @@ def main() -> None:
     for done, at in marks:
         tenths.append(round((done - last[0]) / (at - last[1])))
         last = (done, at)
-    print(json.dumps({"records": opts.records, "batch": opts.batch, "keysPerRecord": KEYS_PER_RECORD,
+    print(json.dumps({"records": opts.records, "batch": opts.batch, "keysPerRecord": opts.keys_per_record,
                       "enqueuePerSecond": round(opts.records / queued), "writtenPerSecond": round(opts.records / elapsed),
                       "byTenth": tenths, "databaseMb": round(os.path.getsize(path) / 2**20)}))
     db.close()
