@@ -160,3 +160,13 @@ fn network_policies_admit_only_intake_and_api_traffic() {
     assert!(egress_ports.contains(&443), "feeds reach their https webhooks");
     assert!(!egress_ports.contains(&9092), "no Kafka feed, no Kafka port");
 }
+
+#[test]
+fn the_in_cluster_store_is_sized_to_its_container() {
+    let store = rendered().into_iter().find(|o| o["kind"] == "StatefulSet").expect("the sample keeps its store in the cluster");
+    let args = &store["spec"]["template"]["spec"]["containers"][0]["args"];
+    // the sample's 20 GiB volume, the default 1 GiB memory limit
+    let expected =
+        ["postgres", "-c", "shared_buffers=256MB", "-c", "effective_cache_size=768MB", "-c", "max_wal_size=4096MB"];
+    assert_eq!(args, &serde_json::json!(expected));
+}
