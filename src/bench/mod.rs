@@ -17,7 +17,7 @@ use crate::api::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::source::{Delivery, FieldMapping, HttpDelivery, SourceSpec};
 use crate::identity::eval::{PairwiseMetrics, pairwise};
-use crate::matcher::{Decision, Resolver, WorkerOptions, spawn_workers};
+use crate::matcher::{BatchArgs, Decision, Resolver, WorkerOptions, spawn_workers};
 use crate::pipeline::{MatchingConfig, NamedSource, PipelineConfig};
 use crate::store::{Store, StoreError, scratch_database};
 use generate::{Generator, Population};
@@ -49,12 +49,8 @@ pub struct ThroughputArgs {
     pub records: usize,
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Most records a worker claims at a time.
-    #[arg(long, default_value_t = WorkerOptions::default().batch)]
-    pub batch: i64,
-    /// Time a batch should take, in milliseconds (claims are sized to it).
-    #[arg(long, default_value_t = WorkerOptions::default().batch_budget.as_millis() as u64)]
-    pub batch_budget_ms: u64,
+    #[command(flatten)]
+    pub batching: BatchArgs,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Who the records are of: `town` crowds everyone into a few names and postcodes.
@@ -234,11 +230,7 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
 
     let resolver = Arc::new(Resolver::new(&config)?);
     let (trigger, shutdown) = ops::shutdown_channel();
-    let options = WorkerOptions {
-        batch: args.batch,
-        batch_budget: Duration::from_millis(args.batch_budget_ms),
-        ..WorkerOptions::default()
-    };
+    let options = args.batching.worker_options();
     let (started, cpu_started) = (Instant::now(), cpu_seconds());
     let metrics = Metrics::new();
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
@@ -294,8 +286,8 @@ pub async fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, Start
         population: args.population,
         people: generator.people(),
         workers: args.workers,
-        batch: args.batch,
-        batch_budget_ms: args.batch_budget_ms,
+        batch: args.batching.batch,
+        batch_budget_ms: args.batching.batch_budget_ms,
         enqueue_per_second: args.records as f64 / enqueue_seconds,
         resolved_per_second: args.records as f64 / resolve_seconds,
         resolve_seconds,

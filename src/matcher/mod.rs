@@ -28,7 +28,7 @@ use crate::store::{self, GoldenUpdate, IntakeItem, ProfileRow, Store, StoreError
 /// Prepared records of profiles: profile id → `(record id, record)` in record id order.
 type Members = BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>>;
 
-pub use service::{MatcherArgs, Worker, WorkerOptions, run, spawn_queue_gauge, spawn_workers, worker_spawner};
+pub use service::{BatchArgs, MatcherArgs, Worker, WorkerOptions, run, spawn_queue_gauge, spawn_workers, worker_spawner};
 
 pub use crate::identity::record::lookup_key;
 

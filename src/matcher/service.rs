@@ -22,12 +22,29 @@ pub struct MatcherArgs {
     /// Concurrent workers in this process.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    #[command(flatten)]
+    pub batching: BatchArgs,
+}
+
+/// How a worker sizes its claims, on the command line.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BatchArgs {
     /// Most records claimed at a time by one worker.
     #[arg(long, default_value_t = WorkerOptions::default().batch)]
     pub batch: i64,
     /// Time a batch should take, in milliseconds: claims are sized to it at the recent pace.
     #[arg(long, default_value_t = WorkerOptions::default().batch_budget.as_millis() as u64)]
     pub batch_budget_ms: u64,
+}
+
+impl BatchArgs {
+    pub fn worker_options(&self) -> WorkerOptions {
+        WorkerOptions {
+            batch: self.batch,
+            batch_budget: Duration::from_millis(self.batch_budget_ms),
+            ..WorkerOptions::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -215,11 +232,7 @@ pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
     let (trigger, shutdown) = ops::shutdown_channel();
     ops::on_signal(trigger);
     let listener = ops::bind(args.listen).await?;
-    let options = WorkerOptions {
-        batch: args.batch,
-        batch_budget: Duration::from_millis(args.batch_budget_ms),
-        ..WorkerOptions::default()
-    };
+    let options = args.batching.worker_options();
     metrics.meters.matcher.set_slots(args.workers as u32);
     crate::privacy::retention::spawn(&store, &config, resolver.clone(), shutdown.clone());
     let workers = spawn_workers(&store, resolver, metrics.clone(), args.workers, options, &shutdown);
