@@ -123,9 +123,9 @@ def main() -> None:
     done.set()
     checkpoints.join()
     tenths, last = [], (0, started)
-    for done, at in marks:
-        tenths.append(round((done - last[0]) / (at - last[1])))
-        last = (done, at)
+    for written, at in marks:
+        tenths.append(round((written - last[0]) / (at - last[1])))
+        last = (written, at)
     print(json.dumps({"records": opts.records, "batch": opts.batch, "keysPerRecord": opts.keys_per_record,
                       "enqueuePerSecond": round(opts.records / queued), "writtenPerSecond": round(opts.records / elapsed),
                       "byTenth": tenths, "databaseMb": round(os.path.getsize(path) / 2**20)}))
