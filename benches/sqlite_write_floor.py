@@ -128,7 +128,7 @@ def main() -> None:
         last = (written, at)
     print(json.dumps({"records": opts.records, "batch": opts.batch, "keysPerRecord": opts.keys_per_record,
                       "enqueuePerSecond": round(opts.records / queued), "writtenPerSecond": round(opts.records / elapsed),
-                      "byTenth": tenths, "databaseMb": round(os.path.getsize(path) / 2**20)}))
+                      "byTenth": tenths, "databaseMb": round(sum(os.path.getsize(os.path.join(workdir, f)) for f in os.listdir(workdir)) / 2**20)}))
     db.close()
     for name in os.listdir(workdir):
         os.remove(os.path.join(workdir, name))
