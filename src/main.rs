@@ -35,6 +35,8 @@ enum Command {
         /// Directory of YAML files (CustomerDataPlatform, Source, MatchingPolicy, Feed, ScalingPolicy, Secret).
         #[arg(short = 'f', long = "filename")]
         dir: PathBuf,
+        #[command(flatten)]
+        images: cdp_operator::operator::ImageArgs,
     },
     /// Run the operator: reconcile platforms in the cluster of the current kubeconfig or service account.
     Operator(cdp_operator::operator::OperatorArgs),
@@ -68,6 +70,12 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    // kube's client asks rustls for the process-wide crypto provider, and panics at its first
+    // HTTPS connection when the dependency tree enables more than one. Installing the one
+    // provider of the binary first makes that choice explicit, whatever a dependency enables.
+    rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a TLS crypto provider was installed before main"))?;
     let cli = Cli::parse();
     match cli.command {
         Command::Crd { output_dir: None, .. } => {
@@ -80,8 +88,8 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Render { dir } => {
-            let out = cdp_operator::operator::render_dir(&dir).with_context(|| format!("rendering {}", dir.display()))?;
+        Command::Render { dir, images } => {
+            let out = cdp_operator::operator::render_dir(&dir, &images.images()).with_context(|| format!("rendering {}", dir.display()))?;
             for warning in &out.warnings {
                 eprintln!("warning: {warning}");
             }

@@ -5,6 +5,7 @@
 //! `Controller` run unmodified against it.
 //!
 //! Modelled, because controllers misbehave without it:
+//! - `GET /version`, the first request of a client that logs the server's version;
 //! - any `/api/v1/...` or `/apis/{group}/{version}/...` path, namespaced or cluster-wide; objects
 //!   are JSON keyed by (group, plural, namespace, name), the version is not part of the key;
 //! - one global resourceVersion; a write that changes nothing keeps it and emits no event;
@@ -310,6 +311,16 @@ impl FakeApi {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Answers a request that arrived over a socket (the TLS server of [`super::tls`]).
+    pub async fn answer(&self, req: Request<hyper::body::Incoming>) -> Response<ResponseBody> {
+        let (parts, body) = req.into_parts();
+        let body = match body.collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(err) => return ApiError::bad_request(err.to_string()).into_response(),
+        };
+        self.serve(Request::from_parts(parts, kube::client::Body::from(body))).await
+    }
+
     async fn serve(&self, req: Request<kube::client::Body>) -> Response<ResponseBody> {
         let (parts, body) = req.into_parts();
         let body = match body.collect_bytes().await {
@@ -534,6 +545,11 @@ impl State {
         self.requests.push(request.clone());
         if let Some(error) = self.take_fault(&request) {
             return Err(error);
+        }
+        if request.method == Method::GET && request.path == "/version" {
+            // What a client asks first (`cdp operator` logs the server's version).
+            let version = json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64"});
+            return Ok(json_response(StatusCode::OK, &version));
         }
         let route = Route::parse(&request.path).ok_or_else(|| {
             ApiError::new(
