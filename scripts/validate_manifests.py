@@ -510,8 +510,23 @@ def cmd_helm(args: argparse.Namespace, tally: Tally) -> None:
         dep = find_object(objs, "Deployment")
         return dep["spec"]["template"]["spec"]["containers"][0]["args"] if dep else []
 
-    def expect_default(objs):
+    def operator_env(objs):
+        dep = find_object(objs, "Deployment")
+        container = dep["spec"]["template"]["spec"]["containers"][0] if dep else {}
+        return container.get("image"), {e["name"]: e.get("value") for e in container.get("env", [])}
+
+    def expect_images(objs, data_plane=None, postgres="postgres:17-bookworm"):
+        """The data plane runs the operator's own image unless dataPlane.image says otherwise."""
+        image, env = operator_env(objs)
         problems = []
+        if env.get("CDP_IMAGE") != (data_plane or image):
+            problems.append(f"CDP_IMAGE {env.get('CDP_IMAGE')!r}, expected {data_plane or image!r}")
+        if env.get("CDP_POSTGRES_IMAGE") != postgres:
+            problems.append(f"CDP_POSTGRES_IMAGE {env.get('CDP_POSTGRES_IMAGE')!r}, expected {postgres!r}")
+        return problems
+
+    def expect_default(objs):
+        problems = expect_images(objs)
         kinds = {o["kind"] for o in objs}
         for k in ("Deployment", "ServiceAccount", "Service", "ClusterRole", "ClusterRoleBinding",
                   "Role", "RoleBinding", "CustomResourceDefinition"):
@@ -554,7 +569,7 @@ def cmd_helm(args: argparse.Namespace, tally: Tally) -> None:
         svc = find_object(objs, "Service", "-metrics")
         if not sm or not svc:
             return ["ServiceMonitor or metrics Service missing"]
-        problems = []
+        problems = expect_images(objs)
         if sm["spec"]["selector"]["matchLabels"].items() - svc["metadata"]["labels"].items():
             problems.append("ServiceMonitor selector does not match the metrics Service labels")
         if sm["spec"]["endpoints"][0]["port"] not in [p["name"] for p in svc["spec"]["ports"]]:
@@ -562,6 +577,9 @@ def cmd_helm(args: argparse.Namespace, tally: Tally) -> None:
         if any(o["kind"] == "CustomResourceDefinition" for o in objs):
             problems.append("CRDs rendered although crds.enabled is false")
         return problems
+
+    def expect_own_images(objs):
+        return expect_images(objs, data_plane="registry.example/cdp:e2e", postgres="registry.example/postgres:17")
 
     def expect_nothing(objs):
         return []
@@ -579,6 +597,9 @@ def cmd_helm(args: argparse.Namespace, tally: Tally) -> None:
          expect_monitoring),
         ("no ServiceAccount / RBAC created", {"serviceAccount": {"create": False, "name": "existing"},
                                                "rbac": {"create": False}}, expect_nothing),
+        ("data plane and PostgreSQL images", {"dataPlane": {"image": "registry.example/cdp:e2e"},
+                                              "postgres": {"image": "registry.example/postgres:17"}},
+         expect_own_images),
     ]
     crds = CrdSchemas()
     crds.add_from(args.crds, tally)
@@ -618,6 +639,7 @@ def cmd_helm(args: argparse.Namespace, tally: Tally) -> None:
         ("invalid namespace name", {"watchNamespaces": ["Team_A"]}),
         ("port out of range", {"metrics": {"port": 70000}}),
         ("bad pull policy", {"image": {"pullPolicy": "Sometimes"}}),
+        ("empty PostgreSQL image", {"postgres": {"image": ""}}),
     ]
     for label, values in bad_values:
         what = f"helm values schema rejects {label}"

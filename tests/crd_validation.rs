@@ -273,3 +273,43 @@ fn schema_refuses_bad_types_enums_and_patterns() {
     platform["spec"]["store"]["external"] = json!({"urlSecretRef": {"name": "pg", "key": "url"}});
     assert_refused("CustomerDataPlatform", &platform, "store: set inCluster or external, not both");
 }
+
+/// The formats the API server knows (apiextensions' supported formats); any other one makes it
+/// warn on every apply of the CRD.
+const KUBERNETES_FORMATS: [&str; 24] = [
+    "bsonobjectid", "uri", "email", "hostname", "ipv4", "ipv6", "cidr", "mac", "uuid", "uuid3", "uuid4", "uuid5",
+    "isbn", "isbn10", "isbn13", "creditcard", "ssn", "hexcolor", "rgbcolor", "byte", "password", "date",
+    "date-time", "duration",
+];
+const NUMBER_FORMATS: [&str; 4] = ["int32", "int64", "float", "double"];
+
+fn formats(schema: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(format) = map.get("format").and_then(Value::as_str) {
+                out.push((path.to_string(), format.to_string()));
+            }
+            for (key, value) in map {
+                formats(value, &format!("{path}/{key}"), out);
+            }
+        }
+        Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| formats(v, &format!("{path}/{i}"), out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_format_is_one_the_api_server_knows() {
+    for crd in cdp_operator::crd::all() {
+        let mut found = Vec::new();
+        formats(&serde_json::to_value(&crd).unwrap(), "", &mut found);
+        assert!(!found.is_empty(), "the CRDs carry formats: the check must see them");
+        for (path, format) in found {
+            assert!(
+                KUBERNETES_FORMATS.contains(&format.as_str()) || NUMBER_FORMATS.contains(&format.as_str()),
+                "{} {path}: format {format:?} is unknown to the API server",
+                crd.metadata.name.as_deref().unwrap_or_default()
+            );
+        }
+    }
+}

@@ -21,7 +21,7 @@ fn render_keda(manifests: &Manifests) -> (Vec<Value>, Vec<String>) {
     let platform = &manifests.platforms[0];
     let compiled = pipeline::compile(platform, &manifests.members_of(platform), cdp_operator::identity::default_model());
     let errors = compiled.verdicts.iter().flat_map(|v| v.errors.iter().map(move |e| format!("{} {}: {e}", v.kind, v.name))).collect();
-    let bundle = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists).unwrap();
+    let bundle = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists, &render::Images::default()).unwrap();
     (bundle.scaled_objects.iter().map(|o| serde_json::to_value(o).unwrap()).collect(), errors)
 }
 

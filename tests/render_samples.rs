@@ -15,7 +15,7 @@ fn rendered() -> Vec<Value> {
     let manifests = pipeline::load_dir(&samples_dir()).unwrap();
     let platform = &manifests.platforms[0];
     let compiled = pipeline::compile(platform, &manifests.members_of(platform), default_model());
-    render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Create("pw".into()))
+    render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Create("pw".into()), &render::Images::default())
         .unwrap()
         .objects()
 }
@@ -29,7 +29,7 @@ fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
 
 #[test]
 fn render_dir_snapshot() {
-    let out = cdp_operator::operator::render_dir(&samples_dir()).unwrap();
+    let out = cdp_operator::operator::render_dir(&samples_dir(), &render::Images::default()).unwrap();
     assert!(out.warnings.is_empty(), "{:?}", out.warnings);
     insta::assert_snapshot!("samples", out.yaml);
 }
@@ -122,7 +122,7 @@ fn existing_store_password_is_never_regenerated() {
     let manifests = pipeline::load_dir(&samples_dir()).unwrap();
     let platform = &manifests.platforms[0];
     let compiled = pipeline::compile(platform, &manifests.members_of(platform), default_model());
-    let bundle = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists).unwrap();
+    let bundle = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists, &render::Images::default()).unwrap();
     assert!(bundle.store_secret.is_none());
     assert!(bundle.store.is_some());
 }
@@ -134,7 +134,7 @@ fn external_store_renders_no_postgres() {
     platform.spec.store.in_cluster = None;
     platform.spec.store.external = Some(serde_json::from_value(serde_json::json!({"urlSecretRef": {"name": "pg", "key": "url"}})).unwrap());
     let compiled = pipeline::compile(&platform, &manifests.members_of(&platform), default_model());
-    let bundle = render::render(&platform, &compiled.config, &compiled.hash, &StorePassword::Create("x".into())).unwrap();
+    let bundle = render::render(&platform, &compiled.config, &compiled.hash, &StorePassword::Create("x".into()), &render::Images::default()).unwrap();
     assert!(bundle.store.is_none() && bundle.store_service.is_none() && bundle.store_secret.is_none());
     let env = &serde_json::to_value(&bundle.deployments[0]).unwrap()["spec"]["template"]["spec"]["containers"][0]["env"];
     let url = env.as_array().unwrap().iter().find(|e| e["name"] == "CDP_STORE_URL").unwrap();
@@ -169,4 +169,53 @@ fn the_in_cluster_store_is_sized_to_its_container() {
     let expected =
         ["postgres", "-c", "shared_buffers=256MB", "-c", "effective_cache_size=768MB", "-c", "max_wal_size=4096MB"];
     assert_eq!(args, &serde_json::json!(expected));
+}
+
+#[test]
+fn workloads_run_the_operators_images_unless_the_spec_names_its_own() {
+    let manifests = pipeline::load_dir(&samples_dir()).unwrap();
+    let mut platform = manifests.platforms[0].clone();
+    let compiled = pipeline::compile(&platform, &manifests.members_of(&platform), default_model());
+    let images = render::Images { cdp: "registry.example/cdp:1.2.3".into(), postgres: "registry.example/pg:17".into() };
+    let image_of = |objects: Vec<Value>, kind: &str| -> Vec<String> {
+        objects
+            .iter()
+            .filter(|o| o["kind"] == kind)
+            .map(|o| o["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let objects = render::render(&platform, &compiled.config, &compiled.hash, &StorePassword::Exists, &images).unwrap().objects();
+    assert_eq!(image_of(objects.clone(), "Deployment"), vec!["registry.example/cdp:1.2.3"; 4]);
+    assert_eq!(image_of(objects, "StatefulSet"), ["registry.example/pg:17"]);
+
+    platform.spec.image = Some("mirror.example/cdp:pinned".into());
+    platform.spec.store.in_cluster.as_mut().unwrap().image = Some("mirror.example/pg:pinned".into());
+    let objects = render::render(&platform, &compiled.config, &compiled.hash, &StorePassword::Exists, &images).unwrap().objects();
+    assert_eq!(image_of(objects.clone(), "Deployment"), vec!["mirror.example/cdp:pinned"; 4]);
+    assert_eq!(image_of(objects, "StatefulSet"), ["mirror.example/pg:pinned"]);
+}
+
+#[test]
+fn monitoring_peers_may_scrape_every_workload() {
+    let manifests = pipeline::load_dir(&samples_dir()).unwrap();
+    let mut platform = manifests.platforms[0].clone();
+    let prometheus = serde_json::json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    });
+    platform.spec.monitoring.allowed_from = vec![serde_json::from_value(prometheus.clone()).unwrap()];
+    let compiled = pipeline::compile(&platform, &manifests.members_of(&platform), default_model());
+    let objects = render::render(&platform, &compiled.config, &compiled.hash, &StorePassword::Exists, &render::Images::default())
+        .unwrap()
+        .objects();
+    for workload in ["retail-matcher", "retail-feeds", "retail-api"] {
+        let from = &find(&objects, "NetworkPolicy", workload)["spec"]["ingress"][0]["from"];
+        assert!(from.as_array().unwrap().contains(&prometheus), "{workload}: {from}");
+    }
+    // intake takes traffic from anywhere already
+    assert!(find(&objects, "NetworkPolicy", "retail-ingest")["spec"]["ingress"][0].get("from").is_none());
+    // without it, the matcher admits the operator alone
+    let objects = rendered();
+    let from = find(&objects, "NetworkPolicy", "retail-matcher")["spec"]["ingress"][0]["from"].as_array().unwrap().clone();
+    assert_eq!(from.len(), 1);
 }

@@ -7,8 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{CommonStatus, SecretKeyRef};
 
-pub const DEFAULT_IMAGE: &str = "ghcr.io/cdp-operator/cdp:0.1.0";
-pub const DEFAULT_POSTGRES_IMAGE: &str = "postgres:17-bookworm";
 
 /// A customer-data platform: its store, image, API exposure and workload defaults.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -28,10 +26,11 @@ pub const DEFAULT_POSTGRES_IMAGE: &str = "postgres:17-bookworm";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerDataPlatformSpec {
-    /// Container image of `cdp` run by every workload.
-    #[serde(default = "default_image")]
+    /// Container image of `cdp` run by every workload. Absent: the operator's own image (its
+    /// `--image` setting), so the data plane runs the operator's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub image: String,
+    pub image: Option<String>,
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
     /// Where profiles live. Absent: a PostgreSQL managed by the operator in this namespace.
@@ -39,6 +38,8 @@ pub struct CustomerDataPlatformSpec {
     pub store: StoreSpec,
     #[serde(default)]
     pub api: ApiSpec,
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
     /// Replica bounds and resources per workload. A ScalingPolicy may narrow the bounds.
     #[serde(default)]
     pub workloads: Workloads,
@@ -55,10 +56,6 @@ impl CustomerDataPlatformSpec {
         .flatten()
         .collect()
     }
-}
-
-fn default_image() -> String {
-    DEFAULT_IMAGE.to_string()
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -86,8 +83,12 @@ pub struct StoreSpec {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct InClusterStore {
-    #[serde(default = "default_postgres_image")]
-    pub image: String,
+    /// A PostgreSQL image honouring the official image's contract (`POSTGRES_USER`,
+    /// `POSTGRES_PASSWORD`, `POSTGRES_DB`, `PGDATA`, uid 999). Absent: the operator's
+    /// `--postgres-image` setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
     /// Size of the data volume.
     #[serde(default = "default_storage")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$"))]
@@ -101,7 +102,7 @@ pub struct InClusterStore {
 impl Default for InClusterStore {
     fn default() -> Self {
         Self {
-            image: default_postgres_image(),
+            image: None,
             storage: default_storage(),
             storage_class_name: None,
             resources: None,
@@ -109,9 +110,6 @@ impl Default for InClusterStore {
     }
 }
 
-fn default_postgres_image() -> String {
-    DEFAULT_POSTGRES_IMAGE.to_string()
-}
 fn default_storage() -> String {
     "10Gi".to_string()
 }
@@ -140,6 +138,17 @@ impl Default for ApiSpec {
     fn default() -> Self {
         Self { service_type: ServiceType::ClusterIP, tokens_secret_ref: None, allowed_namespaces: vec![] }
     }
+}
+
+/// Who may scrape the workloads' Prometheus metrics.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Peers the NetworkPolicies admit to every workload's HTTP port, where `/metrics` is
+    /// served (e.g. Prometheus's namespace and pods). Intake is open to all already; the
+    /// operator, which reads the workloads' load, is always admitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

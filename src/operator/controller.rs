@@ -49,6 +49,8 @@ pub struct OperatorArgs {
     /// Run without leader election (a single replica, or local development).
     #[arg(long)]
     pub no_leader_election: bool,
+    #[command(flatten)]
+    pub images: super::ImageArgs,
 }
 
 #[derive(Debug, Error)]
@@ -80,6 +82,8 @@ pub struct Context {
     pub client: Client,
     pub metrics: Metrics,
     recorder: Recorder,
+    /// What platforms whose spec names no image run.
+    pub images: render::Images,
     /// Consecutive failures per platform, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<CustomerDataPlatform>, u32>>,
     pub(super) scaler: Scaler,
@@ -93,7 +97,7 @@ impl Context {
     /// A context whose scaler polls and decides as `options` say.
     pub fn with_scaler(client: Client, metrics: Metrics, options: ScalerOptions) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter::from("cdp-operator"));
-        Self { client, metrics, recorder, failures: Mutex::default(), scaler: Scaler::new(options) }
+        Self { client, metrics, recorder, images: render::Images::default(), failures: Mutex::default(), scaler: Scaler::new(options) }
     }
 
     pub(super) async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
@@ -128,7 +132,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         leader::acquire(&client, &leader_config).await?;
         tracing::info!("leading");
     }
-    let ctx = Arc::new(Context::new(client.clone(), metrics));
+    let ctx = Arc::new(Context { images: args.images.images(), ..Context::new(client.clone(), metrics) });
     let controllers = run_controllers(ctx, &args.namespaces);
     if args.no_leader_election {
         controllers.await;
@@ -271,7 +275,7 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
             );
             return stall(ctx, platform, &compiled, "StorePasswordLost", message).await;
         };
-        let bundle = render::render(platform, &compiled.config, &compiled.hash, &password)?;
+        let bundle = render::render(platform, &compiled.config, &compiled.hash, &password, &ctx.images)?;
         if let Err(error) = apply_bundle(client, platform, &compiled.config, &bundle).await {
             return match error.refusal() {
                 Some(message) => stall(ctx, platform, &compiled, "ApplyRefused", message).await,

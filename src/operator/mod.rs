@@ -21,7 +21,24 @@ use kube::ResourceExt;
 use thiserror::Error;
 
 use crate::pipeline::{self, LoadError};
-use render::StorePassword;
+use render::{Images, StorePassword};
+
+/// The images the operator gives platforms whose spec names none.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ImageArgs {
+    /// Image of `cdp` for the data plane (the deployment manifests set it to the operator's own image).
+    #[arg(long = "image", env = "CDP_IMAGE", default_value = render::DEFAULT_IMAGE)]
+    pub cdp: String,
+    /// PostgreSQL image of in-cluster stores.
+    #[arg(long = "postgres-image", env = "CDP_POSTGRES_IMAGE", default_value = render::DEFAULT_POSTGRES_IMAGE)]
+    pub postgres: String,
+}
+
+impl ImageArgs {
+    pub fn images(&self) -> Images {
+        Images { cdp: self.cdp.clone(), postgres: self.postgres.clone() }
+    }
+}
 
 /// Every CRD as one multi-document YAML stream, as `cdp crd` prints it.
 pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
@@ -76,7 +93,7 @@ pub struct RenderedDir {
 }
 
 /// Compile and render every platform found in `dir`, exactly as the operator would.
-pub fn render_dir(dir: &Path) -> Result<RenderedDir, RenderDirError> {
+pub fn render_dir(dir: &Path, images: &Images) -> Result<RenderedDir, RenderDirError> {
     let manifests = pipeline::load_dir(dir)?;
     let mut yaml = String::new();
     let mut warnings: Vec<String> = manifests.ignored.iter().map(|i| format!("{i}: not a cdp.dev resource nor a Secret, ignored")).collect();
@@ -92,7 +109,7 @@ pub fn render_dir(dir: &Path) -> Result<RenderedDir, RenderDirError> {
         }
         // The store password Secret is left out: the operator generates it, once, in the cluster.
         // Printing one here would invite applying a known password through GitOps.
-        let bundle = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists)
+        let bundle = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists, images)
             .map_err(|source| RenderDirError::Render { platform: platform.name_any(), source })?;
         for object in bundle.objects() {
             yaml.push_str("---\n");

@@ -7,7 +7,7 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::RenderError;
+use super::{Images, RenderError};
 use crate::crd::CustomerDataPlatform;
 use crate::crd::platform::WorkloadSpec;
 
@@ -77,16 +77,19 @@ pub struct Context<'a> {
     pub name: String,
     pub namespace: String,
     pub hash: String,
+    /// The operator's images, for a spec that names none.
+    pub images: &'a Images,
     owner: Option<OwnerReference>,
 }
 
 impl<'a> Context<'a> {
-    pub fn new(platform: &'a CustomerDataPlatform, hash: &str) -> Result<Self, RenderError> {
+    pub fn new(platform: &'a CustomerDataPlatform, hash: &str, images: &'a Images) -> Result<Self, RenderError> {
         Ok(Self {
             platform,
             name: platform.name_any(),
             namespace: platform.namespace().ok_or(RenderError::NoNamespace)?,
             hash: hash.to_string(),
+            images,
             owner: platform.controller_owner_ref(&()),
         })
     }

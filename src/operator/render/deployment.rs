@@ -62,7 +62,7 @@ pub fn deployment(ctx: &Context, config: &PipelineConfig, workload: Workload) ->
                     "terminationGracePeriodSeconds": 30,
                     "containers": [{
                         "name": component,
-                        "image": ctx.platform.spec.image,
+                        "image": ctx.platform.spec.image.as_ref().unwrap_or(&ctx.images.cdp),
                         "imagePullPolicy": ctx.platform.spec.image_pull_policy,
                         "args": [component, "--config", format!("{CONFIG_DIR}/{CONFIG_FILE}"), "--listen", format!("0.0.0.0:{PORT}")],
                         "env": env(ctx),

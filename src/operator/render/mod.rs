@@ -47,6 +47,26 @@ impl RenderError {
     }
 }
 
+/// The images a platform runs when its spec names none: the operator's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Images {
+    /// `cdp` for every data-plane workload.
+    pub cdp: String,
+    /// PostgreSQL for the in-cluster store.
+    pub postgres: String,
+}
+
+/// The release image of this very binary, so an operator started without `--image` deploys
+/// a data plane of its own version.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/cdp-operator/cdp:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_POSTGRES_IMAGE: &str = "postgres:17-bookworm";
+
+impl Default for Images {
+    fn default() -> Self {
+        Images { cdp: DEFAULT_IMAGE.to_string(), postgres: DEFAULT_POSTGRES_IMAGE.to_string() }
+    }
+}
+
 /// Whether the generated store password Secret must be created, or already exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorePassword {
@@ -102,8 +122,9 @@ pub fn render(
     config: &PipelineConfig,
     hash: &str,
     password: &StorePassword,
+    images: &Images,
 ) -> Result<Bundle, RenderError> {
-    let ctx = common::Context::new(platform, hash)?;
+    let ctx = common::Context::new(platform, hash, images)?;
     let in_cluster_store = platform.spec.store.external.is_none();
     Ok(Bundle {
         service_account: ctx.typed("ServiceAccount", service::service_account(&ctx))?,

@@ -19,13 +19,15 @@ pub fn all(ctx: &Context, config: &PipelineConfig) -> Vec<Value> {
     policies
 }
 
-/// The operator polls every workload's load endpoint; Prometheus scrapes /metrics on the same port.
+/// The operator polls every workload's load endpoint.
 fn operator_peer() -> Value {
     json!({"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "cdp-operator"}}})
 }
 
 fn workload(ctx: &Context, config: &PipelineConfig, workload: Workload) -> Value {
-    let mut from = vec![operator_peer()];
+    // Scrapers read /metrics on the same port as the load endpoint.
+    let scrapers = ctx.platform.spec.monitoring.allowed_from.iter().map(|peer| json!(peer));
+    let mut from: Vec<Value> = std::iter::once(operator_peer()).chain(scrapers).collect();
     match workload {
         // Touchpoints deliver from anywhere.
         Workload::Ingest => from = vec![],

@@ -99,7 +99,7 @@ pub fn stateful_set(ctx: &Context) -> Value {
                     "securityContext": pod_security(POSTGRES_UID),
                     "containers": [{
                         "name": "postgres",
-                        "image": store.image,
+                        "image": store.image.as_ref().unwrap_or(&ctx.images.postgres),
                         "args": settings,
                         "env": [
                             {"name": "POSTGRES_USER", "value": USER},
