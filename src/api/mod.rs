@@ -667,7 +667,7 @@ pub fn router(state: ApiState) -> Router {
 /// `cdp api`.
 pub async fn run(args: ApiArgs) -> Result<(), StartError> {
     let config = ops::load_config(&args.config)?;
-    let store = Store::open(&ops::store_url_from_env()?).await?;
+    let store = ops::open_store_from_env().await?;
     let secrets = Secrets::from_env();
     let tokens = match &config.api_tokens {
         Some(secret) => Tokens::parse(&secrets.get(secret)?).map_err(StartError::Tokens)?,

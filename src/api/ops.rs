@@ -76,6 +76,27 @@ pub fn store_url_from_env() -> Result<String, StartError> {
     with_password(&url, password.as_deref())
 }
 
+/// The store of a long-running service (`CDP_STORE_URL`), opened once it answers. In a
+/// cluster the PostgreSQL pod may start after the workloads, or restart under them; waiting
+/// here, rather than exiting into the kubelet's growing restart back-off, lets a workload be
+/// ready as soon as the store is. Any other failure (a wrong password, a bad URL) ends the start.
+pub async fn open_store_from_env() -> Result<Store, StartError> {
+    const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+    let url = store_url_from_env()?;
+    let mut delay = std::time::Duration::from_millis(250);
+    loop {
+        match Store::open(&url).await {
+            Ok(store) => return Ok(store),
+            Err(error) if error.is_unreachable() => {
+                tracing::warn!(%error, retry_in = ?delay, "the store does not answer yet; waiting for it");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_DELAY);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 fn with_password(url: &str, password: Option<&str>) -> Result<String, StartError> {
     let Some(password) = password else { return Ok(url.to_string()) };
     if url.starts_with("sqlite:") {

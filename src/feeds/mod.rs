@@ -509,7 +509,7 @@ pub fn router(load: LoadBoard) -> Router {
 /// `cdp feeds`.
 pub async fn run(args: FeedsArgs) -> Result<(), StartError> {
     let config = ops::load_config(&args.config)?;
-    let store = Store::open(&ops::store_url_from_env()?).await?;
+    let store = ops::open_store_from_env().await?;
     let metrics = Metrics::new();
     let options = WorkerOptions { batch: args.batch, concurrency: args.concurrency, ..WorkerOptions::default() };
     let ctx = FeedsContext::new(store.clone(), &metrics, options);

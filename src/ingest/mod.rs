@@ -217,7 +217,7 @@ async fn receive(
 /// `cdp ingest`.
 pub async fn run(args: IngestArgs) -> Result<(), StartError> {
     let config = ops::load_config(&args.config)?;
-    let store = Store::open(&ops::store_url_from_env()?).await?;
+    let store = ops::open_store_from_env().await?;
     let metrics = Metrics::new();
     let state = IngestState::new(&config, &Secrets::from_env(), store.clone(), metrics.clone())?;
     let (trigger, shutdown) = ops::shutdown_channel();

@@ -226,7 +226,7 @@ pub fn spawn_queue_gauge(store: Store, metrics: Arc<Metrics>, shutdown: Shutdown
 /// `cdp matcher`.
 pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
     let config = ops::load_config(&args.config)?;
-    let store = Store::open(&ops::store_url_from_env()?).await?;
+    let store = ops::open_store_from_env().await?;
     let resolver = Arc::new(Resolver::new(&config)?);
     let metrics = Metrics::new();
     let (trigger, shutdown) = ops::shutdown_channel();

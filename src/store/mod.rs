@@ -72,6 +72,19 @@ impl StoreError {
 
     /// A transient conflict between concurrent writers (deadlock, serialisation failure,
     /// SQLite busy): retrying the transaction is the right answer.
+    /// The server cannot be reached yet (no such host, connection refused, still starting up):
+    /// worth waiting for, unlike a wrong password or a failed migration.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Group(e) => e.is_unreachable(),
+            Self::Db(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
+            // PostgreSQL: the database system is starting up or shutting down
+            Self::Db(sqlx::Error::Database(e)) => matches!(e.code().as_deref(), Some("57P03" | "57P01")),
+            Self::Migrate(sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(_))) => true,
+            _ => false,
+        }
+    }
+
     pub fn is_conflict(&self) -> bool {
         if let Self::Group(e) = self {
             return e.is_conflict();
