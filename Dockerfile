@@ -4,11 +4,21 @@
 #
 #   docker build -t ghcr.io/cdp-operator/cdp:0.1.0 .
 #
-# Needs BuildKit (the default builder of current Docker and of buildx/Podman): the
-# cache mounts keep the crate registry and target/ between builds, so a source change
-# does not rebuild every dependency.
+# Build arguments:
+#   RUNTIME_BASE  the image the binary runs on: distroless's cc (glibc and libgcc for the Rust
+#                 binary; no shell, no package manager). Any glibc at least as new as the
+#                 builder's (Debian 12) will do; e2e/images/ uses a minimal Debian where no
+#                 registry is reachable.
+#   BINARY        `build` compiles the release binary here; `prebuilt` takes a `cdp` binary from
+#                 the root of the build context instead (a one-file context: e2e/images/cdp.sh).
+#
+# Needs BuildKit (the default builder of current Docker and of buildx/Podman) or buildah: the
+# cache mounts keep the crate registry and target/ between builds, so a source change does not
+# rebuild every dependency.
+ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12:nonroot
+ARG BINARY=build
 
-FROM rust:1.95-bookworm AS builder
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -16,9 +26,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin cdp \
     && cp target/release/cdp /cdp
 
-# distroless/cc: glibc and libgcc for the Rust binary; no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=builder /cdp /cdp
+FROM scratch AS prebuilt
+COPY cdp /cdp
+
+# hadolint ignore=DL3006
+FROM ${BINARY} AS binary
+
+FROM ${RUNTIME_BASE} AS runtime
+COPY --from=binary /cdp /cdp
 # 65532 is distroless's "nonroot" user. Numeric, so that Kubernetes can check
 # runAsNonRoot without an /etc/passwd lookup.
 USER 65532:65532

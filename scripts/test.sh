@@ -3,6 +3,9 @@
 #   1. generated files (CRDs, chart CRDs) match the code
 #   2. unit and integration tests, against real SQLite and a throw-away PostgreSQL
 #   3. rendered objects and every manifest under config/ and charts/ against the official schemas
+#   4. end to end on a real cluster (e2e/), with the project's image built from this build's
+#      binary, when CDP_E2E_TOOLKIT names a kube toolkit to bring the cluster up with
+#      (against any other cluster: e2e/run.sh, see e2e/README.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -30,5 +33,14 @@ rendered=target/rendered
 rm -rf "$rendered" && mkdir -p "$rendered"
 target/debug/cdp render -f config/samples > "$rendered/samples.yaml"
 scripts/validate-manifests.sh "$rendered"
+
+if [ -n "${CDP_E2E_TOOLKIT:-}" ]; then
+  echo "== end to end, on a cluster of $CDP_E2E_TOOLKIT"
+  e2e_started=$SECONDS
+  CDP_BINARY=target/debug/cdp e2e/run.sh --toolkit "$CDP_E2E_TOOLKIT"
+  echo "== end to end finished in $((SECONDS - e2e_started)) s"
+else
+  echo "== end to end: skipped, no cluster given (CDP_E2E_TOOLKIT=DIR, or e2e/run.sh against KUBECONFIG)"
+fi
 
 echo "== suite finished in $((SECONDS - started)) s"

@@ -54,38 +54,14 @@ apt_install() {
 # ---------------------------------------------------------------- tools
 
 log "tools"
-if ! command -v python3 >/dev/null 2>&1; then
-  apt_install python3 python3-venv || { echo "python3 is missing and could not be installed" >&2; exit 1; }
-fi
-if [ ! -x "$VENV/bin/python" ]; then
-  if ! python3 -m venv "$VENV" 2>/dev/null; then
-    # Debian's python3 ships venv's ensurepip separately.
-    rm -rf "$VENV"
-    apt_install python3-venv || { echo "python3 -m venv failed and python3-venv could not be installed" >&2; exit 1; }
-    python3 -m venv "$VENV"
-  fi
-fi
-# A venv inside the repository must never be committed.
-[ -f "$VENV/.gitignore" ] || echo '*' > "$VENV/.gitignore"
-PY="$VENV/bin/python"
-PIP=("$PY" -m pip install --quiet --disable-pip-version-check --no-input)
-
-# Reinstall only when the pinned requirements changed.
-REQ="scripts/validate-manifests.requirements.txt"
-STAMP="$VENV/.requirements.sha256"
-if [ "$(sha256sum "$REQ" | cut -d' ' -f1)" != "$(cat "$STAMP" 2>/dev/null || true)" ]; then
-  "${PIP[@]}" -r "$REQ"
-  sha256sum "$REQ" | cut -d' ' -f1 > "$STAMP"
-fi
+PY="$(VALIDATE_VENV="$VENV" scripts/python-tools.sh)"
 
 HELM_OK=1
 if command -v helm >/dev/null 2>&1; then
   note "helm: $(helm version --short 2>/dev/null || echo unknown)"
 elif ! "$PY" -c 'import helm_python' 2>/dev/null; then
-  if ! "${PIP[@]}" -r scripts/validate-manifests.helm-requirements.txt; then
-    HELM_OK=0
-    note "no helm binary and helm-python-sdk could not be installed: the chart will NOT be rendered"
-  fi
+  HELM_OK=0
+  note "no helm binary and helm-python-sdk could not be installed: the chart will NOT be rendered"
 fi
 
 if ! command -v kubectl >/dev/null 2>&1; then

@@ -21,6 +21,8 @@ script can print one summary at the end:
   argo        run deploy/argocd/health.lua against health_test.yaml (Lua 5.1 like Argo
               CD's gopher-lua) and check the argocd-cm kustomize output.
   summary     print the totals; exit 1 if anything failed.
+  template    render the chart with a values file and print it, as `helm template` does
+              (the end-to-end suite applies it); no tally.
 """
 
 from __future__ import annotations
@@ -804,7 +806,21 @@ def main() -> int:
 
     sub.add_parser("summary")
 
+    p = sub.add_parser("template")
+    p.add_argument("chart")
+    p.add_argument("--release", required=True)
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--values", required=True, help="JSON or YAML file")
+
     args = parser.parse_args()
+    if args.command == "template":
+        with open(args.values) as f:
+            values = yaml.safe_load(f) or {}
+        rendered = HelmBackend(args.chart, args.kube_version).render(values, args.release, args.namespace)
+        for name, text in sorted(rendered.items()):
+            if text.strip():
+                print(f"---\n# Source: {name}\n{text.strip()}")
+        return 0
     tally = Tally(args.tally)
     tally.data.setdefault("failures", [])
     rc = 0

@@ -677,7 +677,7 @@ pub async fn run(args: ApiArgs) -> Result<(), StartError> {
     let resolver = Arc::new(Resolver::new(&config)?);
     let state = ApiState::new(&config, store.clone(), metrics.clone(), resolver, tokens);
     let (trigger, shutdown) = ops::shutdown_channel();
-    ops::on_signal(trigger);
+    ops::on_signal(trigger, ops::DRAIN_DELAY);
     let listener = ops::bind(args.listen).await?;
     tracing::info!(platform = %config.platform, listen = %args.listen, "api started");
     ops::serve_with_ops(listener, router(state), store.clone(), metrics, shutdown).await;

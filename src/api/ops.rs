@@ -271,18 +271,22 @@ impl Metrics {
 struct OpsState {
     store: Store,
     metrics: Arc<Metrics>,
+    shutdown: Shutdown,
 }
 
 /// `/healthz` (the process runs), `/readyz` (the store answers), `/metrics` (Prometheus text).
-pub fn ops_router<S>(store: Store, metrics: Arc<Metrics>) -> Router<S> {
+pub fn ops_router<S>(store: Store, metrics: Arc<Metrics>, shutdown: Shutdown) -> Router<S> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(OpsState { store, metrics })
+        .with_state(OpsState { store, metrics, shutdown })
 }
 
 async fn readyz(State(state): State<OpsState>) -> Result<&'static str, ApiError> {
+    if state.shutdown.draining() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "shutting down"));
+    }
     state.store.ping().await?;
     Ok("ready")
 }
@@ -295,56 +299,108 @@ async fn metrics_text(State(state): State<OpsState>) -> Response {
     }
 }
 
-/// A shutdown flag every task of a process watches.
-#[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+/// Where a process is in its life: running, draining (still serving, but no longer ready, so
+/// that Kubernetes takes it out of its Service's endpoints), or stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining,
+    Stopping,
+}
 
-pub struct ShutdownTrigger(watch::Sender<bool>);
+/// The shutdown state every task of a process watches.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<Phase>);
+
+pub struct ShutdownTrigger(watch::Sender<Phase>);
 
 pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = watch::channel(Phase::Running);
     (ShutdownTrigger(tx), Shutdown(rx))
 }
 
 impl ShutdownTrigger {
     pub fn trigger(&self) {
-        let _ = self.0.send(true);
+        let _ = self.0.send(Phase::Stopping);
+    }
+
+    fn drain(&self) {
+        let _ = self.0.send(Phase::Draining);
     }
 }
 
 impl Shutdown {
     /// Resolves once shutdown was requested.
     pub async fn wait(mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
+        let _ = self.0.wait_for(|phase| *phase == Phase::Stopping).await;
     }
 
     pub fn requested(&self) -> bool {
-        *self.0.borrow()
+        *self.0.borrow() == Phase::Stopping
+    }
+
+    /// Draining or stopping: `/readyz` says so.
+    pub fn draining(&self) -> bool {
+        *self.0.borrow() != Phase::Running
     }
 }
 
-/// Trigger `trigger` on Ctrl-C or SIGTERM.
-pub fn on_signal(trigger: ShutdownTrigger) {
+/// How long a service behind a Kubernetes Service keeps serving after SIGTERM, unready: the
+/// endpoint controllers and every node's proxy need a moment to stop sending it new
+/// connections, which would otherwise be refused during a rolling update.
+pub const DRAIN_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// On Ctrl-C or SIGTERM: drain for `drain` (unready, still serving), then trigger `trigger`.
+/// A second signal during the drain stops at once.
+pub fn on_signal(trigger: ShutdownTrigger, drain: std::time::Duration) {
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
+        let mut signals = Signals::new();
+        signals.next().await;
+        if !drain.is_zero() {
+            tracing::info!(?drain, "draining: not ready, still serving");
+            trigger.drain();
+            tokio::select! {
+                _ = tokio::time::sleep(drain) => {}
+                _ = signals.next() => {}
+            }
+        }
+        tracing::info!("shutting down");
+        trigger.trigger();
+    });
+}
+
+/// Ctrl-C and SIGTERM, as one stream.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        let signals = Signals { term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok() };
+        #[cfg(not(unix))]
+        let signals = Signals {};
+        signals
+    }
+
+    async fn next(&mut self) {
         #[cfg(unix)]
         let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
+            match self.term.as_mut() {
+                Some(term) => {
+                    term.recv().await;
                 }
-                Err(_) => std::future::pending().await,
+                None => std::future::pending().await,
             }
         };
         #[cfg(not(unix))]
         let term = std::future::pending::<()>();
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = tokio::signal::ctrl_c() => {}
             _ = term => {}
         }
-        tracing::info!("shutting down");
-        trigger.trigger();
-    });
+    }
 }
 
 /// Bind `addr`.
@@ -359,7 +415,7 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: 
 
 /// Serve a service's router together with the ops endpoints until shutdown.
 pub async fn serve_with_ops(listener: tokio::net::TcpListener, app: Router, store: Store, metrics: Arc<Metrics>, shutdown: Shutdown) {
-    let router = app.merge(ops_router(store, metrics));
+    let router = app.merge(ops_router(store, metrics, shutdown.clone()));
     if let Err(error) = serve(listener, router, shutdown).await {
         tracing::error!(%error, "server failed");
     }

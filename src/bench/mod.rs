@@ -3,6 +3,7 @@
 
 pub mod accuracy;
 pub mod generate;
+pub mod intake;
 pub mod reaction;
 
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ pub enum BenchKind {
     Accuracy(accuracy::AccuracyArgs),
     /// p50/p99 from a ticket scan's `202` to the signed webhook of the SMS feed arriving.
     Reaction(reaction::ReactionArgs),
+    /// Drive a running platform's intake over HTTP with one of its Sources, and count what it accepted.
+    Intake(intake::IntakeArgs),
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -435,6 +438,8 @@ pub enum BenchError {
     Start(#[from] StartError),
     #[error(transparent)]
     Accuracy(#[from] accuracy::AccuracyError),
+    #[error(transparent)]
+    Intake(#[from] intake::IntakeBenchError),
 }
 
 /// `cdp bench`: prints the report as JSON (accuracy: as the markdown table the results record).
@@ -443,6 +448,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         BenchKind::Throughput(a) => serde_json::to_value(throughput(a).await?),
         BenchKind::Latency(a) => serde_json::to_value(latency(a).await?),
         BenchKind::Reaction(a) => serde_json::to_value(reaction::reaction(a).await?),
+        BenchKind::Intake(a) => serde_json::to_value(intake::intake(a).await?),
         BenchKind::Accuracy(a) => {
             let (rows, stored) = accuracy::run(a).await?;
             print!("{}", accuracy::table(&rows, &stored));

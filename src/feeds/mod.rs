@@ -515,7 +515,7 @@ pub async fn run(args: FeedsArgs) -> Result<(), StartError> {
     let ctx = FeedsContext::new(store.clone(), &metrics, options);
     let workers = ctx.workers(&config, &Secrets::from_env(), None)?;
     let (trigger, shutdown) = ops::shutdown_channel();
-    ops::on_signal(trigger);
+    ops::on_signal(trigger, std::time::Duration::ZERO);
     let listener = ops::bind(args.listen).await?;
     tracing::info!(platform = %config.platform, feeds = workers.len(), listen = %args.listen, "feeds started");
     let (tasks, load) = ctx.spawn(workers, &shutdown);

@@ -20,8 +20,9 @@ use crate::api::ops::{self, StartError};
 pub struct ReceiveArgs {
     #[arg(long, default_value = "127.0.0.1:9999")]
     pub listen: SocketAddr,
-    /// A feed's signing secret (the value of its Secret key); repeat it for several feeds.
-    #[arg(long = "secret", required = true)]
+    /// A feed's signing secret (the value of its Secret key); repeat it for several feeds. From
+    /// the environment (comma-separated), so that a pod takes them from a Secret, not its args.
+    #[arg(long = "secret", env = "CDP_RECEIVE_SECRETS", value_delimiter = ',', required = true, hide_env_values = true)]
     pub secrets: Vec<String>,
     /// Accepted distance between the signature's timestamp and now.
     #[arg(long, default_value_t = 300)]
@@ -32,6 +33,8 @@ pub struct ReceiveArgs {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Received {
+    /// When the receiver accepted it (RFC 3339), to measure a delivery's age across processes.
+    pub received_at: jiff::Timestamp,
     pub path: String,
     pub idempotency_key: String,
     /// The same key arrived before (an at-least-once redelivery): acknowledged, not processed.
@@ -75,7 +78,7 @@ async fn receive(State(s): State<ReceiverState>, uri: Uri, headers: HeaderMap, b
     };
     let key = header(IDEMPOTENCY_HEADER).unwrap_or_default().to_string();
     let duplicate = !s.seen.lock().expect("seen lock").insert(key.clone());
-    let _ = s.out.send(Received { path: uri.path().to_string(), idempotency_key: key, duplicate, message });
+    let _ = s.out.send(Received { received_at: jiff::Timestamp::now(), path: uri.path().to_string(), idempotency_key: key, duplicate, message });
     (StatusCode::OK, Json(serde_json::json!({"received": true, "duplicate": duplicate})))
 }
 
@@ -84,7 +87,7 @@ pub async fn run(args: ReceiveArgs) -> Result<(), StartError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let listener = ops::bind(args.listen).await?;
     let (trigger, shutdown) = ops::shutdown_channel();
-    ops::on_signal(trigger);
+    ops::on_signal(trigger, std::time::Duration::ZERO);
     eprintln!("receiving signed deliveries on http://{}", args.listen);
     let server = tokio::spawn(ops::serve(listener, router(&args.secrets, args.tolerance_seconds, tx), shutdown));
     while let Some(received) = rx.recv().await {

@@ -221,7 +221,7 @@ pub async fn run(args: IngestArgs) -> Result<(), StartError> {
     let metrics = Metrics::new();
     let state = IngestState::new(&config, &Secrets::from_env(), store.clone(), metrics.clone())?;
     let (trigger, shutdown) = ops::shutdown_channel();
-    ops::on_signal(trigger);
+    ops::on_signal(trigger, ops::DRAIN_DELAY);
     let listener = ops::bind(args.listen).await?;
     tracing::info!(platform = %config.platform, listen = %args.listen, "ingest started");
     let load = crate::api::load::router(store.clone(), &metrics, crate::scaling::Workload::Ingest);

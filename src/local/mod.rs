@@ -218,7 +218,7 @@ pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> p
     let tokens = Tokens::from_lines(&token_lines);
     let api = crate::api::ApiState::new(&config, store.clone(), metrics.clone(), resolver.clone(), tokens);
     let (trigger, shutdown) = ops::shutdown_channel();
-    ops::on_signal(trigger);
+    ops::on_signal(trigger, std::time::Duration::ZERO);
     let ingest_listener = ops::bind(args.listen_ingest).await?;
     let api_listener = ops::bind(args.listen_api).await?;
     crate::privacy::retention::spawn(&store, &config, resolver.clone(), shutdown.clone());

@@ -230,7 +230,7 @@ pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
     let resolver = Arc::new(Resolver::new(&config)?);
     let metrics = Metrics::new();
     let (trigger, shutdown) = ops::shutdown_channel();
-    ops::on_signal(trigger);
+    ops::on_signal(trigger, std::time::Duration::ZERO);
     let listener = ops::bind(args.listen).await?;
     let options = args.batching.worker_options();
     metrics.meters.matcher.set_slots(args.workers as u32);
@@ -239,7 +239,7 @@ pub async fn run(args: MatcherArgs) -> Result<(), StartError> {
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
     tracing::info!(platform = %config.platform, workers = args.workers, listen = %args.listen, "matcher started");
     let load = load::router(store.clone(), &metrics, crate::scaling::Workload::Matcher);
-    let router = ops::ops_router(store.clone(), metrics).merge(load);
+    let router = ops::ops_router(store.clone(), metrics, shutdown.clone()).merge(load);
     if let Err(error) = ops::serve(listener, router, shutdown).await {
         tracing::error!(%error, "ops server failed");
     }
