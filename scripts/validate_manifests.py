@@ -101,6 +101,20 @@ def yaml_files(paths: Iterable[str]) -> list[Path]:
     return out
 
 
+def kustomize_configurations(files: list[Path]) -> set[Path]:
+    """The files kustomizations among `files` name under `configurations:` (how their
+    transformers treat fields, e.g. which ones `images:` rewrites): not Kubernetes objects."""
+    out: set[Path] = set()
+    for path in files:
+        if path.name not in ("kustomization.yaml", "kustomization.yml"):
+            continue
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+        for entry in doc.get("configurations") or []:
+            out.add((path.parent / entry).resolve())
+    return out
+
+
 def load_documents(path: Path, tally: Tally) -> list[dict] | None:
     """All non-empty documents of a (multi-document) YAML file; Lists are flattened."""
     try:
@@ -351,8 +365,12 @@ class ManifestValidator:
 
     def validate_paths(self, paths: list[str], allow_kustomize: bool, name: str | None = None) -> int:
         files = yaml_files(paths)
+        transformer_configs = kustomize_configurations(files) if allow_kustomize else set()
         for path in files:
             label = name if name and len(files) == 1 else str(path)
+            if path.resolve() in transformer_configs:
+                self.tally.skip(label, "a kustomize transformer configuration, not objects")
+                continue
             objects = load_documents(path, self.tally)
             if objects is None:
                 continue
