@@ -188,6 +188,7 @@ pub async fn leader_failover(env: &Env) -> Result<()> {
         Ok((hpa.spec.map(|s| s.max_replicas) == Some(5) && observed == generation).then_some(()))
     })
     .await?;
-    env.figure("leader pod deleted → a spec change reconciled by the new leader", format!("{:.1} s ({new})", started.elapsed().as_secs_f64()));
+    env.figure("leader pod deleted → a spec change reconciled by the new leader", format!("{:.1} s", started.elapsed().as_secs_f64()));
+    println!("    {new} leads");
     Ok(())
 }

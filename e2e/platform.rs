@@ -98,10 +98,11 @@ pub async fn up(env: &Env) -> Result<()> {
     // Not Ready before its pods are: the first status says what it waits for.
     let platforms = env.api::<CustomerDataPlatform>(PLATFORM_NAMESPACE);
     let first = eventually("a first status", Duration::from_secs(60), || async {
-        Ok(platforms.get(PLATFORM).await?.status.filter(|s| !s.common.conditions.is_empty()).map(|_| ()))
+        let platform = platforms.get(PLATFORM).await?;
+        Ok(platform.status.as_ref().is_some_and(|s| !s.common.conditions.is_empty()).then_some(platform))
     })
-    .await;
-    first?;
+    .await?;
+    ensure!(!is_ready(&first), "Ready before any pod could be: {:?}", first.status);
     wait_ready(env, PLATFORM_NAMESPACE, Duration::from_secs(300)).await?;
     env.figure("samples applied → platform Ready=True (PostgreSQL initialised, 4 workloads ready)", format!("{:.1} s", started.elapsed().as_secs_f64()));
 
