@@ -177,7 +177,8 @@ async fn linked_pair(t: &TestStore) -> (i64, i64) {
         ])
         .await
         .unwrap();
-    drain(t).await;
+    let worker = drain(t).await;
+    assert_eq!(worker.metrics().review_items.get(), 1, "cdp_review_items_total counts the item opened");
     let a = t.store.record_by_source_id("webshop", "a").await.unwrap().unwrap();
     let b = t.store.record_by_source_id("pos", "b").await.unwrap().unwrap();
     assert_ne!(a.profile_id, b.profile_id, "names alone must not merge");
@@ -228,9 +229,10 @@ async fn a_pair_of_profiles_has_one_open_review_item(t: TestStore) {
     let (pa, _) = linked_pair(&t).await;
     assert_eq!(t.store.counts().await.unwrap().open_reviews, 1);
     t.store.enqueue(&[record("webshop", "a2", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com")])]).await.unwrap();
-    drain(&t).await;
+    let worker = drain(&t).await;
     assert_eq!(t.store.record_by_source_id("webshop", "a2").await.unwrap().unwrap().profile_id, pa);
     assert_eq!(t.store.counts().await.unwrap().open_reviews, 1);
+    assert_eq!(worker.metrics().review_items.get(), 0, "no item opened, none counted");
     // in one batch too: two more records of each side
     t.store
         .enqueue(&[

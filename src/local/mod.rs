@@ -117,6 +117,19 @@ pub fn load_platform(dir: &Path, name: Option<&str>) -> Result<LoadedPlatform, P
     Ok(LoadedPlatform { config: compiled.config, secrets: Secrets::Values(values), warnings })
 }
 
+/// The API token of a platform that declares none: derived from the data file's own secret,
+/// so the same file keeps the same token across restarts (scripts and bookmarks keep working)
+/// and another file gets another.
+async fn local_token(store: &Store) -> Result<TokenLine, StartError> {
+    let secret = store.privacy_secret().await?;
+    let derived = crate::privacy::hmac_sha256(secret.as_bytes(), b"cdp local API token");
+    Ok(TokenLine {
+        name: "local".into(),
+        scopes: vec![Scope::Read, Scope::Write, Scope::Erase],
+        token: format!("local-{}", hex::encode(&derived[..16])),
+    })
+}
+
 /// The store URL of a SQLite file.
 pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite:{}", path.display())
@@ -206,14 +219,9 @@ pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> p
     let metrics = Metrics::new();
     let resolver = Arc::new(Resolver::new(&config)?);
     let ingest = IngestState::new(&config, &secrets, store.clone(), metrics.clone())?;
-    // the platform's tokens, or one generated for this run when it declares none
     let token_lines = match &config.api_tokens {
         Some(secret) => parse_lines(&secrets.get(secret)?).map_err(StartError::Tokens)?,
-        None => vec![TokenLine {
-            name: "local".into(),
-            scopes: vec![Scope::Read, Scope::Write, Scope::Erase],
-            token: format!("local-{:032x}", rand::random::<u128>()),
-        }],
+        None => vec![local_token(&store).await?],
     };
     let tokens = Tokens::from_lines(&token_lines);
     let api = crate::api::ApiState::new(&config, store.clone(), metrics.clone(), resolver.clone(), tokens);
@@ -317,4 +325,24 @@ fn banner(config: &PipelineConfig, secrets: &Secrets, args: &LocalArgs, tokens: 
     }
     out.push_str("\nCtrl-C stops everything; the data stays in the SQLite file.");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_data_file_keeps_its_generated_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = |name: &str| {
+            let url = sqlite_url(&dir.path().join(name));
+            async move { local_token(&Store::open(&url).await.unwrap()).await.unwrap() }
+        };
+        let first = token("a.db").await;
+        let again = token("a.db").await;
+        let other = token("b.db").await;
+        assert_eq!(first.token, again.token, "the same file, the same token after a restart");
+        assert_ne!(first.token, other.token, "another file, another token");
+        assert!(first.token.len() > 30);
+    }
 }

@@ -275,7 +275,7 @@ impl<'r> Batch<'r> {
         });
         tx.push_event("record.received", Some(target), Some(item.id), &payload, self.now);
         tx.finish_intake(item.id);
-        Ok(Resolved { intake_id: item.id, profile_id: target, decision, compared })
+        Ok(Resolved { intake_id: item.id, profile_id: target, decision, compared, reviews_opened: 0 })
     }
 
     /// Merge `absorbed` into `survivor`, in the store for stored profiles and in the view.
@@ -329,8 +329,9 @@ impl<'r> Batch<'r> {
     }
 
     /// Write what the batch resolved: new profiles, records with their keys, review items and
-    /// the golden records of the profiles that changed.
-    pub(super) async fn flush(mut self, tx: &mut WriteTx) -> Result<(), MatchError> {
+    /// the golden records of the profiles that changed. Returns the review items opened, per
+    /// record that opened them.
+    pub(super) async fn flush(mut self, tx: &mut WriteTx) -> Result<HashMap<i64, usize>, MatchError> {
         let golden_json = |g: &GoldenProfile| serde_json::to_string(g).expect("golden serialises");
         let profiles: Vec<NewProfile> = self
             .created
@@ -356,6 +357,10 @@ impl<'r> Batch<'r> {
         tx.insert_records(&records).await?;
         let reviews = self.open_reviews(tx).await?;
         tx.add_reviews(&reviews).await?;
+        let mut opened: HashMap<i64, usize> = HashMap::new();
+        for review in &reviews {
+            *opened.entry(review.record_id).or_default() += 1;
+        }
         let updates: Vec<GoldenUpdate> = self
             .changed
             .iter()
@@ -369,6 +374,6 @@ impl<'r> Batch<'r> {
         // last: the hot rows (a common name, each attribute's total) stay locked the shortest
         let deltas: Vec<(i64, i64)> = self.term_deltas.into_iter().collect();
         tx.add_term_counts(&deltas).await?;
-        Ok(())
+        Ok(opened)
     }
 }

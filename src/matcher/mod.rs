@@ -95,6 +95,8 @@ pub struct Resolved {
     pub decision: Decision,
     /// Stored records it was compared with: what its blocking keys cost.
     pub compared: usize,
+    /// Review items it opened (a pair already open is not opened twice).
+    pub reviews_opened: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -544,6 +546,9 @@ async fn resolve_in(
     for (i, (item, p)) in items.iter().zip(prepared).enumerate() {
         resolved.push(batch.resolve(tx, item, p.clone(), items.len() - i).await?);
     }
-    batch.flush(tx).await?;
+    let opened = batch.flush(tx).await?;
+    for r in &mut resolved {
+        r.reviews_opened = opened.get(&r.intake_id).copied().unwrap_or(0);
+    }
     Ok(resolved)
 }

@@ -120,6 +120,7 @@ impl Worker {
                     self.metrics.matcher_records.get_or_create(&vec![("decision", resolved.decision.label().into())]).inc();
                     self.metrics.resolve_lag.observe((now - item.received_at_ms).max(0) as f64 / 1000.0);
                     self.metrics.compared_records.inc_by(resolved.compared as u64);
+                    self.metrics.review_items.inc_by(resolved.reviews_opened as u64);
                 }
                 Err(error) => {
                     tracing::warn!(intake_id = item.id, %error, reason = error.reason(), "resolution failed; released for retry");

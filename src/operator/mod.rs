@@ -111,6 +111,13 @@ pub fn render_dir(dir: &Path, images: &Images) -> Result<RenderedDir, RenderDirE
         // Printing one here would invite applying a known password through GitOps.
         let bundle = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists, images)
             .map_err(|source| RenderDirError::Render { platform: platform.name_any(), source })?;
+        if bundle.store.is_some() {
+            yaml.push_str(&format!(
+                "# The Secret {} holding the store's password is not printed: the operator generates it\n\
+                 # once, in the cluster, and the StatefulSet and workloads read it from there.\n",
+                render::store_secret_name(&platform.name_any())
+            ));
+        }
         for object in bundle.objects() {
             yaml.push_str("---\n");
             yaml.push_str(&serde_saphyr::to_string(&object)?);
