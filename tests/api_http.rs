@@ -76,6 +76,14 @@ async fn review_merge_unmerge_and_quarantine(t: TestStore) {
         assert_eq!(profile["id"], survivor.as_str(), "both ids resolve to the survivor");
     }
     assert_eq!(c.post(&format!("/v1/review/{}/approve", first["id"]), WRITE_TOKEN, json!({})).await.0, 400);
+    // a profile with itself, or two ids that are one profile already: refused, nothing sent
+    let events = t.store.events_after(0, 1000).await.unwrap().len();
+    let (status, body) = c.post(&format!("/v1/profiles/{survivor}/merge"), WRITE_TOKEN, json!({"other": survivor})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}");
+    let absorbed = [&first["profile"], &first["otherProfile"]].into_iter().map(|p| p.as_str().unwrap()).find(|p| *p != survivor).unwrap();
+    let (status, body) = c.post(&format!("/v1/profiles/{survivor}/merge"), WRITE_TOKEN, json!({"other": absorbed})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_merged")), "{body}");
+    assert_eq!(t.store.events_after(0, 1000).await.unwrap().len(), events, "no event for a refused merge");
 
     // reject = never merge: a manual merge of that pair is refused
     let second = items.iter().find(|i| i["id"] != first["id"]).unwrap();
@@ -85,6 +93,11 @@ async fn review_merge_unmerge_and_quarantine(t: TestStore) {
     let b = t.store.record(second["otherRecordId"].as_i64().unwrap()).await.unwrap().unwrap().profile_id;
     let (status, body) = c.post(&format!("/v1/profiles/p{a}/merge"), WRITE_TOKEN, json!({"other": format!("p{b}")})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("never_merge")), "{body}");
+
+    // unmerge nothing: refused, no empty profile.unmerged event
+    let (status, body) = c.post(&format!("/v1/profiles/{survivor}/unmerge"), WRITE_TOKEN, json!({"records": []})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}");
+    assert_eq!(t.store.events_after(0, 1000).await.unwrap().len(), events, "no event for a refused unmerge");
 
     // unmerge a record out of the survivor
     let (_, timeline) = c.get(&format!("/v1/profiles/{survivor}/timeline"), READ_TOKEN).await;

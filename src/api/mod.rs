@@ -437,6 +437,9 @@ fn match_error(e: MatchError) -> ApiError {
         MatchError::Forbidden(..) => ApiError::new(StatusCode::CONFLICT, "never_merge", e.to_string()),
         MatchError::Invalid(m) => ApiError::bad_request("invalid_request", m),
         MatchError::Stale => ApiError::new(StatusCode::CONFLICT, "concurrent_change", "the profiles changed meanwhile; retry"),
+        MatchError::AlreadyOne(id) => {
+            ApiError::new(StatusCode::CONFLICT, "already_merged", format!("the two profiles are one already: {}", profile_ref(id)))
+        }
     }
 }
 
@@ -476,6 +479,9 @@ async fn merge(
 ) -> Result<Json<MergeResult>, ApiError> {
     let who = s.tokens.authorize(&headers, Scope::Write)?;
     let (a, b) = (parse_profile_id(&id)?, parse_profile_id(&body.other)?);
+    if a == b {
+        return Err(ApiError::bad_request("invalid_request", format!("{id} cannot be merged with itself")));
+    }
     let action = format!("merge by {who}");
     let survivor = in_write_tx!(s, |tx, now| s.resolver.merge(tx, a, b, &action, now).await?)?;
     tracing::info!(survivor, a, b, by = %who, "manual merge");
@@ -535,7 +541,11 @@ async fn decide(s: &ApiState, id: i64, who: &str, approve: bool) -> Result<Optio
             let records = tx.records(&[item.record_id, item.other_record_id]).await?;
             let [a, b] = &records[..] else { return Err(MatchError::Invalid("a record of this pair was erased".into())) };
             let action = format!("review {id} approved by {who}");
-            Some(s.resolver.merge(tx, a.profile_id, b.profile_id, &action, now).await?)
+            match s.resolver.merge(tx, a.profile_id, b.profile_id, &action, now).await {
+                // a later record joined the pair meanwhile: the approval holds
+                Err(MatchError::AlreadyOne(survivor)) => Some(survivor),
+                merged => Some(merged?),
+            }
         } else {
             tx.add_never_merge(item.record_id, item.other_record_id, now).await?;
             None

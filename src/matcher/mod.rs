@@ -45,6 +45,9 @@ pub enum MatchError {
     Invalid(String),
     #[error("profiles {0} and {1} hold records that must never be merged")]
     Forbidden(i64, i64),
+    /// The two profiles of a merge are one already (one was merged into the other).
+    #[error("already one profile, {0}")]
+    AlreadyOne(i64),
 }
 
 impl MatchError {
@@ -55,6 +58,7 @@ impl MatchError {
             Self::NoProfile(_) => "not_found",
             Self::Invalid(_) => "invalid",
             Self::Forbidden(..) => "forbidden",
+            Self::AlreadyOne(_) => "already_one",
         }
     }
 
@@ -289,7 +293,7 @@ impl Resolver {
         };
         let (a, b) = (live(a, &rows)?, live(b, &rows)?);
         if a == b {
-            return Ok(a);
+            return Err(MatchError::AlreadyOne(a));
         }
         rows = tx.lock_profiles(&[a, b]).await?;
         if rows.len() != 2 || rows.iter().any(|p| p.merged_into.is_some()) {
@@ -323,6 +327,9 @@ impl Resolver {
         }
         let members = self.members(tx, &[profile]).await?.remove(&profile).unwrap_or_default();
         let split: BTreeSet<i64> = split.iter().copied().collect();
+        if split.is_empty() {
+            return Err(MatchError::Invalid("name at least one record to split out".into()));
+        }
         let (out, keep): (Vec<_>, Vec<_>) = members.into_iter().partition(|(id, _)| split.contains(id));
         if out.len() != split.len() {
             return Err(MatchError::Invalid("every record to split out must belong to the profile".into()));
