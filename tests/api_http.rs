@@ -2,10 +2,10 @@
 
 mod common;
 
-use common::{Client, READ_TOKEN, TestStore, WRITE_TOKEN, resolver, worker};
+use common::{Client, ERASE_TOKEN, READ_TOKEN, TestStore, WRITE_TOKEN, resolver, worker};
 use serde_json::{Value, json};
 
-on_both_stores!(profiles_lookup_explain_and_timeline, review_merge_unmerge_and_quarantine);
+on_both_stores!(profiles_lookup_explain_and_timeline, review_merge_unmerge_and_quarantine, lists_bound_their_limit_and_page_with_a_cursor);
 
 async fn profiles_lookup_explain_and_timeline(t: TestStore) {
     let c = Client::new(&t).await;
@@ -116,4 +116,53 @@ async fn review_merge_unmerge_and_quarantine(t: TestStore) {
     assert_eq!(list["entries"][0]["errors"][0]["field"], "email");
     let (status, body) = c.post(&format!("/v1/quarantine/{entry}/replay"), WRITE_TOKEN, json!({})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("validation_failed")));
+    // deleted for good, with the write scope
+    let delete = |token: &'static str| c.http.delete(format!("{}/v1/quarantine/{entry}", c.api)).bearer_auth(token).send();
+    assert_eq!(delete(READ_TOKEN).await.unwrap().status(), 403);
+    assert_eq!(delete(WRITE_TOKEN).await.unwrap().status(), 204);
+    assert!(t.store.quarantine_entry(entry).await.unwrap().is_none());
+    assert_eq!(delete(WRITE_TOKEN).await.unwrap().status(), 404);
+}
+
+/// Every list refuses a limit out of its range (never cut silently to its maximum) and pages
+/// with a cursor, `nextAfter`, present while a page is full.
+async fn lists_bound_their_limit_and_page_with_a_cursor(t: TestStore) {
+    let c = Client::new(&t).await;
+    c.send("webshop", json!({"id": "a", "givenName": "Ann", "familyName": "Lee", "email": "ann@example.com"})).await;
+    c.send("pos", json!({"id": "b", "givenName": "Ann", "familyName": "Lee", "phone": "0611223344"})).await;
+    c.send("pos", json!({"id": "c", "givenName": "Ann", "familyName": "Lee", "phone": "0699887766"})).await;
+    c.send("webshop", json!({"id": "q1", "email": "broken"})).await;
+    worker(&t.store, resolver(), "w").drain().await.unwrap();
+
+    for list in ["/v1/review", "/v1/quarantine", "/v1/profiles/search?familyName=Lee", "/v1/erasures"] {
+        let sep = if list.contains('?') { '&' } else { '?' };
+        for bad in ["0", "-1", "100000", "lots"] {
+            let (status, body) = c.get(&format!("{list}{sep}limit={bad}"), ERASE_TOKEN).await;
+            assert_eq!(status, 400, "{list} limit={bad}: {body}");
+            assert!(matches!(body["error"]["code"].as_str(), Some("invalid_limit" | "bad_request")), "{body}");
+        }
+    }
+    // the review queue, one item a page
+    let (status, first) = c.get("/v1/review?limit=1", READ_TOKEN).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["items"].as_array().unwrap().len(), 1);
+    let cursor = first["nextAfter"].as_i64().expect("a full page has a next cursor");
+    let (_, second) = c.get(&format!("/v1/review?limit=1&after={cursor}"), READ_TOKEN).await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert_ne!(second["items"][0]["id"], first["items"][0]["id"]);
+    let (_, all) = c.get("/v1/review?limit=10", READ_TOKEN).await;
+    assert!(all["nextAfter"].is_null(), "a page that is not full is the last: {all}");
+    // search, by profile id
+    let (_, page) = c.get("/v1/profiles/search?familyName=Lee&limit=2", READ_TOKEN).await;
+    assert_eq!(page["profiles"].as_array().unwrap().len(), 2, "{page}");
+    let after = page["nextAfter"].as_str().expect("search pages too");
+    let (_, rest) = c.get(&format!("/v1/profiles/search?familyName=Lee&limit=2&after={after}"), READ_TOKEN).await;
+    assert_eq!(rest["profiles"].as_array().unwrap().len(), 1, "{rest}");
+    // the erasure audit lists what was erased
+    let (status, _) = c.post("/v1/erasures", ERASE_TOKEN, json!({"attribute": "email", "value": "ann@example.com", "reason": "subject-request"})).await;
+    assert_eq!(status, 200);
+    let (status, audit) = c.get("/v1/erasures", ERASE_TOKEN).await;
+    assert_eq!(status, 200, "{audit}");
+    assert_eq!(audit["erasures"][0]["reason"], "subject-request");
+    assert_eq!(c.get("/v1/erasures", READ_TOKEN).await.0, 403, "the audit needs the erase scope");
 }

@@ -274,6 +274,20 @@ fn schema_refuses_bad_types_enums_and_patterns() {
     assert_refused("CustomerDataPlatform", &platform, "store: set inCluster or external, not both");
 }
 
+#[test]
+fn length_limits_are_positive_and_within_the_hard_maximum() {
+    let mut source = sample("Source", "pos");
+    source["spec"]["validation"]["maxLength"] = json!({"givenName": 1, "attributes.homeStore": 10000});
+    assert_eq!(problems("Source", &source), Vec::<String>::new());
+    for refused in [json!(0), json!(10001), json!(-5), json!(2.5), json!("100")] {
+        source["spec"]["validation"]["maxLength"] = json!({"givenName": refused});
+        assert_refused("Source", &source, "/spec/validation/maxLength/givenName");
+    }
+    let too_many: serde_json::Map<String, Value> = (0..129).map(|i| (format!("attributes.a{i}"), json!(10))).collect();
+    source["spec"]["validation"]["maxLength"] = Value::Object(too_many);
+    assert_refused("Source", &source, "/spec/validation/maxLength");
+}
+
 /// The formats the API server knows (apiextensions' supported formats); any other one makes it
 /// warn on every apply of the CRD.
 const KUBERNETES_FORMATS: [&str; 24] = [

@@ -3,8 +3,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use cdp_operator::api::ops::{self, Metrics};
+use cdp_operator::crd::source::InvalidValuePolicy;
+use cdp_operator::ingest::{IngestState, router};
+use cdp_operator::matcher::Resolver;
+use cdp_operator::pipeline::PipelineConfig;
 use common::{INTAKE_KEY, TestStore, servers};
 use serde_json::{Value, json};
 
@@ -13,6 +19,8 @@ on_both_stores!(
     intake_formats_and_auth,
     concurrent_requests_are_each_answered_with_their_own_ids,
     a_failed_group_commit_fails_every_request_in_it,
+    values_and_ids_over_their_limit_are_refused_naming_the_field,
+    a_source_keeping_invalid_values_keeps_a_long_one_out_of_matching,
 );
 
 async fn post(url: &str, key: &str, content_type: &str, body: String) -> (u16, Value) {
@@ -171,4 +179,151 @@ async fn a_failed_group_commit_fails_every_request_in_it(t: TestStore) {
     }
     let counts = t.store.counts().await.unwrap();
     assert_eq!((counts.queued, counts.quarantined), (40, 40));
+}
+
+/// The error list of the one record of a 422 answer, as (field, code, message).
+fn field_errors(body: &Value) -> Vec<(String, String, String)> {
+    let errors = body["error"]["details"][0]["errors"].as_array().unwrap();
+    errors.iter().map(|e| [&e["field"], &e["code"], &e["message"]].map(|v| v.as_str().unwrap().to_string()).into()).collect()
+}
+
+async fn values_and_ids_over_their_limit_are_refused_naming_the_field(t: TestStore) {
+    let (ingest, _) = servers(&t.store).await;
+    let url = format!("{ingest}/v1/sources/webshop/records");
+    let send = |record: Value| post(&url, INTAKE_KEY, "application/json", record.to_string());
+    let megabyte = "x".repeat(1 << 20);
+    let (status, body) = send(json!({"id": "e1", "givenName": megabyte, "email": "ann@example.com"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("validation_failed")), "{body}");
+    assert_eq!(
+        field_errors(&body),
+        [("givenName".into(), "tooLong".into(), "givenName: 1048576 characters, longer than the limit of 100 characters".into())]
+    );
+    let (status, body) = send(json!({"id": "x".repeat(10_000), "email": "ann@example.com"})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        field_errors(&body),
+        [("id".into(), "tooLong".into(), "the record's id: 10000 characters, longer than the limit of 256 characters".into())]
+    );
+    // every attribute has a limit: one character over it is refused, naming the attribute
+    let limits = [
+        ("familyName", 100),
+        ("email", 254),
+        ("phone", 40),
+        ("birthDate", 40),
+        ("street", 200),
+        ("postcode", 16),
+        ("city", 100),
+        ("identifiers.loyaltyId", 256),
+    ];
+    let batch: Vec<Value> = limits
+        .iter()
+        .enumerate()
+        .map(|(i, (attribute, limit))| {
+            let mut record = json!({"id": format!("a{i}"), "email": "ann@example.com"});
+            let (parent, field) = attribute.split_once('.').map_or((None, *attribute), |(p, f)| (Some(p), f));
+            let at = match parent {
+                Some(p) => &mut record[p],
+                None => &mut record,
+            };
+            at[field] = json!("x".repeat(limit + 1));
+            record
+        })
+        .collect();
+    let (status, body) = send(Value::Array(batch)).await;
+    assert_eq!(status, 422, "{body}");
+    for (i, (attribute, limit)) in limits.iter().enumerate() {
+        let errors = &body["error"]["details"][i]["errors"];
+        assert_eq!((errors[0]["field"].as_str(), errors[0]["code"].as_str()), (Some(*attribute), Some("tooLong")), "{body}");
+        assert!(errors[0]["message"].as_str().unwrap().ends_with(&format!("the limit of {limit} characters")), "{errors}");
+    }
+    // kept in quarantine, as sent, to replay once the Source allows them
+    let quarantined = t.store.quarantined(Some("webshop"), 0, 20).await.unwrap();
+    assert_eq!(quarantined.len(), 2 + limits.len());
+    assert_eq!(quarantined[0].payload["givenName"].as_str().map(str::len), Some(1 << 20));
+    assert_eq!(t.store.counts().await.unwrap().queued, 0);
+    // characters, not bytes: 100 two-byte letters and a 256-character id are within the limits
+    let (status, body) = send(json!({"id": "é".repeat(256), "givenName": "é".repeat(100), "email": "ann@example.com"})).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+/// A platform whose `webshop` keeps invalid values and allows given names of 20 characters.
+fn keeping_config() -> PipelineConfig {
+    let mut config = common::config();
+    let webshop = config.sources.iter_mut().find(|s| s.name == "webshop").unwrap();
+    webshop.spec.validation.on_invalid_value = InvalidValuePolicy::Keep;
+    webshop.spec.validation.max_length = [("givenName".to_string(), 20)].into();
+    config
+}
+
+async fn a_source_keeping_invalid_values_keeps_a_long_one_out_of_matching(t: TestStore) {
+    let config = keeping_config();
+    let state = IngestState::new(&config, &common::secrets(), t.store.clone(), Metrics::new()).unwrap();
+    let listener = ops::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let url = format!("http://{}/v1/sources/webshop/records", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, router(state)).into_future());
+    let send = |record: Value| post(&url, INTAKE_KEY, "application/json", record.to_string());
+
+    let long = "Adelaide Augusta".repeat(2);
+    let (status, body) = send(json!({"id": "e1", "givenName": "Ada", "familyName": "Lovelace", "email": "ada@example.com"})).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = send(json!({"id": "e2", "givenName": long, "familyName": "Lovelace", "email": "ada@example.com"})).await;
+    assert_eq!(status, 202, "{body}");
+    let warning = &body["accepted"][0]["warnings"][0];
+    assert_eq!((warning["field"].as_str(), warning["code"].as_str()), (Some("givenName"), Some("tooLong")), "{body}");
+    assert!(warning["message"].as_str().unwrap().ends_with("limit of 20 characters"), "{warning}");
+    // even kept as sent, a value has a hard maximum
+    let (status, body) = send(json!({"id": "e3", "givenName": "x".repeat(10_001), "email": "ada@example.com"})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(field_errors(&body)[0].1, "tooLong");
+
+    common::worker(&t.store, Arc::new(Resolver::new(&config).unwrap()), "w").drain().await.unwrap();
+    let kept = t.store.record_by_source_id("webshop", "e2").await.unwrap().unwrap();
+    assert_eq!(kept.attributes["givenName"], long, "stored as sent");
+    assert!(!kept.normalised.contains_key("givenName"), "left out of matching");
+    // the long name neither kept the records apart (a different given name would) nor reached the profile
+    let first = t.store.record_by_source_id("webshop", "e1").await.unwrap().unwrap();
+    assert_eq!(kept.profile_id, first.profile_id);
+    let golden = t.store.profile(first.profile_id).await.unwrap().unwrap().golden.unwrap();
+    assert_eq!(golden["attributes"]["givenName"]["display"], "Ada");
+}
+
+/// What the service answers to a request (no socket: a body over the limit is refused before
+/// it is read whole, and a client still sending may see the connection close first).
+async fn answer(app: axum::Router, uri: &str, body: Vec<u8>) -> (u16, Value) {
+    use tower::ServiceExt;
+    let request = http::Request::post(uri)
+        .header("authorization", format!("Bearer {INTAKE_KEY}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_in_the_error_envelope() {
+    let t = common::sqlite_store().await;
+    let config = common::config();
+    let ingest = router(IngestState::new(&config, &common::secrets(), t.store.clone(), Metrics::new()).unwrap());
+    let records = format!("[{}]", vec![json!({"id": "e", "email": "ann@example.com"}).to_string(); 500_000].join(","));
+    assert!(records.len() > 16 << 20);
+    let (status, body) = answer(ingest, "/v1/sources/webshop/records", records.into_bytes()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
+    assert_eq!(body["error"]["message"], "the request body is larger than the limit of 16 MiB (16777216 bytes)");
+    assert_eq!(body["error"]["details"][0]["limitBytes"], 16 << 20);
+
+    let api = cdp_operator::api::router(cdp_operator::api::ApiState::new(
+        &config,
+        t.store.clone(),
+        Metrics::new(),
+        common::resolver(),
+        common::tokens(),
+    ));
+    let erasure = json!({"attribute": "email", "value": "ann@example.com", "reason": "x".repeat(2 << 20)});
+    let (status, body) = answer(api, "/v1/erasures", erasure.to_string().into_bytes()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
+    assert_eq!(body["error"]["message"], "the request body is larger than the limit of 2 MiB (2097152 bytes)");
 }

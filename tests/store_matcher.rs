@@ -21,6 +21,7 @@ on_both_stores!(
     concurrent_workers_agree_with_one_worker,
     a_generic_key_finds_no_candidates,
     a_pair_of_profiles_has_one_open_review_item,
+    a_value_over_its_limit_takes_no_part_in_matching,
 );
 
 async fn redelivery_is_absorbed(t: TestStore) {
@@ -130,7 +131,7 @@ async fn one_person_across_sources_is_one_profile(t: TestStore) {
     assert!(kinds.contains(&"profile.updated".to_string()));
     assert_eq!(kinds.iter().filter(|k| *k == "record.received").count(), 3);
     // lookups go through hashed identifiers
-    let by_phone = t.store.profiles_with_keys(&[key_hash(&lookup_key("phone", "+33612345678"))], 10).await.unwrap();
+    let by_phone = t.store.profiles_with_keys(&[key_hash(&lookup_key("phone", "+33612345678"))], 0, 10).await.unwrap();
     assert_eq!(by_phone, vec![profile.id]);
 }
 
@@ -189,7 +190,7 @@ async fn a_record_linking_two_profiles_merges_them(t: TestStore) {
     merge_through_a_third_record(&t).await;
     // the keys of the absorbed profile's records lead to the survivor now
     let survivor = t.store.record_by_source_id("ticketing", "c").await.unwrap().unwrap().profile_id;
-    let by_phone = t.store.profiles_with_keys(&[key_hash(&lookup_key("phone", "+33611223344"))], 10).await.unwrap();
+    let by_phone = t.store.profiles_with_keys(&[key_hash(&lookup_key("phone", "+33611223344"))], 0, 10).await.unwrap();
     assert_eq!(by_phone, vec![survivor]);
     t.store.enqueue(&[record("pos", "b2", &[("givenName", "Ann"), ("familyName", "Lee"), ("phone", "06 11 22 33 44")])]).await.unwrap();
     drain(&t).await;
@@ -294,7 +295,7 @@ async fn unmerge_splits_and_keeps_records_apart(t: TestStore) {
     assert_eq!(t.store.record(b.id).await.unwrap().unwrap().profile_id, created[0]);
     assert_eq!(t.store.records_of(profile).await.unwrap().len(), 2, "the email records stay together");
     // lookups follow the records: b's phone leads to its new profile, and so does c's phone
-    let by_phone = t.store.profiles_with_keys(&[key_hash(&lookup_key("phone", "+33611223344"))], 10).await.unwrap();
+    let by_phone = t.store.profiles_with_keys(&[key_hash(&lookup_key("phone", "+33611223344"))], 0, 10).await.unwrap();
     let c = t.store.record_by_source_id("ticketing", "c").await.unwrap().unwrap();
     let mut expected = vec![created[0], c.profile_id];
     expected.sort_unstable();
@@ -518,4 +519,28 @@ async fn postgres_unmerge_holds_the_keys_it_moves() {
     for &hash in &moved {
         assert!(free(hash).await, "key {hash} still locked after the commit");
     }
+}
+
+/// A record queued before the length limits (or kept as sent by its Source) with a value
+/// longer than its limit: the value is stored as sent, but neither compared, nor blocked on,
+/// nor shown in the golden profile.
+async fn a_value_over_its_limit_takes_no_part_in_matching(t: TestStore) {
+    let person = [("familyName", "Lovelace"), ("email", "ada@example.com"), ("phone", "06 12 34 56 78")];
+    let long = "x".repeat(200_000);
+    t.store
+        .enqueue(&[
+            record("webshop", "w1", &[&person[..], &[("givenName", "Ada")]].concat()),
+            record("pos", "p1", &[&person[..], &[("givenName", long.as_str())]].concat()),
+        ])
+        .await
+        .unwrap();
+    drain(&t).await;
+    let kept = t.store.record_by_source_id("pos", "p1").await.unwrap().unwrap();
+    assert_eq!(kept.attributes["givenName"], long, "stored as sent");
+    assert!(!kept.normalised.contains_key("givenName"));
+    // a clearly different given name would have kept them apart (never-merge)
+    assert_eq!(t.store.clusters().await.unwrap().len(), 1);
+    let golden = t.store.profile(kept.profile_id).await.unwrap().unwrap().golden.unwrap();
+    assert_eq!(golden["attributes"]["givenName"]["display"], "Ada");
+    assert!(golden.to_string().len() < 10_000, "{} bytes", golden.to_string().len());
 }

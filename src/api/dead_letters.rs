@@ -91,10 +91,7 @@ pub async fn list(
 ) -> Result<Json<DeadLetterList>, ApiError> {
     s.tokens.authorize(&headers, Scope::Read)?;
     known_feed(&s, &feed)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 500"));
-    }
+    let limit = super::page_limit(q.limit, 100, 500)?;
     let page = s.store.dead_letters(&feed, q.after, limit).await?;
     Ok(Json(DeadLetterList {
         dead_letters: page.dead_letters.into_iter().map(Into::into).collect(),

@@ -95,8 +95,12 @@ pub struct ProfileView {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ProfileList {
     pub profiles: Vec<ProfileView>,
+    /// `after` of the next page, when this one is full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -170,8 +174,11 @@ pub struct ReviewView {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ReviewList {
     pub items: Vec<ReviewView>,
+    /// `after` of the next page, when this one is full.
+    pub next_after: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -211,8 +218,11 @@ pub struct QuarantineView {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct QuarantineList {
     pub entries: Vec<QuarantineView>,
+    /// `after` of the next page, when this one is full.
+    pub next_after: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -245,6 +255,8 @@ pub struct SearchQuery {
     pub family_name: Option<String>,
     pub given_name: Option<String>,
     pub postcode: Option<String>,
+    /// Profiles with an id above this one (`nextAfter` of the page before).
+    pub after: Option<String>,
     /// At most this many profiles (default 20, max 100).
     pub limit: Option<i64>,
 }
@@ -262,9 +274,24 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    fn limit(&self) -> i64 {
-        self.limit.unwrap_or(50).clamp(1, 500)
+    fn limit(&self) -> Result<i64, ApiError> {
+        page_limit(self.limit, 50, 500)
     }
+}
+
+/// The `limit` of a list: `default` when absent, otherwise between 1 and `max` (never silently
+/// cut to it: the answer would look complete).
+pub(crate) fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request("invalid_limit", format!("limit {n} is out of range: 1 to {max}"))),
+    }
+}
+
+/// The cursor of the page after one of `len` entries ending at `last`: none when it is not full.
+pub(crate) fn next_after<T>(len: usize, limit: i64, last: Option<T>) -> Option<T> {
+    (len as i64 == limit).then_some(last).flatten()
 }
 
 // ---- handlers ----
@@ -315,7 +342,7 @@ async fn lookup(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<L
     s.tokens.authorize(&headers, Scope::Read)?;
     if let (Some(source), Some(id)) = (&q.source, &q.source_record_id) {
         let record = s.store.record_by_source_id(source, id).await?;
-        return Ok(Json(ProfileList { profiles: views(&s.store, record.map(|r| r.profile_id)).await? }));
+        return Ok(Json(ProfileList { profiles: views(&s.store, record.map(|r| r.profile_id)).await?, next_after: None }));
     }
     let default_region = s.config.sources.iter().find_map(|src| src.spec.default_phone_region.clone()).unwrap_or_default();
     let region = q.region.clone().unwrap_or(default_region);
@@ -339,8 +366,8 @@ async fn lookup(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<L
         return Err(ApiError::bad_request("invalid_query", "give email, phone, nationalId, identifier, or source and sourceRecordId"));
     }
     let hashes = index_hashes(&given, &region, s.flags)?;
-    let ids = s.store.profiles_with_keys(&hashes, 100).await?;
-    Ok(Json(ProfileList { profiles: views(&s.store, ids).await? }))
+    let ids = s.store.profiles_with_keys(&hashes, 0, 100).await?;
+    Ok(Json(ProfileList { profiles: views(&s.store, ids).await?, next_after: None }))
 }
 
 /// Hashes of the lookup index for `(attribute, raw value)` pairs, normalised as at intake.
@@ -371,8 +398,11 @@ async fn search(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<S
         return Err(ApiError::bad_request("invalid_query", "give familyName, givenName and/or postcode"));
     }
     let hashes = index_hashes(&given, "", s.flags)?;
-    let ids = s.store.profiles_with_keys(&hashes, q.limit.unwrap_or(20).clamp(1, 100)).await?;
-    Ok(Json(ProfileList { profiles: views(&s.store, ids).await? }))
+    let after = q.after.as_deref().map(parse_profile_id).transpose()?.unwrap_or(0);
+    let limit = page_limit(q.limit, 20, 100)?;
+    let ids = s.store.profiles_with_keys(&hashes, after, limit).await?;
+    let next = next_after(ids.len(), limit, ids.last().copied()).map(profile_ref);
+    Ok(Json(ProfileList { profiles: views(&s.store, ids).await?, next_after: next }))
 }
 
 #[utoipa::path(get, path = "/v1/profiles/{id}/timeline", tag = "profiles",
@@ -509,8 +539,9 @@ async fn unmerge(
 async fn review_list(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Result<Json<ReviewList>, ApiError> {
     s.tokens.authorize(&headers, Scope::Read)?;
     let status = q.filter.as_deref().unwrap_or("open");
+    let limit = q.limit()?;
     let mut items = Vec::new();
-    for r in s.store.review_items(status, q.after.unwrap_or(0), q.limit()).await? {
+    for r in s.store.review_items(status, q.after.unwrap_or(0), limit).await? {
         let profile_of = async |record| Ok::<_, ApiError>(s.store.record(record).await?.map(|r| profile_ref(r.profile_id)));
         items.push(ReviewView {
             profile: profile_of(r.record_id).await?,
@@ -526,7 +557,8 @@ async fn review_list(State(s): State<ApiState>, headers: HeaderMap, Query(q): Qu
             decided_by: r.decided_by,
         });
     }
-    Ok(Json(ReviewList { items }))
+    let next_after = next_after(items.len(), limit, items.last().map(|i| i.id));
+    Ok(Json(ReviewList { items, next_after }))
 }
 
 /// Approve (merge the two records' profiles) or reject (never merge them).
@@ -575,14 +607,29 @@ async fn review_reject(State(s): State<ApiState>, headers: HeaderMap, Path(id): 
     responses((status = 200, body = QuarantineList)))]
 async fn quarantine_list(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Result<Json<QuarantineList>, ApiError> {
     s.tokens.authorize(&headers, Scope::Read)?;
-    let entries = s
+    let limit = q.limit()?;
+    let entries: Vec<QuarantineView> = s
         .store
-        .quarantined(q.filter.as_deref(), q.after.unwrap_or(0), q.limit())
+        .quarantined(q.filter.as_deref(), q.after.unwrap_or(0), limit)
         .await?
         .into_iter()
         .map(|e| QuarantineView { id: e.id, source: e.source, received_at_ms: e.received_at_ms, payload: e.payload, errors: e.errors })
         .collect();
-    Ok(Json(QuarantineList { entries }))
+    let next_after = next_after(entries.len(), limit, entries.last().map(|e| e.id));
+    Ok(Json(QuarantineList { entries, next_after }))
+}
+
+/// Delete a quarantined payload for good (a test message, a record the source will never fix).
+#[utoipa::path(delete, path = "/v1/quarantine/{id}", tag = "quarantine",
+    params(("id" = i64, Path, description = "Quarantine entry id")),
+    responses((status = 204), (status = 404, body = ops::ErrorBody)))]
+async fn quarantine_delete(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+    let who = s.tokens.authorize(&headers, Scope::Write)?;
+    if !s.store.delete_quarantined(id).await? {
+        return Err(ApiError::not_found(&format!("quarantine entry {id}")));
+    }
+    tracing::info!(id, by = %who, "quarantine entry deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/v1/quarantine/{id}/replay", tag = "quarantine",
@@ -628,7 +675,7 @@ async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(i
 #[openapi(
     info(title = "cdp profile API", description = "Golden profiles, lookups, timelines, explanations, review queue and quarantine."),
     paths(get_profile, lookup, search, timeline, explanation, merge, unmerge, review_list, review_approve, review_reject,
-          quarantine_list, quarantine_replay, dead_letters::list, dead_letters::inspect, dead_letters::replay),
+          quarantine_list, quarantine_delete, quarantine_replay, dead_letters::list, dead_letters::inspect, dead_letters::replay),
     components(schemas(ops::ErrorBody, ops::ErrorDetail, FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -652,9 +699,12 @@ async fn count_requests(State(metrics): State<Arc<Metrics>>, request: Request, n
     response
 }
 
+/// Largest request body accepted (the API's bodies are a few identifiers).
+const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
 pub fn router(state: ApiState) -> Router {
     let metrics = state.metrics.clone();
-    Router::new()
+    let routes = Router::new()
         .route("/v1/profiles/lookup", get(lookup))
         .route("/v1/profiles/search", get(search))
         .route("/v1/profiles/{id}", get(get_profile))
@@ -666,12 +716,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/review/{id}/approve", post(review_approve))
         .route("/v1/review/{id}/reject", post(review_reject))
         .route("/v1/quarantine", get(quarantine_list))
+        .route("/v1/quarantine/{id}", axum::routing::delete(quarantine_delete))
         .route("/v1/quarantine/{id}/replay", post(quarantine_replay))
         .merge(privacy::router())
         .merge(dead_letters::router())
         .route_layer(middleware::from_fn_with_state(metrics, count_requests))
         .with_state(state)
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi().merge_from(privacy::PrivacyDoc::openapi())) }))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi().merge_from(privacy::PrivacyDoc::openapi())) }));
+    ops::limit_body(routes, BODY_LIMIT)
 }
 
 /// `cdp api`.

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -97,7 +97,8 @@ pub async fn open_store_from_env() -> Result<Store, StartError> {
     }
 }
 
-fn with_password(url: &str, password: Option<&str>) -> Result<String, StartError> {
+/// `url` with `password` set in it (a PostgreSQL URL; a SQLite one has none).
+pub fn with_password(url: &str, password: Option<&str>) -> Result<String, StartError> {
     let Some(password) = password else { return Ok(url.to_string()) };
     if url.starts_with("sqlite:") {
         return Ok(url.to_string());
@@ -184,6 +185,28 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid bearer token")
     }
+
+    /// A request body over `limit` bytes.
+    pub fn payload_too_large(limit: usize) -> Self {
+        let message = format!("the request body is larger than the limit of {} MiB ({limit} bytes)", limit as f64 / MIB);
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            .with_details(vec![serde_json::json!({"limitBytes": limit})])
+    }
+}
+
+const MIB: f64 = (1 << 20) as f64;
+
+/// Refuse request bodies over `limit` bytes with 413 in the error envelope, stating the limit.
+/// The extractors that read a body (`Bytes`, `Json`) enforce the limit, and answer 413 in
+/// plain text: that answer is replaced (no handler answers 413 itself).
+pub fn limit_body(router: Router, limit: usize) -> Router {
+    router.layer(DefaultBodyLimit::max(limit)).layer(axum::middleware::map_response(move |response: Response| async move {
+        let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+            return ApiError::payload_too_large(limit).into_response();
+        }
+        response
+    }))
 }
 
 impl From<crate::store::StoreError> for ApiError {
@@ -408,9 +431,55 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartErro
     tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })
 }
 
-/// Serve `router` on `listener` until shutdown; in-flight requests finish.
+/// Serve `router` on `listener` until shutdown; in-flight requests finish. Every error is
+/// answered in the one JSON envelope (see [`enveloped_errors`]).
 pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: Shutdown) -> std::io::Result<()> {
+    let router = router.layer(axum::middleware::from_fn(enveloped_errors));
     axum::serve(listener, router).with_graceful_shutdown(shutdown.wait()).await
+}
+
+/// Longest request target (path and query) served; a longer one gets a 414 in the envelope
+/// here, rather than whatever the HTTP layer would answer for it.
+pub const MAX_URI_LENGTH: usize = 8 * 1024;
+
+/// The error answers axum makes itself (an unknown route, a method a route does not take, a
+/// path id, query string or body its extractors refuse) come as plain text or with no body;
+/// they are rewritten into the `{"error": {"code", "message"}}` envelope every service's own
+/// errors use, with the status and headers (such as `Allow`) kept.
+async fn enveloped_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let target = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_LENGTH {
+        let message = format!("the request target is {target} bytes long; at most {MAX_URI_LENGTH} are served");
+        return ApiError::new(StatusCode::URI_TOO_LONG, "uri_too_long", message).into_response();
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        s if s.is_server_error() => "internal",
+        _ => "request_refused",
+    };
+    let enveloped = ApiError::new(status, code, message).into_response();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.extend(enveloped.headers().clone());
+    Response::from_parts(parts, enveloped.into_body())
 }
 
 /// Serve a service's router together with the ops endpoints until shutdown.

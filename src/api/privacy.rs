@@ -1,10 +1,10 @@
 //! GDPR routes: erasure (erase scope), its audit entry, export and consents (read scope).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::Scope;
@@ -75,6 +75,34 @@ async fn erase(State(s): State<ApiState>, headers: HeaderMap, Json(request): Jso
     Ok(Json(privacy(&s).erase(&subject, &request.reason, &who).await?))
 }
 
+/// The erasure audit, oldest first: who erased what (keyed hashes only), when, and why.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasureList {
+    pub erasures: Vec<ErasureRow>,
+    /// `after` of the next page, when this one is full.
+    pub next_after: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ErasureQuery {
+    /// Entries with an id above this one (`nextAfter` of the page before).
+    pub after: Option<i64>,
+    /// Page size (default 50, max 500).
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/erasures", tag = "gdpr", params(ErasureQuery),
+    responses((status = 200, body = ErasureList), (status = 400, body = ops::ErrorBody)))]
+async fn erasures(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<ErasureQuery>) -> Result<Json<ErasureList>, ApiError> {
+    s.tokens.authorize(&headers, Scope::Erase)?;
+    let limit = super::page_limit(q.limit, 50, 500)?;
+    let erasures = s.store.erasures(q.after.unwrap_or(0), limit).await?;
+    let next_after = super::next_after(erasures.len(), limit, erasures.last().map(|e| e.id));
+    Ok(Json(ErasureList { erasures, next_after }))
+}
+
 #[utoipa::path(get, path = "/v1/erasures/{id}", tag = "gdpr", params(("id" = i64, Path, description = "Erasure id")),
     responses((status = 200, body = ErasureRow), (status = 404, body = ops::ErrorBody)))]
 async fn erasure(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<ErasureRow>, ApiError> {
@@ -101,12 +129,12 @@ async fn consents(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<
 
 pub(super) fn router() -> Router<ApiState> {
     Router::new()
-        .route("/v1/erasures", post(erase))
+        .route("/v1/erasures", post(erase).get(erasures))
         .route("/v1/erasures/{id}", get(erasure))
         .route("/v1/profiles/{id}/export", get(export))
         .route("/v1/profiles/{id}/consents", get(consents))
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(erase, erasure, export, consents), components(schemas(ErasureRequest, ErasureReport, ErasureRow, Consents)))]
+#[openapi(paths(erase, erasures, erasure, export, consents), components(schemas(ErasureRequest, ErasureReport, ErasureRow, ErasureList, Consents)))]
 pub(super) struct PrivacyDoc;

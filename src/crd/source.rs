@@ -1,5 +1,7 @@
 //! `Source`: one touchpoint that sends what it learns about customers.
 
+use std::collections::BTreeMap;
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -29,7 +31,8 @@ pub struct SourceSpec {
     /// Field mapping from the touchpoint's payload to canonical attributes.
     #[schemars(length(min = 1, max = 128))]
     pub mapping: Vec<FieldMapping>,
-    /// Payload field holding the touchpoint's own record or event id (makes redelivery idempotent).
+    /// Payload field holding the touchpoint's own record or event id (makes redelivery
+    /// idempotent); an id is at most 256 characters.
     #[serde(default = "default_event_id_field")]
     #[schemars(length(min = 1))]
     pub event_id_field: String,
@@ -131,6 +134,10 @@ pub struct FieldMapping {
     pub to: String,
 }
 
+/// The longest value kept at all, in characters, whatever a Source's `maxLength` or
+/// `onInvalidValue` say: nothing unbounded is stored, even as sent.
+pub const MAX_VALUE_CHARS: usize = 10_000;
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ValidationRules {
@@ -140,12 +147,26 @@ pub struct ValidationRules {
     /// At least one of these must be present (e.g. `email`, `phone`, `identifiers.loyaltyId`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub require_any_of: Vec<String>,
-    /// A value that cannot be normalised (an impossible date, a malformed phone number):
-    /// `Reject` refuses the record (422, kept in quarantine); `Keep` accepts it, stores the
-    /// value as sent, leaves it out of matching and reports it as a warning. A required
-    /// attribute must always be valid.
+    /// A value that cannot be normalised (an impossible date, a malformed phone number), or
+    /// is longer than its limit (`maxLength`): `Reject` refuses the record (422, kept in
+    /// quarantine); `Keep` accepts it, stores the value as sent, leaves it out of matching and
+    /// reports it as a warning. A required attribute must always be valid, and no value longer
+    /// than 10000 characters is kept.
     #[serde(default)]
     pub on_invalid_value: InvalidValuePolicy,
+    /// The longest value accepted per attribute, in characters (not bytes), e.g.
+    /// `{givenName: 50, attributes.note: 2000}`; at most 10000. Attributes not listed keep
+    /// their default: 100 for givenName, middleName, familyName, city and country; 300 for
+    /// fullName; 200 for street; 254 for email; 40 for phone and birthDate; 16 for postcode;
+    /// 64 for gender and nationalId; 256 for identifiers.*; 32 for consents.*; 1000 for
+    /// attributes.*. Values longer than 300 characters, whatever their limit, are only compared
+    /// for equality in matching.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 128,
+        "additionalProperties" = {"type": "integer", "format": "int32", "minimum": 1, "maximum": MAX_VALUE_CHARS}
+    ))]
+    pub max_length: BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

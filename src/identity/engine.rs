@@ -10,6 +10,7 @@ use rphonetic::{DoubleMetaphone, Encoder};
 use serde::{Deserialize, Serialize};
 
 use crate::crd::matching::{Comparator, KeyTransform, MatchingModel};
+use crate::identity::limits::{LengthLimits, longer_than};
 use crate::identity::normalise::{self, NormaliseFlags, days_from_civil, name_key, normalise_with};
 use crate::identity::record::{CanonicalRecord, is_known_attribute, is_lookup_attribute, lookup_key};
 
@@ -512,13 +513,26 @@ impl Engine {
         self.review_weight
     }
 
-    /// Normalise every attribute and precompute what comparisons need. Values that fail to
-    /// normalise are left out and listed in `invalid` (ingest has already reported them).
+    /// Normalise every attribute and precompute what comparisons need, under the default
+    /// length limits. Values that fail to normalise are left out and listed in `invalid`
+    /// (ingest has already reported them).
     pub fn prepare(&self, record: &CanonicalRecord, default_region: &str) -> PreparedRecord {
+        self.prepare_within(record, default_region, &LengthLimits::default())
+    }
+
+    /// [`Engine::prepare`] under the length limits of the record's Source: a longer value is
+    /// left out and listed in `invalid` too (a Source with `onInvalidValue: Keep` stores it as
+    /// sent, but it takes no part in matching).
+    pub fn prepare_within(&self, record: &CanonicalRecord, default_region: &str, limits: &LengthLimits) -> PreparedRecord {
         let mut values = BTreeMap::new();
         let mut display = BTreeMap::new();
         let mut invalid = Vec::new();
         for (attr, raw) in &record.attributes {
+            let max = limits.max_chars(attr);
+            if longer_than(raw.trim(), max) {
+                invalid.push((attr.clone(), format!("longer than {max} characters")));
+                continue;
+            }
             match normalise_with(attr, raw, default_region, self.flags) {
                 Ok(Some(v)) => {
                     values.insert(attr.clone(), v);
@@ -1053,6 +1067,19 @@ fn never_merge_differs(x: &Feature, y: &Feature) -> bool {
         && !level_matches(Comparator::DateSwappedDayMonth, 0.0, x, y)
 }
 
+/// The longest keys the fuzzy comparators (Jaro-Winkler, Levenshtein, Damerau-Levenshtein)
+/// compare, in characters: above the default length limit of every attribute they are used
+/// on. Their work grows with the product of the two lengths, so a longer key (stored before
+/// the limits, kept as sent by a Source with `onInvalidValue: Keep`, imported, or under a
+/// raised limit) is only compared for equality: equal, or reaching no fuzzy level. No pair
+/// costs more than this bound squared, whatever the store holds.
+pub(crate) const MAX_FUZZY_CHARS: usize = 300;
+
+/// Whether either key is too long for a fuzzy comparison ([`MAX_FUZZY_CHARS`]).
+fn beyond_fuzzy_bound(a: &str, b: &str) -> bool {
+    longer_than(a, MAX_FUZZY_CHARS) || longer_than(b, MAX_FUZZY_CHARS)
+}
+
 /// The longest values the string comparators handle on the stack.
 const SHORT_KEY_BYTES: usize = 64;
 
@@ -1064,9 +1091,13 @@ fn short_ascii<'a>(a: &'a str, b: &'a str) -> Option<(&'a [u8], &'a [u8])> {
 }
 
 /// Jaro-Winkler similarity on bytes without allocating for values up to 64 bytes (keys are
-/// ASCII after normalisation; longer or non-ASCII values fall back to `strsim`).
+/// ASCII after normalisation; longer or non-ASCII values fall back to `strsim`). Keys beyond
+/// [`MAX_FUZZY_CHARS`] are 1 when equal, else 0.
 pub(crate) fn jaro_winkler(a: &str, b: &str) -> f64 {
     let Some((x, y)) = short_ascii(a, b) else {
+        if beyond_fuzzy_bound(a, b) {
+            return if a == b { 1.0 } else { 0.0 };
+        }
         return strsim::jaro_winkler(a, b);
     };
     if x.is_empty() && y.is_empty() {
@@ -1122,12 +1153,16 @@ pub(crate) fn jaro_winkler(a: &str, b: &str) -> f64 {
 /// Whether the edit distance of `a` and `b` is at most `max`: Levenshtein, or optimal string
 /// alignment with `transpositions` (an adjacent swap is one edit). On bytes, without
 /// allocating, for ASCII values up to 64 bytes (keys after normalisation); it stops as soon
-/// as no alignment can stay within `max`. Other values go to `strsim`.
+/// as no alignment can stay within `max`. Other values go to `strsim`, but for keys beyond
+/// [`MAX_FUZZY_CHARS`], which are within no distance unless equal.
 pub(crate) fn edit_distance_within(a: &str, b: &str, max: usize, transpositions: bool) -> bool {
     if a == b {
         return true;
     }
     let Some((x, y)) = short_ascii(a, b) else {
+        if beyond_fuzzy_bound(a, b) {
+            return false;
+        }
         let distance = if transpositions { strsim::osa_distance(a, b) } else { strsim::levenshtein(a, b) };
         return distance <= max;
     };

@@ -1,10 +1,10 @@
 //! Identity resolution: a pure, storage-agnostic core.
 //!
-//! Values in, decisions out: normalise ([`normalise`]), compile a [`MatchingModel`] into an
-//! [`Engine`], prepare records, block, compare and score pairs (Fellegi–Sunter, with
-//! deterministic rules and never-merge constraints), resolve a record against candidate
-//! profiles, re-cluster after an unmerge, compute golden records by survivorship, explain
-//! every link, and train m/u/λ by EM. No I/O, no async, no storage.
+//! Values in, decisions out: bound their lengths ([`limits`]), normalise ([`normalise`]),
+//! compile a [`MatchingModel`] into an [`Engine`], prepare records, block, compare and score
+//! pairs (Fellegi–Sunter, with deterministic rules and never-merge constraints), resolve a
+//! record against candidate profiles, re-cluster after an unmerge, compute golden records by
+//! survivorship, explain every link, and train m/u/λ by EM. No I/O, no async, no storage.
 //!
 //! [`MatchingModel`]: crate::crd::matching::MatchingModel
 
@@ -13,6 +13,7 @@ pub mod defaults;
 pub mod engine;
 pub mod eval;
 pub mod golden;
+pub mod limits;
 pub mod normalise;
 pub mod record;
 pub mod resolve;
@@ -24,6 +25,7 @@ pub use engine::{
     ComparisonEvidence, Engine, ModelError, PairDecision, PairEvidence, PairScore, PreparedRecord,
 };
 pub use golden::{GoldenProfile, GoldenValue, SourcedRecord, golden};
+pub use limits::LengthLimits;
 pub use normalise::{NormaliseError, NormaliseFlags, normalise, normalise_with};
 pub use record::CanonicalRecord;
 pub use resolve::{

@@ -1011,3 +1011,44 @@ fn a_record_rebuilt_from_its_normalised_values_compares_as_prepared() {
     let other = prep(&e, "b", &[("givenName", "Jean Pierre"), ("familyName", "Lafontaine"), ("birthDate", "1981-07-14")]);
     assert_eq!(e.compare(&rebuilt, &other), e.compare(&sent, &other));
 }
+
+/// A value longer than its Source's limit (kept as sent under `onInvalidValue: Keep`, or
+/// queued before the limits) is left out of matching, as an invalid one is.
+#[test]
+fn values_longer_than_their_limit_take_no_part_in_matching() {
+    use crate::crd::source::ValidationRules;
+    use crate::identity::LengthLimits;
+    let e = engine();
+    let rules = ValidationRules { max_length: [("givenName".to_string(), 5)].into(), ..Default::default() };
+    let r = e.prepare_within(&rec("a", 0, &[("givenName", "Annabel"), ("familyName", "Martin")]), "FR", &LengthLimits::of(&rules));
+    assert_eq!(r.get("givenName"), None);
+    assert_eq!(r.invalid, [("givenName".to_string(), "longer than 5 characters".to_string())]);
+    assert_eq!(r.get("familyName"), Some("martin"));
+    // without a Source, the default limits
+    let r = prep(&e, "b", &[("givenName", &"a".repeat(101)), ("email", "ann@example.com")]);
+    assert_eq!(r.get("givenName"), None);
+    assert!(e.blocking_keys(&r).iter().all(|k| !k.contains("aaaa")), "{:?}", e.blocking_keys(&r));
+}
+
+/// Records already stored hold values of any length (taken before the limits, or under a
+/// raised one): the fuzzy comparators, whose work grows with the product of the lengths,
+/// only tell such values equal or not, so comparing a pair stays bounded work.
+#[test]
+fn values_beyond_the_fuzzy_bound_are_compared_for_equality_only() {
+    use crate::identity::engine::{MAX_FUZZY_CHARS, edit_distance_within, jaro_winkler};
+    let e = engine();
+    let stored = |id: &str, given: &str| e.prepare_normalised("crm", id, 0, [("givenName".to_string(), given.to_string())].into());
+    let name = |length: usize| -> String { "ab".chars().cycle().take(length).collect() };
+    let typo = |length: usize| format!("{}x", name(length - 1));
+    let given_level = |a: &str, b: &str| level(&e.compare(&stored("a", a), &stored("b", b)), "given-name").to_string();
+    // up to the bound, one typo is a close match
+    assert_eq!(given_level(&name(MAX_FUZZY_CHARS), &typo(MAX_FUZZY_CHARS)), "jaroWinkler>=0.92");
+    for length in [MAX_FUZZY_CHARS + 1, 2_000, 200_000] {
+        let (same, other) = (name(length), typo(length));
+        assert_eq!(given_level(&same, &same), "exact", "{length}");
+        assert_eq!(given_level(&same, &other), "else", "{length}");
+        assert_eq!(jaro_winkler(&same, &other), 0.0);
+        assert!(!edit_distance_within(&same, &other, 2, true) && !edit_distance_within(&same, &other, 2, false));
+        assert!(edit_distance_within(&same, &same, 0, true));
+    }
+}

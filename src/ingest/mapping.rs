@@ -4,14 +4,24 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::crd::source::InvalidValuePolicy;
+use crate::crd::source::{InvalidValuePolicy, MAX_VALUE_CHARS};
+use crate::identity::limits::{LengthLimits, MAX_RECORD_ID_CHARS, longer_than};
 use crate::identity::normalise::{NormaliseFlags, normalise_with};
 use crate::identity::CanonicalRecord;
 use crate::pipeline::NamedSource;
 use crate::store::{Arrival, FieldError, Payload};
 
+/// Code of a value longer than its limit.
+const TOO_LONG: &str = "tooLong";
+
 fn error(field: &str, code: &str, message: impl Into<String>) -> FieldError {
     FieldError { field: field.to_string(), code: code.to_string(), message: message.into() }
+}
+
+/// `what` (a payload field, or the record's id) is longer than `max` characters.
+fn too_long(field: &str, what: &str, value: &str, max: usize) -> FieldError {
+    let length = value.chars().count();
+    error(field, TOO_LONG, format!("{what}: {length} characters, longer than the limit of {max} characters"))
 }
 
 /// The value at a dotted path (`customer.address.city`), if present and not null.
@@ -49,6 +59,10 @@ pub fn map_record(
     }
     let mut errors = Vec::new();
     let source_record_id = match at_path(payload, &spec.event_id_field).map(scalar) {
+        Some(Some(id)) if longer_than(&id, MAX_RECORD_ID_CHARS) => {
+            errors.push(too_long(&spec.event_id_field, "the record's id", &id, MAX_RECORD_ID_CHARS));
+            String::new()
+        }
         Some(Some(id)) if !id.is_empty() => id,
         Some(Some(_)) | None => {
             errors.push(error(&spec.event_id_field, "required", "the record's id is missing (the Source's eventIdField)"));
@@ -70,6 +84,7 @@ pub fn map_record(
         _ => received_at_ms,
     };
     let region = spec.default_phone_region.as_deref().unwrap_or("");
+    let limits = LengthLimits::of(&spec.validation);
     let mut attributes = BTreeMap::new();
     let mut warnings = Vec::new();
     for m in &spec.mapping {
@@ -78,31 +93,39 @@ pub fn map_record(
             errors.push(error(&m.to, "invalid", format!("{}: expected a string, number or boolean", m.from)));
             continue;
         };
-        match normalise_with(&m.to, &raw, region, flags) {
-            Ok(Some(_)) => {
-                attributes.insert(m.to.clone(), raw);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                let issue = error(&m.to, "invalid", format!("{}: {e}", m.from));
-                match spec.validation.on_invalid_value {
-                    InvalidValuePolicy::Reject => errors.push(issue),
-                    InvalidValuePolicy::Keep => {
-                        attributes.insert(m.to.clone(), raw);
-                        warnings.push(issue);
-                    }
+        let max = limits.max_chars(&m.to);
+        // the length first: normalising and matching a value cost more the longer it is
+        let issue = if longer_than(&raw, max) {
+            too_long(&m.to, &m.from, &raw, max)
+        } else {
+            match normalise_with(&m.to, &raw, region, flags) {
+                Ok(Some(_)) => {
+                    attributes.insert(m.to.clone(), raw);
+                    continue;
                 }
+                Ok(None) => continue,
+                Err(e) => error(&m.to, "invalid", format!("{}: {e}", m.from)),
+            }
+        };
+        match spec.validation.on_invalid_value {
+            InvalidValuePolicy::Reject => errors.push(issue),
+            InvalidValuePolicy::Keep if longer_than(&raw, MAX_VALUE_CHARS) => {
+                errors.push(too_long(&m.to, &m.from, &raw, MAX_VALUE_CHARS));
+            }
+            InvalidValuePolicy::Keep => {
+                attributes.insert(m.to.clone(), raw);
+                warnings.push(issue);
             }
         }
     }
     let failed = |a: &str| errors.iter().any(|e| e.field == a);
-    let kept_invalid = |a: &str| warnings.iter().any(|e| e.field == a);
-    let usable = |a: &str| attributes.contains_key(a) && !kept_invalid(a);
+    let kept_invalid = |a: &str| warnings.iter().find(|e| e.field == a);
+    let usable = |a: &str| attributes.contains_key(a) && kept_invalid(a).is_none();
     let rules = &spec.validation;
     let mut missing = Vec::new();
     for a in &rules.required {
-        if kept_invalid(a) {
-            missing.push(error(a, "invalid", "required by the Source, and its value is invalid"));
+        if let Some(kept) = kept_invalid(a) {
+            missing.push(error(a, &kept.code, format!("required by the Source, and its value is not accepted: {}", kept.message)));
         } else if !attributes.contains_key(a) && !failed(a) {
             missing.push(error(a, "required", "required by the Source"));
         }
@@ -194,6 +217,7 @@ mod tests {
                     required: vec!["identifiers.loyaltyId".into()],
                     require_any_of: vec!["email".into(), "phone".into()],
                     on_invalid_value: InvalidValuePolicy::Reject,
+                    max_length: BTreeMap::new(),
                 },
                 default_phone_region: Some("FR".into()),
                 trust_rank: 10,
@@ -249,6 +273,57 @@ mod tests {
         let payload = serde_json::json!({"id": 1, "card": 7, "c": {"phone": "0612345678", "born": "1990-02-31"}});
         let errors = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap_err();
         assert_eq!(errors.iter().map(|e| (e.field.as_str(), e.code.as_str())).collect::<Vec<_>>(), [("birthDate", "invalid")]);
+    }
+
+    fn fields_and_codes(errors: &[FieldError]) -> Vec<(&str, &str)> {
+        errors.iter().map(|e| (e.field.as_str(), e.code.as_str())).collect()
+    }
+
+    #[test]
+    fn values_and_ids_longer_than_their_limit_are_refused_naming_the_field() {
+        let mut shop = source();
+        let valid = serde_json::json!({"id": 1, "card": 7, "c": {"email": "ann@example.com"}});
+        let with = |path: &str, value: String| {
+            let mut payload = valid.clone();
+            *path.split('.').fold(&mut payload, |v, key| &mut v[key]) = value.into();
+            payload
+        };
+        // counted in characters: 100 two-byte letters are within the default of 100
+        assert!(map_record(&shop, NormaliseFlags::default(), &with("c.first", "é".repeat(100)), 7).is_ok());
+        let errors = map_record(&shop, NormaliseFlags::default(), &with("c.first", "é".repeat(101)), 7).unwrap_err();
+        assert_eq!(fields_and_codes(&errors), [("givenName", "tooLong")]);
+        assert_eq!(errors[0].message, "c.first: 101 characters, longer than the limit of 100 characters");
+        // the Source's own limit, on any attribute
+        shop.spec.validation.max_length = [("givenName".to_string(), 5), ("identifiers.loyaltyId".to_string(), 3)].into();
+        let errors = map_record(&shop, NormaliseFlags::default(), &with("c.first", "Annabel".into()), 7).unwrap_err();
+        assert_eq!(fields_and_codes(&errors), [("givenName", "tooLong")]);
+        assert!(errors[0].message.ends_with("limit of 5 characters"), "{}", errors[0].message);
+        let errors = map_record(&shop, NormaliseFlags::default(), &with("card", "1234".into()), 7).unwrap_err();
+        assert_eq!(fields_and_codes(&errors), [("identifiers.loyaltyId", "tooLong")]);
+        let errors = map_record(&shop, NormaliseFlags::default(), &with("id", "x".repeat(10_000)), 7).unwrap_err();
+        assert_eq!(fields_and_codes(&errors), [("id", "tooLong")]);
+        assert_eq!(errors[0].message, "the record's id: 10000 characters, longer than the limit of 256 characters");
+        assert!(map_record(&shop, NormaliseFlags::default(), &with("id", "x".repeat(256)), 7).is_ok());
+    }
+
+    #[test]
+    fn a_source_keeping_invalid_values_keeps_long_ones_up_to_the_hard_maximum() {
+        let mut keeping = source();
+        keeping.spec.validation.on_invalid_value = InvalidValuePolicy::Keep;
+        let long = "Ann".repeat(50);
+        let payload = serde_json::json!({"id": 1, "card": 7, "c": {"email": "ann@example.com", "first": long}});
+        let mapped = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap();
+        assert_eq!(mapped.record.attributes["givenName"], long, "stored as sent");
+        assert_eq!(fields_and_codes(&mapped.warnings), [("givenName", "tooLong")]);
+        let payload = serde_json::json!({"id": 1, "card": 7, "c": {"email": "ann@example.com", "first": "a".repeat(MAX_VALUE_CHARS + 1)}});
+        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap_err();
+        assert_eq!(fields_and_codes(&errors), [("givenName", "tooLong")]);
+        assert!(errors[0].message.ends_with("limit of 10000 characters"), "{}", errors[0].message);
+        // a required attribute must be within its limit
+        keeping.spec.validation.max_length = [("identifiers.loyaltyId".to_string(), 3)].into();
+        let payload = serde_json::json!({"id": 1, "card": 1234, "c": {"email": "ann@example.com"}});
+        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap_err();
+        assert_eq!(fields_and_codes(&errors), [("identifiers.loyaltyId", "tooLong")]);
     }
 
     #[test]

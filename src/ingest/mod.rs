@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -78,10 +78,7 @@ impl IngestState {
 }
 
 pub fn router(state: IngestState) -> Router {
-    Router::new()
-        .route("/v1/sources/{source}/records", post(receive))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state)
+    ops::limit_body(Router::new().route("/v1/sources/{source}/records", post(receive)).with_state(state), BODY_LIMIT)
 }
 
 #[derive(Debug, Serialize)]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::identity::{Engine, GoldenProfile, PairEvidence, PreparedRecord, SourcedRecord};
+use crate::identity::{Engine, GoldenProfile, LengthLimits, PairEvidence, PreparedRecord, SourcedRecord};
 use crate::pipeline::PipelineConfig;
 use crate::store::{self, GoldenUpdate, IntakeItem, ProfileRow, Store, StoreError, WriteTx, key_hash};
 
@@ -132,6 +132,8 @@ pub struct Resolver {
     engine: Engine,
     trust: HashMap<String, i32>,
     regions: HashMap<String, String>,
+    /// Per source: values longer than its limits take no part in matching.
+    limits: HashMap<String, LengthLimits>,
     cache: cache::PreparedCache,
 }
 
@@ -150,6 +152,7 @@ impl Resolver {
                 .iter()
                 .map(|s| (s.name.clone(), s.spec.default_phone_region.clone().unwrap_or_default()))
                 .collect(),
+            limits: config.sources.iter().map(|s| (s.name.clone(), LengthLimits::of(&s.spec.validation))).collect(),
             cache: cache::PreparedCache::new(records),
         })
     }
@@ -165,7 +168,11 @@ impl Resolver {
 
     /// Normalise a record and hash its blocking keys (pure; done before the transaction).
     pub fn prepare(&self, item: &IntakeItem) -> (PreparedRecord, Vec<i64>) {
-        let prepared = self.engine.prepare(&item.record, self.region(&item.record.source));
+        let source = &item.record.source;
+        // a source no longer configured: the default limits
+        let defaults = LengthLimits::default();
+        let limits = self.limits.get(source).unwrap_or(&defaults);
+        let prepared = self.engine.prepare_within(&item.record, self.region(source), limits);
         let blocking = self.engine.blocking_keys(&prepared).iter().map(|k| key_hash(k)).collect();
         (prepared, blocking)
     }

@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use super::{MatchingConfig, NamedFeed, NamedScaling, NamedSource, PipelineConfig};
 use crate::crd::matching::MatchingModel;
+use crate::crd::source::MAX_VALUE_CHARS;
 use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, SecretKeyRef, Source};
 use crate::identity::record::{CONSENT_PREFIX, is_known_attribute};
 
@@ -219,6 +220,23 @@ fn source_errors(spec: &crate::crd::SourceSpec, secrets: &BTreeSet<SecretKeyRef>
             message: format!("no mapping produces any of {any_of:?}"),
         });
     }
+    // the CRD schema bounds these too, but `cdp local` reads its files without it
+    let field = "spec.validation.maxLength";
+    for (attribute, &max) in &rules.max_length {
+        if let Some(error) = unknown(field.to_string(), attribute) {
+            errors.push(error);
+        } else if !targets.contains(attribute.as_str()) {
+            errors.push(MemberError::Invalid {
+                field: field.to_string(),
+                message: format!("{attribute:?} has a limit but no mapping produces it"),
+            });
+        } else if !(1..=MAX_VALUE_CHARS).contains(&(max as usize)) {
+            errors.push(MemberError::Invalid {
+                field: field.to_string(),
+                message: format!("{attribute:?}: a limit is 1 to {MAX_VALUE_CHARS} characters, got {max}"),
+            });
+        }
+    }
     errors
 }
 
@@ -286,4 +304,36 @@ fn feed_errors(spec: &crate::crd::FeedSpec, mapped: &BTreeSet<&str>, secrets: &B
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cdp local` reads Sources without the CRD schema: the limits are checked here too.
+    #[test]
+    fn length_limits_name_mapped_attributes_within_the_hard_maximum() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples");
+        let mut manifests = crate::pipeline::load_dir(&dir).unwrap();
+        let pos = manifests.sources.iter_mut().find(|s| s.name_any() == "pos").unwrap();
+        let limits = [("givenName", 50), ("attributes.homeStore", 0), ("email", 100), ("familyName", 10_001), ("nickname", 10)];
+        pos.spec.validation.max_length = limits.iter().map(|(a, n)| (a.to_string(), *n)).collect();
+        let platform = manifests.platforms[0].clone();
+        let compiled = compile(&platform, &manifests.members_of(&platform), crate::identity::default_model());
+        let invalid = |message: &str| MemberError::Invalid { field: "spec.validation.maxLength".into(), message: message.into() };
+        assert_eq!(
+            compiled.verdict("Source", "pos").unwrap().errors,
+            [
+                invalid("\"attributes.homeStore\": a limit is 1 to 10000 characters, got 0"),
+                invalid("\"email\" has a limit but no mapping produces it"),
+                invalid("\"familyName\": a limit is 1 to 10000 characters, got 10001"),
+                MemberError::UnknownAttribute { field: "spec.validation.maxLength".into(), attribute: "nickname".into() },
+            ]
+        );
+        let pos = manifests.sources.iter_mut().find(|s| s.name_any() == "pos").unwrap();
+        pos.spec.validation.max_length = [("givenName".to_string(), 50), ("attributes.homeStore".to_string(), 10_000)].into();
+        let compiled = compile(&platform, &manifests.members_of(&platform), crate::identity::default_model());
+        assert!(compiled.verdict("Source", "pos").unwrap().accepted());
+        assert_eq!(compiled.config.source("pos").unwrap().spec.validation.max_length["givenName"], 50);
+    }
 }

@@ -247,7 +247,7 @@ impl Privacy {
                     Ok(None) => return Err(PrivacyError::Invalid(format!("{attribute} is empty"))),
                     Err(e) => return Err(PrivacyError::Invalid(format!("{attribute}: {e}"))),
                 };
-                let profiles = self.store.profiles_with_keys(&[key_hash(&lookup_key(attribute, &normalised))], 1000).await?;
+                let profiles = self.store.profiles_with_keys(&[key_hash(&lookup_key(attribute, &normalised))], 0, 1000).await?;
                 let hash = self.key().await?.hash(attribute, &normalised);
                 Ok((profiles, BTreeSet::from([hash])))
             }

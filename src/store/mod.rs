@@ -504,6 +504,12 @@ impl Store {
         rows.iter().map(quarantine_of).collect()
     }
 
+    /// Delete a quarantined entry; false when there was none.
+    pub async fn delete_quarantined(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM quarantine WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub async fn quarantine_entry(&self, id: i64) -> Result<Option<QuarantineEntry>> {
         let row = sqlx::query("SELECT id, source, received_at_ms, payload, errors FROM quarantine WHERE id = $1")
             .bind(id)
@@ -633,19 +639,21 @@ impl Store {
         row.as_ref().map(record_of).transpose()
     }
 
-    /// Live profiles holding a record with every one of the given key hashes, at most `limit`.
-    pub async fn profiles_with_keys(&self, hashes: &[i64], limit: i64) -> Result<Vec<i64>> {
+    /// Live profiles holding a record with every one of the given key hashes, by id: at most
+    /// `limit` of those above `after`.
+    pub async fn profiles_with_keys(&self, hashes: &[i64], after: i64, limit: i64) -> Result<Vec<i64>> {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!(
             "SELECT DISTINCT profile_id FROM (
                  SELECT record_id, profile_id FROM record_keys WHERE {} GROUP BY record_id, profile_id HAVING COUNT(*) = $1
-             ) AS r ORDER BY profile_id LIMIT $2",
-            self.backend.in_ids("hash", 3)
+             ) AS r WHERE profile_id > $2 ORDER BY profile_id LIMIT $3",
+            self.backend.in_ids("hash", 4)
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(hashes.len() as i64)
+            .bind(after)
             .bind(limit)
             .bind(json_ids(hashes))
             .fetch_all(&self.pool)

@@ -59,6 +59,18 @@ pub struct ErasureRow {
     pub removed: Removed,
 }
 
+fn erasure_of(row: &sqlx::any::AnyRow) -> Result<ErasureRow> {
+    Ok(ErasureRow {
+        id: row.try_get("id")?,
+        erased_at_ms: row.try_get("erased_at_ms")?,
+        subject_hashes: json_col(row, "subject_hashes")?,
+        profile_ids: json_col(row, "profile_ids")?,
+        reason: row.try_get("reason")?,
+        requested_by: row.try_get("requested_by")?,
+        removed: json_col(row, "removed")?,
+    })
+}
+
 /// What an outbox payload of an erased person becomes: ids stay (the feeds' ordering and
 /// idempotency need them), values go.
 const REDACTED_PAYLOAD: &str = r#"{"redacted":"erased"}"#;
@@ -76,6 +88,19 @@ impl Store {
         Ok(row.try_get("secret")?)
     }
 
+    /// The audit entries after `after`, oldest first, at most `limit`.
+    pub async fn erasures(&self, after: i64, limit: i64) -> Result<Vec<ErasureRow>> {
+        let rows = sqlx::query(
+            "SELECT id, erased_at_ms, subject_hashes, profile_ids, reason, requested_by, removed FROM erasures
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(erasure_of).collect()
+    }
+
     pub async fn erasure(&self, id: i64) -> Result<Option<ErasureRow>> {
         let row = sqlx::query(
             "SELECT id, erased_at_ms, subject_hashes, profile_ids, reason, requested_by, removed FROM erasures WHERE id = $1",
@@ -83,18 +108,7 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(ErasureRow {
-                id: row.try_get("id")?,
-                erased_at_ms: row.try_get("erased_at_ms")?,
-                subject_hashes: json_col(&row, "subject_hashes")?,
-                profile_ids: json_col(&row, "profile_ids")?,
-                reason: row.try_get("reason")?,
-                requested_by: row.try_get("requested_by")?,
-                removed: json_col(&row, "removed")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(erasure_of).transpose()
     }
 
     /// Review items with one side among `records`.
