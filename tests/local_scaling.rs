@@ -62,15 +62,20 @@ async fn a_burst_grows_the_matcher_pool_and_it_shrinks_once_drained() {
     // `cdp local` runs beside the test in this task; it stops when the test body ends.
     tokio::select! {
         result = local => panic!("cdp local stopped: {result:?}"),
-        () = drive_a_burst(ingest_addr, key, data.path().join("local.db")) => {}
+        () = drive_a_burst(ingest_addr, api_addr, key, data.path().join("local.db")) => {}
     }
 }
 
-async fn drive_a_burst(ingest_addr: std::net::SocketAddr, key: String, db: PathBuf) {
+async fn drive_a_burst(ingest_addr: std::net::SocketAddr, api_addr: std::net::SocketAddr, key: String, db: PathBuf) {
 
     let ingest = format!("http://{ingest_addr}");
     let client = reqwest::Client::new();
     assert_eq!(wait_for("cdp local to listen", Duration::from_secs(30), async || pool_size(&client, &ingest).await).await, 1);
+    // the load the operator's scaler reads from pods, here too: intake's, and the matcher pool's
+    for (listener, workload) in [(ingest.clone(), "ingest"), (format!("http://{api_addr}"), "matcher")] {
+        let report: serde_json::Value = client.get(format!("{listener}/v1/load")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(report["workload"], workload, "{report}");
+    }
 
     // Four touchpoints at once, 10 000 records: faster than one worker resolves them.
     let post = |batch: usize| {

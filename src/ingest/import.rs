@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::mapping::{arrivals, row_to_json};
 use super::normalise_flags;
 use crate::api::ops::StartError;
-use crate::local::PlatformArgs;
+use crate::local::{PlatformArgs, StoreArgs};
 use crate::pipeline::PipelineConfig;
 use crate::store::{Admission, Store, StoreError};
 
@@ -26,9 +26,8 @@ pub struct ImportArgs {
     pub format: Option<Format>,
     #[command(flatten)]
     pub platform: PlatformArgs,
-    /// SQLite file of `cdp local` to import into; without it, CDP_STORE_URL.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,16 +210,19 @@ pub fn progress_bar(label: String) -> impl FnMut(usize, u64, u64) {
 /// `cdp import`: prints the summary on stdout.
 pub async fn run(args: ImportArgs) -> Result<ImportSummary, StartError> {
     let platform = args.platform.load()?;
-    let url = match &args.data {
-        Some(path) => crate::local::sqlite_url(path),
-        None => crate::api::ops::store_url_from_env()?,
-    };
-    let store = Store::open(&url).await?;
+    let store = Store::open(&args.store.url()?).await?;
     let format = args.format.unwrap_or_else(|| Format::of(&args.file));
     let label = args.file.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let summary = import_file(&store, &platform.config, &args.source, &args.file, format, progress_bar(label))
         .await?;
     store.close().await;
     println!("{summary}");
+    if summary.accepted > 0 {
+        println!(
+            "\nThe accepted records are queued: the matcher resolves them into profiles (`cdp local` on \
+             this store runs it; in a cluster, the platform's matcher). Progress: the backlog in \
+             GET /v1/load, or the cdp_intake_queued metric."
+        );
+    }
     Ok(summary)
 }

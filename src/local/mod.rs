@@ -10,11 +10,13 @@ use kube::ResourceExt;
 use serde_json::Value;
 
 use crate::api::auth::{Scope, TokenLine, Tokens, parse_lines};
+use crate::api::load;
 use crate::api::ops::{self, Metrics, Secrets, StartError};
 use crate::ingest::IngestState;
 use crate::ingest::import::{Format, import_file, progress_bar};
 use crate::matcher::{Resolver, WorkerOptions, spawn_queue_gauge, worker_spawner};
 use crate::pipeline::{self, NamedSource, PipelineConfig};
+use crate::scaling::Workload;
 use crate::store::Store;
 
 pub mod pool;
@@ -130,6 +132,31 @@ async fn local_token(store: &Store) -> Result<TokenLine, StartError> {
     })
 }
 
+/// The store a command works on: `cdp local`'s SQLite file by default, or any store by URL.
+/// `cdp import` and `cdp train` name it this way; `cdp local` takes the same `--data`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// SQLite file of `cdp local` (created when missing).
+    #[arg(long, default_value = DEFAULT_DATA)]
+    pub data: PathBuf,
+    /// A store URL instead of the file (`postgres://...` or `sqlite:PATH`); the password may
+    /// come from CDP_STORE_PASSWORD, as in a cluster.
+    #[arg(long, env = "CDP_STORE_URL")]
+    pub store: Option<String>,
+}
+
+/// Where `cdp local` keeps its store unless told otherwise.
+pub const DEFAULT_DATA: &str = "cdp-local.db";
+
+impl StoreArgs {
+    pub fn url(&self) -> Result<String, StartError> {
+        match &self.store {
+            Some(url) => ops::with_password(url, std::env::var("CDP_STORE_PASSWORD").ok().filter(|p| !p.is_empty()).as_deref()),
+            None => Ok(sqlite_url(&self.data)),
+        }
+    }
+}
+
 /// The store URL of a SQLite file.
 pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite:{}", path.display())
@@ -140,7 +167,7 @@ pub struct LocalArgs {
     #[command(flatten)]
     pub platform: PlatformArgs,
     /// SQLite file holding the store (created when missing).
-    #[arg(long, default_value = "cdp-local.db")]
+    #[arg(long, default_value = DEFAULT_DATA)]
     pub data: PathBuf,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen_ingest: SocketAddr,
@@ -245,14 +272,22 @@ pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> p
     println!("{}", banner(&config, &secrets, &args, &token_lines));
 
     let servers = [
+        // each listener reports the load of a workload, as its pods do in a cluster: intake's,
+        // and the matcher pool's next to the API
         tokio::spawn(ops::serve_with_ops(
             ingest_listener,
-            crate::ingest::router(ingest),
+            crate::ingest::router(ingest).merge(load::router(store.clone(), &metrics, Workload::Ingest)),
             store.clone(),
             metrics.clone(),
             shutdown.clone(),
         )),
-        tokio::spawn(ops::serve_with_ops(api_listener, crate::api::router(api), store.clone(), metrics, shutdown.clone())),
+        tokio::spawn(ops::serve_with_ops(
+            api_listener,
+            crate::api::router(api).merge(load::router(store.clone(), &metrics, Workload::Matcher)),
+            store.clone(),
+            metrics,
+            shutdown.clone(),
+        )),
     ];
     for (source, file) in &args.imports {
         let label = format!("{source} <- {}", file.display());
@@ -323,6 +358,10 @@ fn banner(config: &PipelineConfig, secrets: &Secrets, args: &LocalArgs, tokens: 
             t.token
         ));
     }
+    out.push_str(&format!(
+        "\nLoad, as the operator's scaler reads it: {ingest}/v1/load (intake), {api}/v1/load (the matcher pool); \
+         /metrics and /readyz on both.\n"
+    ));
     out.push_str("\nCtrl-C stops everything; the data stays in the SQLite file.");
     out
 }

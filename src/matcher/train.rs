@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::api::ops::{StartError, store_url_from_env};
+use crate::api::ops::StartError;
 use crate::crd::matching::MatchingModel;
 use crate::identity::eval::{self, LabelledRecord};
 use crate::identity::{Engine, PreparedRecord, TrainOptions, default_model, train_with};
@@ -13,9 +13,11 @@ use crate::store::Store;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
-    /// Train on a file instead of the store (`CDP_STORE_URL`).
+    /// Train on a file instead of the store.
     #[arg(long)]
     pub input: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: crate::local::StoreArgs,
     /// Layout of `--input`.
     #[arg(long, value_enum, default_value = "canonical")]
     pub format: InputFormat,
@@ -68,7 +70,7 @@ pub async fn run(args: TrainArgs) -> Result<(), TrainError> {
             .map_err(|e| input(e.to_string()))?;
             prepare(&engine, &data)
         }
-        None => stored_records(&engine).await?,
+        None => stored_records(&engine, &args.store).await?,
     };
     if records.is_empty() {
         return Err(TrainError::Empty);
@@ -104,8 +106,8 @@ fn prepare(engine: &Engine, data: &[LabelledRecord]) -> Vec<PreparedRecord> {
 }
 
 /// Every resolved record, rebuilt from its stored normalised values.
-async fn stored_records(engine: &Engine) -> Result<Vec<PreparedRecord>, TrainError> {
-    let store = Store::open(&store_url_from_env()?).await.map_err(StartError::from)?;
+async fn stored_records(engine: &Engine, store: &crate::local::StoreArgs) -> Result<Vec<PreparedRecord>, TrainError> {
+    let store = Store::open(&store.url()?).await.map_err(StartError::from)?;
     let mut records = Vec::new();
     let mut after = 0;
     loop {
