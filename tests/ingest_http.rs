@@ -327,3 +327,44 @@ async fn a_body_over_the_limit_is_refused_in_the_error_envelope() {
     assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
     assert_eq!(body["error"]["message"], "the request body is larger than the limit of 2 MiB (2097152 bytes)");
 }
+
+/// A caller learns nothing without a key, not even which Sources exist; a key of another
+/// Source is refused as such.
+#[tokio::test]
+async fn keys_are_checked_before_sources_are_named() {
+    use tower::ServiceExt;
+    let t = common::sqlite_store().await;
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples");
+    let loaded = cdp_operator::local::load_platform(&samples, None).unwrap();
+    let ingest = router(IngestState::new(&loaded.config, &loaded.secrets, t.store.clone(), Metrics::new()).unwrap());
+    let key = |source: &str| {
+        let http = loaded.config.source(source).unwrap().spec.delivery.http.clone().unwrap();
+        loaded.secrets.get(&http.auth_secret_ref).unwrap()
+    };
+    let send = |path: &str, key: Option<String>| {
+        let mut request = http::Request::post(path).header("content-type", "application/json");
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let app = ingest.clone();
+        let request = request.body(axum::body::Body::from(r#"{"event_id":"k1","account":{"id":"C-1","email":"a@example.com"}}"#)).unwrap();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    for path in ["/v1/sources/webshop/records", "/v1/sources/no-such-source/records"] {
+        let (status, body) = send(path, None).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{path}: {body}");
+        let (status, _) = send(path, Some("a-guess".into())).await;
+        assert_eq!(status, 401, "{path}: an unknown key");
+    }
+    let (status, body) = send("/v1/sources/webshop/records", Some(key("ticketing"))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("ticketing"), "{body}");
+    let (status, _) = send("/v1/sources/no-such-source/records", Some(key("webshop"))).await;
+    assert_eq!(status, 404, "with a key, an unknown source is named as such");
+    assert_eq!(send("/v1/sources/webshop/records", Some(key("webshop"))).await.0, 202);
+}

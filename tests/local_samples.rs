@@ -25,7 +25,7 @@ fn samples_load_and_their_example_payloads_validate() {
             assert!(loaded.secrets.get(&http.auth_secret_ref).is_ok(), "{} key", source.name);
         }
         let payload = sample_payload(source);
-        let record = map_record(source, normalise_flags(config), &payload, 0);
+        let record = map_record(source, normalise_flags(config), &payload, cdp_operator::store::now_ms());
         assert!(record.is_ok(), "{}: {payload} -> {record:?}", source.name);
     }
 }
@@ -42,7 +42,7 @@ fn febrl_sample_loads_and_maps_a_row() {
         "rec-1496-org", "1496", "mitchell", "green", "7", "wallaby place", "delmar", "cleveland", "2119", "sa", "19560409", "1804974",
     ]);
     let payload = cdp_operator::ingest::mapping::row_to_json(&headers, &row);
-    let record = map_record(source, normalise_flags(&loaded.config), &payload, 0).unwrap().record;
+    let record = map_record(source, normalise_flags(&loaded.config), &payload, cdp_operator::store::now_ms()).unwrap().record;
     assert_eq!(record.source_record_id, "rec-1496-org");
     assert_eq!(record.attributes["birthDate"], "19560409");
     assert_eq!(record.attributes["street"], "wallaby place");

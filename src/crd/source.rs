@@ -36,7 +36,9 @@ pub struct SourceSpec {
     #[serde(default = "default_event_id_field")]
     #[schemars(length(min = 1))]
     pub event_id_field: String,
-    /// Payload field holding when the touchpoint observed the record (RFC 3339); intake time when absent.
+    /// Payload field holding when the touchpoint observed the record (RFC 3339); intake time when
+    /// absent. From 1900 to 24 hours after the record arrives: a later one would make its
+    /// statements the newest for ever, so it is refused (`outOfRange`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at_field: Option<String>,
     #[serde(default)]

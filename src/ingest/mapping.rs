@@ -47,6 +47,46 @@ pub struct Mapped {
 }
 
 /// Map and validate one payload. Every failing field is reported, not just the first.
+/// How far ahead of its arrival a record's own time may be: clocks drift, but a time in the
+/// future would make its statements (a consent, an address) the newest ones for ever.
+pub const MAX_OBSERVED_AHEAD_MS: i64 = 24 * 3600 * 1000;
+/// The earliest time a record may say it was observed at.
+const EARLIEST_OBSERVED: &str = "1900-01-01T00:00:00Z";
+
+/// A record's own time (the Source's `observedAtField`), in Unix milliseconds; or the code and
+/// message of why it is refused: not a timestamp, or one the platform cannot take.
+fn observed_at(value: &Value, received_at_ms: i64) -> Result<i64, (&'static str, String)> {
+    const EXPECTED: &str = "expected an RFC 3339 timestamp such as 2025-03-01T10:15:00Z";
+    let text = value.as_str().ok_or(("invalid", EXPECTED.to_string()))?;
+    let earliest: jiff::Timestamp = EARLIEST_OBSERVED.parse().expect("a valid timestamp");
+    match text.parse::<jiff::Timestamp>() {
+        Ok(t) if t < earliest => Err(("outOfRange", format!("{text} is before {EARLIEST_OBSERVED}"))),
+        Ok(t) if t.as_millisecond() > received_at_ms + MAX_OBSERVED_AHEAD_MS => {
+            let arrived = jiff::Timestamp::from_millisecond(received_at_ms).map(|a| a.to_string()).unwrap_or_default();
+            Err(("outOfRange", format!("{text} is more than 24 hours after the record arrived ({arrived})")))
+        }
+        Ok(t) => Ok(t.as_millisecond()),
+        // well formed but beyond what a timestamp can hold (year 9999 and so on)
+        Err(_) if rfc3339_shaped(text) => Err(("outOfRange", format!("{text} is outside the times a record may carry"))),
+        Err(_) => Err(("invalid", EXPECTED.to_string())),
+    }
+}
+
+/// `YYYY-MM-DDThh:mm:ss` at the start, whatever the values.
+fn rfc3339_shaped(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| b.get(range).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && matches!(b[10], b'T' | b't' | b' ')
+        && digits(11..13)
+        && b[13] == b':'
+}
+
 pub fn map_record(
     source: &NamedSource,
     flags: NormaliseFlags,
@@ -74,10 +114,10 @@ pub fn map_record(
         }
     };
     let observed_at_ms = match spec.observed_at_field.as_deref().map(|f| (f, at_path(payload, f))) {
-        Some((field, Some(v))) => match v.as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()) {
-            Some(t) => t.as_millisecond(),
-            None => {
-                errors.push(error(field, "invalid", "expected an RFC 3339 timestamp such as 2025-03-01T10:15:00Z"));
+        Some((field, Some(v))) => match observed_at(v, received_at_ms) {
+            Ok(ms) => ms,
+            Err((code, message)) => {
+                errors.push(error(field, code, &message));
                 received_at_ms
             }
         },
@@ -197,6 +237,9 @@ mod tests {
     use super::*;
     use crate::crd::source::{Delivery, FieldMapping, SourceSpec, ValidationRules};
 
+    /// When the test records arrive: 2025-03-02T07:20:00Z.
+    const RECEIVED: i64 = 1_740_900_000_000;
+
     fn source() -> NamedSource {
         let map = |from: &str, to: &str| FieldMapping { from: from.into(), to: to.into() };
         NamedSource {
@@ -230,7 +273,7 @@ mod tests {
     fn maps_nested_fields_and_numbers() {
         let payload = serde_json::json!({"id": 42, "at": "2025-03-01T10:00:00Z", "card": 1234,
             "c": {"email": " Ann@Example.com ", "phone": "06 12 34 56 78", "first": "Ann"}});
-        let r = map_record(&source(), NormaliseFlags::default(), &payload, 7).unwrap().record;
+        let r = map_record(&source(), NormaliseFlags::default(), &payload, RECEIVED).unwrap().record;
         assert_eq!(r.source_record_id, "42");
         assert_eq!(r.observed_at_ms, 1_740_823_200_000);
         assert_eq!(r.attributes["identifiers.loyaltyId"], "1234");
@@ -238,9 +281,33 @@ mod tests {
     }
 
     #[test]
+    fn a_records_own_time_is_a_timestamp_it_may_carry() {
+        let at = |value: &str| {
+            let payload = serde_json::json!({"id": 1, "at": value, "card": 1, "c": {"email": "ann@example.com"}});
+            map_record(&source(), NormaliseFlags::default(), &payload, RECEIVED).map(|m| m.record.observed_at_ms)
+        };
+        let refused = |value: &str| {
+            let errors = at(value).unwrap_err();
+            assert_eq!(errors.len(), 1, "{value}: {errors:?}");
+            (errors[0].code.clone(), errors[0].message.clone())
+        };
+        assert_eq!(at("2025-03-01T10:00:00Z").unwrap(), 1_740_823_200_000);
+        assert!(at("2025-03-03T07:00:00Z").is_ok(), "a day's clock drift is taken");
+        let (code, message) = refused("9999-12-31T23:59:59Z");
+        assert_eq!(code, "outOfRange", "a well-formed timestamp is not called malformed: {message}");
+        let (code, message) = refused("2025-03-04T10:00:00Z");
+        assert_eq!(code, "outOfRange");
+        assert!(message.contains("more than 24 hours after the record arrived"), "{message}");
+        assert_eq!(refused("1850-06-01T00:00:00Z").0, "outOfRange");
+        let (code, message) = refused("yesterday");
+        assert_eq!(code, "invalid");
+        assert!(message.contains("RFC 3339"), "{message}");
+    }
+
+    #[test]
     fn reports_every_failing_field() {
         let payload = serde_json::json!({"at": "yesterday", "c": {"email": "nope", "born": "31/02/1990", "first": {"x": 1}}});
-        let errors = map_record(&source(), NormaliseFlags::default(), &payload, 7).unwrap_err();
+        let errors = map_record(&source(), NormaliseFlags::default(), &payload, RECEIVED).unwrap_err();
         let fields: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_str(), e.code.as_str())).collect();
         assert_eq!(
             fields,
@@ -261,17 +328,17 @@ mod tests {
         let mut keeping = source();
         keeping.spec.validation.on_invalid_value = InvalidValuePolicy::Keep;
         let payload = serde_json::json!({"id": 1, "card": 7, "c": {"phone": "06 12 34 56 78", "born": "1990-02-31"}});
-        let mapped = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap();
+        let mapped = map_record(&keeping, NormaliseFlags::default(), &payload, RECEIVED).unwrap();
         assert_eq!(mapped.record.attributes["birthDate"], "1990-02-31", "stored as sent");
         let warned: Vec<&str> = mapped.warnings.iter().map(|w| w.field.as_str()).collect();
         assert_eq!(warned, ["birthDate"]);
         // the only contact value is invalid: requireAnyOf still fails
         let payload = serde_json::json!({"id": 1, "card": 7, "c": {"email": "nope"}});
-        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap_err();
+        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, RECEIVED).unwrap_err();
         assert_eq!(errors.iter().map(|e| e.code.as_str()).collect::<Vec<_>>(), ["requireAnyOf"]);
         keeping.spec.validation.required.push("birthDate".into());
         let payload = serde_json::json!({"id": 1, "card": 7, "c": {"phone": "0612345678", "born": "1990-02-31"}});
-        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap_err();
+        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, RECEIVED).unwrap_err();
         assert_eq!(errors.iter().map(|e| (e.field.as_str(), e.code.as_str())).collect::<Vec<_>>(), [("birthDate", "invalid")]);
     }
 
@@ -289,21 +356,21 @@ mod tests {
             payload
         };
         // counted in characters: 100 two-byte letters are within the default of 100
-        assert!(map_record(&shop, NormaliseFlags::default(), &with("c.first", "é".repeat(100)), 7).is_ok());
-        let errors = map_record(&shop, NormaliseFlags::default(), &with("c.first", "é".repeat(101)), 7).unwrap_err();
+        assert!(map_record(&shop, NormaliseFlags::default(), &with("c.first", "é".repeat(100)), RECEIVED).is_ok());
+        let errors = map_record(&shop, NormaliseFlags::default(), &with("c.first", "é".repeat(101)), RECEIVED).unwrap_err();
         assert_eq!(fields_and_codes(&errors), [("givenName", "tooLong")]);
         assert_eq!(errors[0].message, "c.first: 101 characters, longer than the limit of 100 characters");
         // the Source's own limit, on any attribute
         shop.spec.validation.max_length = [("givenName".to_string(), 5), ("identifiers.loyaltyId".to_string(), 3)].into();
-        let errors = map_record(&shop, NormaliseFlags::default(), &with("c.first", "Annabel".into()), 7).unwrap_err();
+        let errors = map_record(&shop, NormaliseFlags::default(), &with("c.first", "Annabel".into()), RECEIVED).unwrap_err();
         assert_eq!(fields_and_codes(&errors), [("givenName", "tooLong")]);
         assert!(errors[0].message.ends_with("limit of 5 characters"), "{}", errors[0].message);
-        let errors = map_record(&shop, NormaliseFlags::default(), &with("card", "1234".into()), 7).unwrap_err();
+        let errors = map_record(&shop, NormaliseFlags::default(), &with("card", "1234".into()), RECEIVED).unwrap_err();
         assert_eq!(fields_and_codes(&errors), [("identifiers.loyaltyId", "tooLong")]);
-        let errors = map_record(&shop, NormaliseFlags::default(), &with("id", "x".repeat(10_000)), 7).unwrap_err();
+        let errors = map_record(&shop, NormaliseFlags::default(), &with("id", "x".repeat(10_000)), RECEIVED).unwrap_err();
         assert_eq!(fields_and_codes(&errors), [("id", "tooLong")]);
         assert_eq!(errors[0].message, "the record's id: 10000 characters, longer than the limit of 256 characters");
-        assert!(map_record(&shop, NormaliseFlags::default(), &with("id", "x".repeat(256)), 7).is_ok());
+        assert!(map_record(&shop, NormaliseFlags::default(), &with("id", "x".repeat(256)), RECEIVED).is_ok());
     }
 
     #[test]
@@ -312,17 +379,17 @@ mod tests {
         keeping.spec.validation.on_invalid_value = InvalidValuePolicy::Keep;
         let long = "Ann".repeat(50);
         let payload = serde_json::json!({"id": 1, "card": 7, "c": {"email": "ann@example.com", "first": long}});
-        let mapped = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap();
+        let mapped = map_record(&keeping, NormaliseFlags::default(), &payload, RECEIVED).unwrap();
         assert_eq!(mapped.record.attributes["givenName"], long, "stored as sent");
         assert_eq!(fields_and_codes(&mapped.warnings), [("givenName", "tooLong")]);
         let payload = serde_json::json!({"id": 1, "card": 7, "c": {"email": "ann@example.com", "first": "a".repeat(MAX_VALUE_CHARS + 1)}});
-        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap_err();
+        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, RECEIVED).unwrap_err();
         assert_eq!(fields_and_codes(&errors), [("givenName", "tooLong")]);
         assert!(errors[0].message.ends_with("limit of 10000 characters"), "{}", errors[0].message);
         // a required attribute must be within its limit
         keeping.spec.validation.max_length = [("identifiers.loyaltyId".to_string(), 3)].into();
         let payload = serde_json::json!({"id": 1, "card": 1234, "c": {"email": "ann@example.com"}});
-        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, 7).unwrap_err();
+        let errors = map_record(&keeping, NormaliseFlags::default(), &payload, RECEIVED).unwrap_err();
         assert_eq!(fields_and_codes(&errors), [("identifiers.loyaltyId", "tooLong")]);
     }
 

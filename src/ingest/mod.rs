@@ -134,19 +134,40 @@ fn payloads(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
     }
 }
 
+/// The Source a request may deliver for. The key is checked first, against every Source's,
+/// so that a caller without a key learns nothing, not even which Sources exist: no key or an
+/// unknown one is a 401; a key of another Source a 403 saying so; only then is an unknown
+/// Source a 404.
+fn authenticate<'a>(state: &'a IngestState, source: &str, headers: &HeaderMap) -> Result<&'a Intake, ApiError> {
+    let presented = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    // every Source's digest is compared, so timing does not tell which one matched
+    let holders: Vec<&Intake> = state
+        .sources
+        .values()
+        .filter(|intake| intake.key_digest.as_ref().is_some_and(|expected| digest_matches(expected, presented)))
+        .collect();
+    let Some(holder) = holders.first() else { return Err(ApiError::unauthorized()) };
+    match state.sources.get(source) {
+        Some(intake) if holders.iter().any(|h| std::ptr::eq(*h, intake)) => Ok(intake),
+        Some(intake) if intake.key_digest.is_none() => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_http_source", format!("source {source:?} does not deliver over HTTP")))
+        }
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this key is source {:?}'s; it may not deliver for source {source:?}", holder.source.name),
+        )),
+        None => Err(ApiError::not_found(&format!("source {source:?}"))),
+    }
+}
+
 async fn receive(
     State(state): State<IngestState>,
     Path(source): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let intake = state.sources.get(&source).ok_or_else(|| ApiError::not_found(&format!("source {source:?}")))?;
-    let Some(expected) = &intake.key_digest else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_http_source", format!("source {source:?} does not deliver over HTTP")));
-    };
-    if !bearer(&headers).is_some_and(|presented| digest_matches(expected, presented)) {
-        return Err(ApiError::unauthorized());
-    }
+    let intake = authenticate(&state, &source, &headers)?;
     let payloads = payloads(&headers, &body)?;
     if payloads.is_empty() {
         return Err(ApiError::bad_request("empty", "no record in the body"));
