@@ -99,6 +99,13 @@ async fn intake_formats_and_auth(t: TestStore) {
     assert_eq!(client.get(format!("{ingest}/readyz")).send().await.unwrap().status(), 200);
     let metrics = client.get(format!("{ingest}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("cdp_intake_records_total{source=\"pos\",outcome=\"accepted\"} 2"), "{metrics}");
+    // intake documents itself, as the API does
+    let doc: Value = client.get(format!("{ingest}/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let post = &doc["paths"]["/v1/sources/{source}/records"]["post"];
+    for status in ["202", "401", "403", "413", "422"] {
+        assert!(post["responses"][status].is_object(), "{status} is documented: {post}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object(), "{doc}");
 }
 
 /// Send every batch to `url` at once, each as its own request; the answers, in batch order.

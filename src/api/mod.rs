@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use self::auth::{Scope, Tokens};
-use self::ops::{ApiError, Metrics, Secrets, StartError};
+use self::ops::{ApiError, BearerAuth, Metrics, Secrets, StartError};
 use crate::identity::normalise::{NormaliseFlags, normalise_with};
 use crate::matcher::{MatchError, Resolver, lookup_key};
 use crate::pipeline::PipelineConfig;
@@ -682,15 +682,6 @@ async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(i
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-    }
-}
 
 async fn count_requests(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());

@@ -229,6 +229,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The OpenAPI security scheme of every service: a bearer token (an API token, or a Source's
+/// intake key).
+pub struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
 /// The metrics every service exposes (each updates the ones of its role).
 pub struct Metrics {
     pub registry: Registry,

@@ -16,11 +16,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use utoipa::OpenApi;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::auth::{bearer, digest, digest_matches};
-use crate::api::ops::{self, ApiError, Metrics, Secrets, StartError};
+use crate::api::ops::{self, ApiError, BearerAuth, Metrics, Secrets, StartError};
 use crate::identity::normalise::NormaliseFlags;
 use crate::crd::matching::EmailProviderRule;
 use crate::pipeline::{NamedSource, PipelineConfig};
@@ -78,12 +79,40 @@ impl IngestState {
 }
 
 pub fn router(state: IngestState) -> Router {
-    ops::limit_body(Router::new().route("/v1/sources/{source}/records", post(receive)).with_state(state), BODY_LIMIT)
+    let records = Router::new().route("/v1/sources/{source}/records", post(receive)).with_state(state);
+    ops::limit_body(records, BODY_LIMIT).route("/openapi.json", axum::routing::get(|| async { Json(IntakeDoc::openapi()) }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "cdp intake", description = "Touchpoints deliver records; each Source with its own key and field names."),
+    paths(receive),
+    components(schemas(ops::ErrorBody, ops::ErrorDetail, FieldError, Enqueued)),
+    modifiers(&BearerAuth)
+)]
+struct IntakeDoc;
+
+/// `202`: every record is durably queued (or was already: a redelivery).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    accepted: Vec<AcceptedRecord>,
+    /// Of `accepted`, the records this Source had delivered before, absorbed.
+    duplicates: usize,
+}
+
+/// `422`: some records were invalid (kept in quarantine) or belong to an erased person
+/// (refused); `error.details` lists them, `accepted` the valid ones, queued all the same.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct PartlyRefused {
+    error: ops::ErrorDetail,
+    accepted: Vec<AcceptedRecord>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct AcceptedRecord {
+    /// Position of the record in the request.
     index: usize,
     #[serde(flatten)]
     enqueued: Enqueued,
@@ -92,7 +121,7 @@ struct AcceptedRecord {
     warnings: Vec<FieldError>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RejectedRecord {
     index: usize,
@@ -161,6 +190,24 @@ fn authenticate<'a>(state: &'a IngestState, source: &str, headers: &HeaderMap) -
     }
 }
 
+/// Deliver records: one JSON object, a JSON array of them, or NDJSON, in the Source's own
+/// shape (its mapping names the fields). The key is the Source's (`Authorization: Bearer`).
+#[utoipa::path(post, path = "/v1/sources/{source}/records", tag = "intake",
+    params(("source" = String, Path, description = "The Source's name")),
+    request_body(content = Object, content_type = "application/json",
+                 description = "A record, or an array of records; also application/x-ndjson, one per line"),
+    responses(
+        (status = 202, body = Accepted, description = "Durably queued"),
+        (status = 422, body = PartlyRefused, description = "Some records invalid (quarantined) or of an erased person (refused)"),
+        (status = 400, body = ops::ErrorBody, description = "Not JSON, or no record"),
+        (status = 401, body = ops::ErrorBody, description = "No key, or an unknown one"),
+        (status = 403, body = ops::ErrorBody, description = "Another Source's key"),
+        (status = 404, body = ops::ErrorBody, description = "No such Source, or not one that delivers over HTTP"),
+        (status = 413, body = ops::ErrorBody, description = "The body is over the limit"),
+        (status = 415, body = ops::ErrorBody, description = "Not JSON nor NDJSON"),
+        (status = 503, body = ops::ErrorBody, description = "The store cannot take it now; send it again"),
+    ),
+    security(("bearer" = [])))]
 async fn receive(
     State(state): State<IngestState>,
     Path(source): Path<String>,
@@ -213,8 +260,7 @@ async fn receive(
     count("rejected", rejected.len() - refused);
     tracing::debug!(%source, accepted = accepted.len(), duplicates, rejected = rejected.len(), "intake");
     if rejected.is_empty() {
-        let body = serde_json::json!({"accepted": accepted, "duplicates": duplicates});
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+        return Ok((StatusCode::ACCEPTED, Json(Accepted { accepted, duplicates })).into_response());
     }
     // valid records of a mixed batch are queued all the same: resending the whole batch is
     // safe, the queued ones are absorbed as duplicates
@@ -227,8 +273,7 @@ async fn receive(
         ("validation_failed", if refused == 0 { message } else { format!("{message}; {refused} refused (erased person)") })
     };
     let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).with_details(details);
-    let mut body = serde_json::to_value(ops::ErrorBody::from(error)).expect("serialises");
-    body["accepted"] = serde_json::to_value(&accepted).expect("serialises");
+    let body = PartlyRefused { error: ops::ErrorBody::from(error).error, accepted };
     Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response())
 }
 

@@ -133,7 +133,7 @@ pub struct Store {
 }
 
 /// Outcome of enqueuing one record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Enqueued {
     pub intake_id: i64,
