@@ -72,7 +72,9 @@ struct MeterState {
     /// Rates are averaged over about this long.
     window: Duration,
     slots: u32,
-    in_flight: u32,
+    /// When each unit of work in flight started, by its number.
+    in_flight: std::collections::BTreeMap<u64, Instant>,
+    next_work: u64,
     last_change: Instant,
     /// Cumulative busy slot-seconds and items since the meter started.
     busy: f64,
@@ -101,7 +103,8 @@ impl MeterState {
         MeterState {
             window: LOAD_WINDOW,
             slots,
-            in_flight: 0,
+            in_flight: Default::default(),
+            next_work: 0,
             last_change: now,
             busy: 0.0,
             processed: 0,
@@ -113,7 +116,7 @@ impl MeterState {
     fn advance(&mut self, now: Instant) -> f64 {
         let dt = now.saturating_duration_since(self.last_change).as_secs_f64();
         self.last_change = now.max(self.last_change);
-        let busy = dt * f64::from(self.in_flight.min(self.slots.max(1)));
+        let busy = dt * f64::from((self.in_flight.len() as u32).min(self.slots.max(1)));
         self.busy += busy;
         busy
     }
@@ -171,8 +174,17 @@ impl WorkMeter {
 
     /// Start one unit of work; it is busy until the returned guard drops.
     pub fn start(self: &Arc<Self>) -> Work {
-        self.lock_now().in_flight += 1;
-        Work { meter: self.clone() }
+        let mut state = self.lock_now();
+        let id = state.next_work;
+        state.next_work += 1;
+        state.in_flight.insert(id, Instant::now());
+        Work { meter: self.clone(), id }
+    }
+
+    /// How long the oldest unit of work in flight has been running, at `now`.
+    pub fn oldest_in_flight(&self, now: Instant) -> Option<Duration> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.in_flight.values().min().map(|started| now.saturating_duration_since(*started))
     }
 
     /// Processed rate and busy fraction over about the last window (successive
@@ -185,6 +197,7 @@ impl WorkMeter {
 /// One unit of work in progress; dropping it (even on an error path) ends its busy time.
 pub struct Work {
     meter: Arc<WorkMeter>,
+    id: u64,
 }
 
 impl Work {
@@ -197,9 +210,12 @@ impl Work {
 
 impl Drop for Work {
     fn drop(&mut self) {
-        self.meter.lock_now().in_flight -= 1;
+        self.meter.lock_now().in_flight.remove(&self.id);
     }
 }
+
+/// How long a unit of work may run before the process reports itself stuck (not ready).
+pub const STUCK_AFTER: Duration = Duration::from_secs(120);
 
 /// The meters of the scaled workloads a process may run (`cdp local` runs several).
 pub struct Meters {
@@ -220,6 +236,17 @@ impl Meters {
             feeds: WorkMeter::new(Workload::Feeds, 0, metrics.clone()),
             metrics,
         }
+    }
+
+    /// Why this process is stuck, if it is: a unit of work (an intake request, a matcher
+    /// batch, a delivery) running for longer than [`STUCK_AFTER`] at `now`. Each is bounded
+    /// far below that (a batch by its time budget, a delivery by its timeout), so one that
+    /// runs on is waiting on something that will not come.
+    pub fn stuck(&self, now: Instant) -> Option<String> {
+        [&self.ingest, &self.matcher, &self.feeds].into_iter().find_map(|meter| {
+            let age = meter.oldest_in_flight(now).filter(|age| *age > STUCK_AFTER)?;
+            Some(format!("{} work has been running for {} s", meter.workload.as_str(), age.as_secs()))
+        })
     }
 
     pub fn of(&self, workload: Workload) -> &Arc<WorkMeter> {
@@ -303,10 +330,10 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut state = MeterState::new(2, t0);
         state.advance(at(0));
-        state.in_flight += 1;
+        state.in_flight.insert(0, at(0));
         state.advance(at(1000));
         state.processed += 10;
-        state.in_flight -= 1;
+        state.in_flight.remove(&0);
         let m = state.measure(at(2000));
         // One of two slots busy for half the time: a quarter.
         assert_eq!(m.busy_fraction, 0.25);
@@ -318,9 +345,22 @@ mod tests {
     fn busy_fraction_never_exceeds_the_slots() {
         let t0 = Instant::now();
         let mut state = MeterState::new(1, t0);
-        state.in_flight = 3;
+        state.in_flight = (0..3).map(|n| (n, t0)).collect();
         assert_eq!(state.advance(t0 + Duration::from_secs(4)), 4.0, "three requests in flight on one slot");
         assert_eq!(state.measure(t0 + Duration::from_secs(4)).busy_fraction, 1.0);
+    }
+
+    #[test]
+    fn work_running_past_its_bound_makes_the_process_stuck() {
+        let meters = Meters::new(LoadMetrics::default());
+        let now = Instant::now();
+        assert_eq!(meters.stuck(now), None);
+        let batch = meters.matcher.start();
+        assert_eq!(meters.stuck(now + STUCK_AFTER / 2), None, "a long batch is not yet a stuck one");
+        let reason = meters.stuck(now + STUCK_AFTER + Duration::from_secs(5)).expect("stuck");
+        assert!(reason.starts_with("matcher work has been running for"), "{reason}");
+        drop(batch);
+        assert_eq!(meters.stuck(now + STUCK_AFTER * 2), None, "finished: ready again");
     }
 
     #[test]

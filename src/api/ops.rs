@@ -322,6 +322,9 @@ async fn readyz(State(state): State<OpsState>) -> Result<&'static str, ApiError>
     if state.shutdown.draining() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "shutting down"));
     }
+    if let Some(reason) = state.metrics.meters.stuck(std::time::Instant::now()) {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stuck", reason));
+    }
     state.store.ping().await?;
     Ok("ready")
 }

@@ -5,6 +5,7 @@ pub mod accuracy;
 pub mod generate;
 pub mod intake;
 pub mod reaction;
+pub mod stall;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub enum BenchKind {
     Reaction(reaction::ReactionArgs),
     /// Drive a running platform's intake over HTTP with one of its Sources, and count what it accepted.
     Intake(intake::IntakeArgs),
+    /// Intake's answer times while the matcher drains a heavy backlog, against an idle matcher.
+    Stall(stall::StallArgs),
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -449,6 +452,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         BenchKind::Latency(a) => serde_json::to_value(latency(a).await?),
         BenchKind::Reaction(a) => serde_json::to_value(reaction::reaction(a).await?),
         BenchKind::Intake(a) => serde_json::to_value(intake::intake(a).await?),
+        BenchKind::Stall(a) => serde_json::to_value(stall::stall(a).await?),
         BenchKind::Accuracy(a) => {
             let (rows, stored) = accuracy::run(a).await?;
             print!("{}", accuracy::table(&rows, &stored));
