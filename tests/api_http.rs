@@ -5,7 +5,13 @@ mod common;
 use common::{Client, ERASE_TOKEN, READ_TOKEN, TestStore, WRITE_TOKEN, resolver, worker};
 use serde_json::{Value, json};
 
-on_both_stores!(profiles_lookup_explain_and_timeline, review_merge_unmerge_and_quarantine, lists_bound_their_limit_and_page_with_a_cursor);
+on_both_stores!(
+    profiles_lookup_explain_and_timeline,
+    review_merge_unmerge_and_quarantine,
+    lists_bound_their_limit_and_page_with_a_cursor,
+    explanations_say_what_linked_each_record_and_what_fell_short,
+    a_merged_away_id_leads_to_its_records_after_an_unmerge,
+);
 
 async fn profiles_lookup_explain_and_timeline(t: TestStore) {
     let c = Client::new(&t).await;
@@ -165,4 +171,130 @@ async fn lists_bound_their_limit_and_page_with_a_cursor(t: TestStore) {
     assert_eq!(status, 200, "{audit}");
     assert_eq!(audit["erasures"][0]["reason"], "subject-request");
     assert_eq!(c.get("/v1/erasures", READ_TOKEN).await.0, 403, "the audit needs the erase scope");
+}
+
+/// The explanation of a profile, with its links by source record id.
+async fn explained(c: &Client, profile: &str) -> std::collections::BTreeMap<String, Value> {
+    let (status, explanation) = c.get(&format!("/v1/profiles/{profile}/explanation"), READ_TOKEN).await;
+    assert_eq!(status, 200, "{explanation}");
+    explanation["links"].as_array().unwrap().iter().map(|l| (l["sourceRecordId"].as_str().unwrap().to_string(), l["evidence"].clone())).collect()
+}
+
+async fn profile_of(c: &Client, source: &str, id: &str) -> String {
+    let (_, found) = c.get(&format!("/v1/profiles/lookup?source={source}&sourceRecordId={id}"), READ_TOKEN).await;
+    found["profiles"][0]["id"].as_str().unwrap().to_string()
+}
+
+/// A record that started a profile lists the profiles it was compared with and why each fell
+/// short; a record joined through an approved review says which review, who approved it and
+/// when.
+async fn explanations_say_what_linked_each_record_and_what_fell_short(t: TestStore) {
+    let c = Client::new(&t).await;
+    c.send("webshop", json!({"id": "a", "givenName": "Ann", "familyName": "Lee", "email": "ann@example.com"})).await;
+    c.send("pos", json!({"id": "b", "givenName": "Ann", "familyName": "Lee", "phone": "0611223344"})).await;
+    c.send("pos", json!({"id": "c", "givenName": "Ann", "familyName": "Lee", "phone": "0699887766", "birthDate": "1990-01-01"})).await;
+    c.send("pos", json!({"id": "d", "givenName": "Ann", "familyName": "Lee", "phone": "0699887766", "birthDate": "1970-05-05"})).await;
+    worker(&t.store, resolver(), "w").drain().await.unwrap();
+    let (pa, pb) = (profile_of(&c, "webshop", "a").await, profile_of(&c, "pos", "b").await);
+
+    // b started a profile: Ann's email profile was a candidate, uncertain (it went to review)
+    let b = &explained(&c, &pb).await["b"];
+    assert_eq!(b["decision"], "new", "{b}");
+    let policy = common::config().matching.model.thresholds;
+    let thresholds = (b["thresholds"]["mergeProbability"].as_f64().unwrap(), b["thresholds"]["reviewProbability"].as_f64().unwrap());
+    assert_eq!(thresholds, (policy.merge, policy.review));
+    let candidate = &b["candidates"][0];
+    assert_eq!(candidate["profileId"].as_i64().map(|p| format!("p{p}")), Some(pa.clone()), "{b}");
+    assert_eq!(candidate["shortfall"], "uncertain");
+    assert!(candidate["pair"]["comparisons"].as_array().is_some_and(|c| !c.is_empty()), "{candidate}");
+    // every candidate of every new record stands where its score puts it
+    for profile in [&pa, &pb, &profile_of(&c, "pos", "c").await, &profile_of(&c, "pos", "d").await] {
+        for evidence in explained(&c, profile).await.values().filter(|e| e["decision"] == "new") {
+            for candidate in evidence["candidates"].as_array().unwrap() {
+                let p = candidate["probability"].as_f64().unwrap();
+                let expected = match candidate["pair"]["forbiddenBy"].as_str() {
+                    Some(_) => "neverMerge",
+                    None if p >= thresholds.1 => "uncertain",
+                    None => "belowReview",
+                };
+                assert_eq!(candidate["shortfall"], expected, "{candidate}");
+            }
+        }
+    }
+    // d and c differ on their birth dates: a never-merge constraint, shown as such
+    let d = &explained(&c, &profile_of(&c, "pos", "d").await).await["d"];
+    let c_profile = profile_of(&c, "pos", "c").await;
+    let against_c = d["candidates"].as_array().unwrap().iter().find(|k| format!("p{}", k["profileId"]) == c_profile).unwrap();
+    assert_eq!(against_c["shortfall"], "neverMerge", "{d}");
+
+    // approving the review of a and b merges them; b is now explained by that review
+    let (_, review) = c.get("/v1/review?limit=100", READ_TOKEN).await;
+    let item = review["items"].as_array().unwrap().iter().find(|i| i["profile"] == pb.as_str() && i["otherProfile"] == pa.as_str()).unwrap().clone();
+    let (status, merged) = c.post(&format!("/v1/review/{}/approve", item["id"]), WRITE_TOKEN, json!({})).await;
+    assert_eq!(status, 200, "{merged}");
+    let links = explained(&c, merged["survivor"].as_str().unwrap()).await;
+    assert_eq!(links["a"]["decision"], "new", "the record that started the survivor");
+    let b = &links["b"];
+    assert_eq!(b["decision"], "review", "{b}");
+    assert_eq!((&b["reviewId"], &b["approvedBy"]), (&item["id"], &json!("writer")));
+    assert!(b["approvedAtMs"].as_i64().is_some_and(|at| at > 0), "{b}");
+    assert_eq!((&b["recordId"], &b["otherRecordId"]), (&item["recordId"], &item["otherRecordId"]));
+    assert_eq!(b["probability"], item["probability"]);
+    assert!(b["pair"]["comparisons"].is_array(), "the evidence the reviewer saw: {b}");
+}
+
+/// A profile merged into another by hand and split out again: its id leads to the profile
+/// holding its records, or, when the unmerge split them up, answers 409 naming the profiles
+/// that hold them.
+async fn a_merged_away_id_leads_to_its_records_after_an_unmerge(t: TestStore) {
+    let c = Client::new(&t).await;
+    c.send("webshop", json!({"id": "ann", "givenName": "Ann", "familyName": "Lee", "email": "ann@example.com"})).await;
+    for id in ["bob1", "bob2"] {
+        c.send("pos", json!({"id": id, "givenName": "Bob", "familyName": "Kim", "phone": "0699887766", "birthDate": "1980-02-03"})).await;
+    }
+    c.send("webshop", json!({"id": "cyd", "givenName": "Cyd", "familyName": "Roe", "email": "cyd@example.com"})).await;
+    for id in ["dee1", "dee2"] {
+        c.send("pos", json!({"id": id, "givenName": "Dee", "familyName": "Ode", "phone": "0612121212", "birthDate": "1966-06-06"})).await;
+    }
+    worker(&t.store, resolver(), "w").drain().await.unwrap();
+    let store = &t.store;
+    let record = |id: &'static str| async move { store.record_by_source_id("pos", id).await.unwrap().unwrap().id };
+
+    // Bob merged into Ann by mistake, then both his records taken out again
+    let (ann, bob) = (profile_of(&c, "webshop", "ann").await, profile_of(&c, "pos", "bob1").await);
+    let (status, merged) = c.post(&format!("/v1/profiles/{ann}/merge"), WRITE_TOKEN, json!({"other": bob})).await;
+    assert_eq!((status, merged["survivor"].as_str()), (200, Some(ann.as_str())));
+    // the record that started Bob's profile is in Ann's because a person merged them
+    let bob1 = &explained(&c, &ann).await["bob1"];
+    assert_eq!((&bob1["decision"], &bob1["action"]), (&json!("manual"), &json!("merge by writer")), "{bob1}");
+    assert!(bob1["atMs"].as_i64().is_some_and(|at| at > 0), "{bob1}");
+    let bob_records = [record("bob1").await, record("bob2").await];
+    let (status, split) = c.post(&format!("/v1/profiles/{ann}/unmerge"), WRITE_TOKEN, json!({"records": bob_records})).await;
+    assert_eq!(status, 200, "{split}");
+    let bob_now = split["created"][0].as_str().unwrap();
+    let (status, profile) = c.get(&format!("/v1/profiles/{bob}"), READ_TOKEN).await;
+    assert_eq!((status, profile["id"].as_str()), (200, Some(bob_now)), "{profile}");
+    assert_eq!(profile["aliases"], json!([bob]));
+
+    // Dee merged into Cyd, then one of her records taken out: her id names two profiles now
+    let (cyd, dee) = (profile_of(&c, "webshop", "cyd").await, profile_of(&c, "pos", "dee1").await);
+    assert_eq!(c.post(&format!("/v1/profiles/{cyd}/merge"), WRITE_TOKEN, json!({"other": dee})).await.0, 200);
+    let dee1 = record("dee1").await;
+    assert_eq!(c.post(&format!("/v1/profiles/{cyd}/unmerge"), WRITE_TOKEN, json!({"records": [dee1]})).await.0, 200);
+    let mut holders = [profile_of(&c, "pos", "dee1").await, profile_of(&c, "pos", "dee2").await];
+    holders.sort_by_key(|p| p[1..].parse::<i64>().unwrap());
+    assert!(!holders.contains(&cyd), "{holders:?}");
+    for path in [format!("/v1/profiles/{dee}"), format!("/v1/profiles/{dee}/timeline")] {
+        let (status, body) = c.get(&path, READ_TOKEN).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (409, Some("profile_split")), "{path}: {body}");
+        let named: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().map(|d| d["profileId"].as_str().unwrap()).collect();
+        assert_eq!(named, holders.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let (status, body) = c.post(&format!("/v1/profiles/{dee}/merge"), WRITE_TOKEN, json!({"other": cyd})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("profile_split")), "{body}");
+    // her records together again: the id leads there
+    let (status, merged) = c.post(&format!("/v1/profiles/{}/merge", holders[0]), WRITE_TOKEN, json!({"other": holders[1]})).await;
+    assert_eq!(status, 200, "{merged}");
+    let (status, profile) = c.get(&format!("/v1/profiles/{dee}"), READ_TOKEN).await;
+    assert_eq!((status, &profile["id"]), (200, &merged["survivor"]), "{profile}");
 }

@@ -1,5 +1,6 @@
-//! Consents, erasure, suppression, export and retention, on SQLite and PostgreSQL. Erasure is
-//! checked by scanning every column of every table the database catalogue lists.
+//! Consents, erasure, suppression, export, retention and the key of the identifier hashes, on
+//! SQLite and PostgreSQL. Erasure is checked by scanning every column of every table the
+//! database catalogue lists, and the raw bytes of the store's files.
 
 mod common;
 
@@ -8,8 +9,8 @@ use std::sync::Arc;
 use cdp_operator::crd::source::AfterErasure;
 use cdp_operator::identity::CanonicalRecord;
 use cdp_operator::pipeline::PipelineConfig;
-use cdp_operator::privacy::{Privacy, PrivacyError, Subject, retention};
-use cdp_operator::store::{Admission, Enqueued, Event, FieldError, Store, now_ms};
+use cdp_operator::privacy::{Privacy, PrivacyError, PrivacyKeyError, Subject, SubjectKey, retention};
+use cdp_operator::store::{Admission, Enqueued, Event, FieldError, Store, StoreError, now_ms};
 use common::{Client, ERASE_TOKEN, READ_TOKEN, TestStore, WRITE_TOKEN, config, record, resolver, worker};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Row};
@@ -20,6 +21,11 @@ on_both_stores!(
     consents_follow_merges_and_unmerges,
     unclear_consent_is_rejected_naming_the_field,
     erasure_leaves_no_trace_of_the_person,
+    erasure_leaves_nothing_of_the_person_in_the_store_files,
+    erasing_an_identifier_nobody_holds_says_so_and_the_suppression_can_be_lifted,
+    suppressions_and_lifts_are_listed_a_page_at_a_time,
+    a_key_given_from_outside_never_enters_the_store_and_no_other_is_accepted,
+    a_store_keeps_its_own_key_until_the_key_given_is_that_same_key,
     erasure_waits_for_a_record_being_resolved,
     erased_person_is_refused_unless_the_source_allows,
     erasure_racing_intake_lets_nothing_of_the_person_in,
@@ -231,7 +237,8 @@ async fn erasure_leaves_no_trace_of_the_person(t: TestStore) {
     assert_eq!(c.post("/v1/erasures", ERASE_TOKEN, json!({"profileId": "p1", "reason": "Ann Lee asked"})).await.0, 400);
     let (status, report) = c.post("/v1/erasures", ERASE_TOKEN, request).await;
     assert_eq!(status, 200, "{report}");
-    assert_eq!(report["profiles"], json!([survivor]));
+    assert_eq!(report["profiles"], json!([format!("p{survivor}")]), "profile ids as the rest of the API writes them");
+    assert!(report.get("notice").is_none(), "a profile held the identifier: nothing to point out");
     assert_eq!(report["removed"]["records"], 3);
     assert_eq!(report["removed"]["quarantineEntries"], 1);
     assert_eq!(report["removed"]["queuedRecords"], 1);
@@ -253,6 +260,7 @@ async fn erasure_leaves_no_trace_of_the_person(t: TestStore) {
     let (status, audit) = c.get(&format!("/v1/erasures/{erasure_id}"), ERASE_TOKEN).await;
     assert_eq!(status, 200);
     assert_eq!((audit["reason"].as_str(), audit["requestedBy"].as_str()), (Some("subject-request"), Some("eraser")));
+    assert_eq!(audit["profileIds"], json!([format!("p{survivor}")]));
     // email, phone and loyalty id, as keyed hashes
     assert_eq!(audit["subjectHashes"].as_array().unwrap().len(), 3, "{audit}");
     // nothing of the subject is left to resolve: the queue holds only what was there for others
@@ -261,6 +269,212 @@ async fn erasure_leaves_no_trace_of_the_person(t: TestStore) {
     // no key row outlives its record (PostgreSQL has no foreign key to remove them)
     let (keys, orphans) = key_rows(&t.url).await;
     assert!(keys > 0 && orphans == 0, "the bystander's keys stay, and no other: {keys} rows, {orphans} orphans");
+}
+
+/// The raw bytes of a SQLite store's files, lowercased, by file: the database and its
+/// write-ahead log.
+fn sqlite_files(db: &str) -> Vec<(String, Vec<u8>)> {
+    let paths: Vec<std::path::PathBuf> =
+        [db.to_string(), format!("{db}-wal")].into_iter().map(Into::into).filter(|p: &std::path::PathBuf| p.exists()).collect();
+    assert!(!paths.is_empty(), "the store has files");
+    paths
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap().to_ascii_lowercase();
+            (p.display().to_string(), bytes)
+        })
+        .collect()
+}
+
+/// `(file, needle)` for every needle found in the files.
+fn found_in_files(files: &[(String, Vec<u8>)], needles: &[&str]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (file, bytes) in files {
+        for needle in needles {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                out.push((file.clone(), needle.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Erased means gone from the files too, not only from what SQL shows: SQLite keeps deleted
+/// rows in free pages and in its write-ahead log, PostgreSQL in dead row versions, which a
+/// plain VACUUM only marks reusable. Also the quarantined payload and the outbox events.
+async fn erasure_leaves_nothing_of_the_person_in_the_store_files(t: TestStore) {
+    let c = Client::new(&t).await;
+    subject_everywhere(&t, &c).await;
+    let events = t.store.events_after(0, 1000).await.unwrap();
+    assert!(events.iter().any(|e| e.payload.to_string().contains("ann.lee@example.com")), "outbox payloads carry the values");
+    let before = match t.url.strip_prefix("sqlite:") {
+        Some(db) => {
+            let seen: std::collections::BTreeSet<String> =
+                found_in_files(&sqlite_files(db), SUBJECT_VALUES).into_iter().map(|(_, n)| n).collect();
+            assert_eq!(seen.len(), SUBJECT_VALUES.len(), "the scan sees every value before: {seen:?}");
+            None
+        }
+        None => Some(last_vacuums(&t.url).await),
+    };
+
+    let request = json!({"attribute": "email", "value": "ann.lee@example.com", "reason": "subject-request"});
+    let (status, report) = c.post("/v1/erasures", ERASE_TOKEN, request).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["scrubbed"], true, "{report}");
+    assert_eq!(report["removed"]["quarantineEntries"], 1);
+
+    match (t.url.strip_prefix("sqlite:"), before) {
+        (Some(db), _) => {
+            let after = sqlite_files(db);
+            assert_eq!(found_in_files(&after, SUBJECT_VALUES), vec![], "no value of the subject is left in the files");
+            let bystander: std::collections::BTreeSet<String> =
+                found_in_files(&after, BYSTANDER_VALUES).into_iter().map(|(_, n)| n).collect();
+            assert_eq!(bystander.len(), BYSTANDER_VALUES.len(), "the bystander is still there, and the scan sees it");
+        }
+        // PostgreSQL writes over no freed byte; what its documentation asks is that the dead
+        // rows be vacuumed, which every table of personal data was, once the erasure committed
+        (None, Some(before)) => {
+            let after = last_vacuums(&t.url).await;
+            for (table, vacuumed) in &after {
+                assert!(vacuumed.is_some() && *vacuumed != before[table], "{table} was not vacuumed after the erasure");
+            }
+            assert_eq!(after.len(), 6, "{after:?}");
+        }
+        (None, None) => unreachable!("PostgreSQL's vacuums are read before the erasure"),
+    }
+}
+
+/// When PostgreSQL last vacuumed each table holding personal data (by hand: VACUUM).
+async fn last_vacuums(url: &str) -> std::collections::BTreeMap<String, Option<String>> {
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT CAST(relname AS TEXT) AS relname, CAST(last_vacuum AS TEXT) AS at FROM pg_stat_user_tables
+         WHERE relname IN ('intake', 'quarantine', 'profiles', 'source_records', 'outbox', 'feed_deliveries')",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows.iter().map(|r| (r.get::<String, _>("relname"), r.get::<Option<String>, _>("at"))).collect()
+}
+
+/// An erasure by an identifier no profile holds still suppresses it: the answer says so, the
+/// suppression is listed, and a token with the erase scope can lift it, audited by hash only.
+async fn erasing_an_identifier_nobody_holds_says_so_and_the_suppression_can_be_lifted(t: TestStore) {
+    let c = Client::new(&t).await;
+    let request = json!({"attribute": "email", "value": "Zoe.Roux@example.com", "reason": "subject-request"});
+    let (status, report) = c.post("/v1/erasures", ERASE_TOKEN, request).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["profiles"], json!([]));
+    let notice = report["notice"].as_str().unwrap_or_default();
+    assert!(notice.contains("no profile held") && notice.contains("refused at intake"), "{report}");
+    let suppressed = report["suppressed"].as_array().unwrap();
+    assert_eq!(suppressed.len(), 1);
+    assert_eq!(suppressed[0]["attribute"], "email");
+    let hash = suppressed[0]["hash"].as_str().unwrap().to_string();
+
+    assert_eq!(c.get("/v1/suppressions", READ_TOKEN).await.0, 403, "the list is for the erase scope");
+    let (status, list) = c.get("/v1/suppressions", ERASE_TOKEN).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["suppressions"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["suppressions"][0]["hash"], hash.as_str());
+    assert_eq!(list["suppressions"][0]["erasureId"], report["erasureId"]);
+    let zoe = json!({"id": "z1", "email": "zoe.roux@example.com"});
+    let (status, body) = c.send_status("webshop", zoe.clone()).await;
+    assert_eq!((status, &body["error"]["code"]), (422, &json!("erased_subject")), "{body}");
+
+    // Zoé comes back and asks to be a customer again
+    let lift = json!({"attribute": "email", "value": "zoe.roux@EXAMPLE.com", "reason": "subject-returned"});
+    assert_eq!(c.post("/v1/suppressions/lift", WRITE_TOKEN, lift.clone()).await.0, 403);
+    assert_eq!(c.post("/v1/suppressions/lift", ERASE_TOKEN, json!({"hash": hash, "reason": "Zoé came back"})).await.0, 400);
+    let (status, lifted) = c.post("/v1/suppressions/lift", ERASE_TOKEN, lift.clone()).await;
+    assert_eq!(status, 200, "{lifted}");
+    assert_eq!((lifted["hash"].as_str(), &lifted["erasureId"]), (Some(hash.as_str()), &report["erasureId"]));
+    assert_eq!((lifted["reason"].as_str(), lifted["requestedBy"].as_str()), (Some("subject-returned"), Some("eraser")));
+    let (status, body) = c.post("/v1/suppressions/lift", ERASE_TOKEN, lift).await;
+    assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")), "lifted already: {body}");
+    assert_eq!(c.get("/v1/suppressions", ERASE_TOKEN).await.1["suppressions"], json!([]));
+    let (status, lifts) = c.get("/v1/suppressions/lifts", ERASE_TOKEN).await;
+    assert_eq!(status, 200);
+    assert_eq!(lifts["lifts"].as_array().unwrap().len(), 1);
+    assert_eq!(lifts["lifts"][0]["id"], lifted["id"]);
+    assert!(!lifts.to_string().to_lowercase().contains("zoe"), "the audit holds no value: {lifts}");
+
+    let (status, body) = c.send_status("webshop", zoe).await;
+    assert_eq!(status, 202, "accepted again: {body}");
+}
+
+async fn suppressions_and_lifts_are_listed_a_page_at_a_time(t: TestStore) {
+    let c = Client::new(&t).await;
+    for n in 0..3 {
+        let request = json!({"attribute": "email", "value": format!("gone{n}@example.com"), "reason": "subject-request"});
+        assert_eq!(c.post("/v1/erasures", ERASE_TOKEN, request).await.0, 200);
+    }
+    let (status, first) = c.get("/v1/suppressions?limit=2", ERASE_TOKEN).await;
+    assert_eq!(status, 200);
+    assert_eq!(first["suppressions"].as_array().unwrap().len(), 2);
+    let after = first["nextAfter"].as_i64().expect("a full page has a next one");
+    let (_, second) = c.get(&format!("/v1/suppressions?limit=2&after={after}"), ERASE_TOKEN).await;
+    assert_eq!(second["suppressions"].as_array().unwrap().len(), 1);
+    assert_eq!(second["nextAfter"], Value::Null);
+    let (status, body) = c.get("/v1/suppressions?limit=0", ERASE_TOKEN).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_limit")));
+
+    for suppression in first["suppressions"].as_array().unwrap() {
+        let lift = json!({"hash": suppression["hash"], "reason": "subject-returned"});
+        assert_eq!(c.post("/v1/suppressions/lift", ERASE_TOKEN, lift).await.0, 200);
+    }
+    let (_, lifts) = c.get("/v1/suppressions/lifts?limit=1", ERASE_TOKEN).await;
+    assert_eq!(lifts["lifts"].as_array().unwrap().len(), 1);
+    let after = lifts["nextAfter"].as_i64().unwrap();
+    let (_, rest) = c.get(&format!("/v1/suppressions/lifts?limit=1&after={after}"), ERASE_TOKEN).await;
+    assert_eq!(rest["lifts"].as_array().unwrap().len(), 1);
+    assert_ne!(rest["lifts"][0]["id"], lifts["lifts"][0]["id"]);
+}
+
+/// The key error a store answered with.
+fn key_error(result: Result<String, StoreError>) -> PrivacyKeyError {
+    match result {
+        Err(StoreError::Db(sqlx::Error::Configuration(e))) => match e.downcast::<PrivacyKeyError>() {
+            Ok(e) => *e,
+            Err(e) => panic!("not a key error: {e}"),
+        },
+        other => panic!("expected a key error, got {other:?}"),
+    }
+}
+
+async fn a_key_given_from_outside_never_enters_the_store_and_no_other_is_accepted(t: TestStore) {
+    const KEY: &str = "k-from-a-kubernetes-secret-4b1d";
+    assert_eq!(t.store.privacy_secret_with(Some(KEY)).await.unwrap(), KEY);
+    assert_eq!(t.store.privacy_secret_with(Some(KEY)).await.unwrap(), KEY, "the same key again");
+    assert_eq!(found(&every_value(&t.url).await, &[KEY]), vec![], "the key is nowhere in the store");
+    // hashes made with it would not match another key's: refused, not silently replaced
+    assert!(matches!(key_error(t.store.privacy_secret_with(Some("another-key")).await), PrivacyKeyError::Mismatch));
+    assert!(matches!(key_error(t.store.privacy_secret_with(None).await), PrivacyKeyError::Missing));
+}
+
+/// A store made before keys moved to Secrets keeps producing the same hashes whatever key
+/// the first rollout brings, until the key given is its own: then it leaves the store.
+async fn a_store_keeps_its_own_key_until_the_key_given_is_that_same_key(t: TestStore) {
+    let own = t.store.privacy_secret_with(None).await.unwrap();
+    let c = Client::new(&t).await;
+    let (status, _) = c.post("/v1/erasures", ERASE_TOKEN, json!({"attribute": "email", "value": "ann.lee@example.com", "reason": "art17"})).await;
+    assert_eq!(status, 200);
+    let suppressed = |store: Store| async move { store.suppressions(0, 10).await.unwrap().into_iter().map(|s| s.hash).collect::<Vec<_>>() };
+    let hash = SubjectKey::new(&own).hash("email", "ann.lee@example.com");
+    assert_eq!(suppressed(t.store.clone()).await, vec![hash.clone()]);
+
+    // a fresh key from a new Secret is not used: the suppression list was made with the old one
+    assert_eq!(t.store.privacy_secret_with(Some("fresh-key-of-a-new-secret")).await.unwrap(), own);
+    // the store's key copied into the Secret: it moves out of the store
+    assert_eq!(t.store.privacy_secret_with(Some(&own)).await.unwrap(), own);
+    assert_eq!(found(&every_value(&t.url).await, &[own.as_str()]), vec![], "the key left the store");
+    if let Some(db) = t.url.strip_prefix("sqlite:") {
+        assert_eq!(found_in_files(&sqlite_files(db), &[own.as_str()]), vec![], "and its files");
+    }
+    assert!(matches!(key_error(t.store.privacy_secret_with(None).await), PrivacyKeyError::Missing));
+    assert_eq!(t.store.privacy_secret_with(Some(&own)).await.unwrap(), own);
+    assert_eq!(suppressed(t.store.clone()).await, vec![hash], "the same hashes throughout");
 }
 
 /// Key rows in all, and those whose record is gone.
@@ -410,8 +624,10 @@ async fn export_holds_everything_on_the_person(t: TestStore) {
     // an alias exports the person too
     let (status, export) = c.get(&format!("/v1/profiles/p{alias}/export"), READ_TOKEN).await;
     assert_eq!(status, 200, "{export}");
-    assert_eq!(export["profile"]["id"], survivor);
-    assert_eq!(export["aliases"], json!([alias]));
+    assert_eq!(export["profile"]["id"], format!("p{survivor}"), "profile ids as the rest of the API writes them");
+    assert_eq!(export["aliases"], json!([format!("p{alias}")]));
+    assert!(export["records"].as_array().unwrap().iter().all(|r| r["profileId"] == format!("p{survivor}")), "{export}");
+    assert!(export["events"].as_array().unwrap().iter().all(|e| e["profileId"].as_str().unwrap().starts_with('p')), "{export}");
     let mut records: Vec<&str> = export["records"].as_array().unwrap().iter().map(|r| r["sourceRecordId"].as_str().unwrap()).collect();
     records.sort();
     assert_eq!(records, vec!["a", "b", "c"]);
@@ -433,7 +649,15 @@ async fn export_holds_everything_on_the_person(t: TestStore) {
     assert_eq!(c.get(&format!("/v1/profiles/p{survivor}/export"), WRITE_TOKEN).await.0, 200);
     assert_eq!(c.get("/v1/profiles/p999999/export", READ_TOKEN).await.0, 404);
     let doc: Value = c.http.get(format!("{}/openapi.json", c.api)).send().await.unwrap().json().await.unwrap();
-    for path in ["/v1/erasures", "/v1/erasures/{id}", "/v1/profiles/{id}/export", "/v1/profiles/{id}/consents"] {
+    for path in [
+        "/v1/erasures",
+        "/v1/erasures/{id}",
+        "/v1/suppressions",
+        "/v1/suppressions/lift",
+        "/v1/suppressions/lifts",
+        "/v1/profiles/{id}/export",
+        "/v1/profiles/{id}/consents",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
 }

@@ -118,6 +118,23 @@ fn probes_point_at_health_endpoints_and_config_hash_rolls_pods() {
 }
 
 #[test]
+fn every_workload_reads_the_privacy_key_from_a_secret_that_outlives_the_platform() {
+    let objects = rendered();
+    for name in ["retail-ingest", "retail-matcher", "retail-api", "retail-feeds"] {
+        let env = find(&objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+        let key = env.iter().find(|e| e["name"] == "CDP_PRIVACY_KEY").unwrap_or_else(|| panic!("{name} has no CDP_PRIVACY_KEY"));
+        // optional: the workloads of a store made before the Secret existed use the store's own key
+        let from = serde_json::json!({"name": "retail-privacy-key", "key": "key", "optional": true});
+        assert_eq!(key["valueFrom"]["secretKeyRef"], from, "{name}");
+    }
+    let manifests = pipeline::load_dir(&samples_dir()).unwrap();
+    let secret = serde_json::to_value(render::privacy_key_secret(&manifests.platforms[0], "k-1").unwrap()).unwrap();
+    assert_eq!((secret["metadata"]["name"].as_str(), secret["metadata"]["namespace"].as_str()), (Some("retail-privacy-key"), Some("default")));
+    assert!(secret["metadata"].get("ownerReferences").is_none(), "the key outlives the platform, like the store's data");
+    assert_eq!(secret["stringData"], serde_json::json!({"key": "k-1"}));
+}
+
+#[test]
 fn existing_store_password_is_never_regenerated() {
     let manifests = pipeline::load_dir(&samples_dir()).unwrap();
     let platform = &manifests.platforms[0];

@@ -22,6 +22,11 @@ on_both_stores!(
     a_generic_key_finds_no_candidates,
     a_pair_of_profiles_has_one_open_review_item,
     a_value_over_its_limit_takes_no_part_in_matching,
+    an_id_follows_its_records_out_of_an_unmerge,
+    an_id_whose_records_were_split_up_leads_to_none_of_them_alone,
+    ids_merged_away_before_the_upgrade_follow_their_records,
+    events_name_profiles_as_the_api_does,
+    a_person_s_records_are_resolved_in_arrival_order,
 );
 
 async fn redelivery_is_absorbed(t: TestStore) {
@@ -216,7 +221,9 @@ async fn merge_through_a_third_record(t: &TestStore) {
     let c = t.store.record_by_source_id("ticketing", "c").await.unwrap().unwrap();
     assert_eq!(c.evidence["links"].as_array().unwrap().len(), 2);
     let merged = t.store.events_of(&[survivor], 100).await.unwrap().into_iter().find(|e| e.kind == "profile.merged").unwrap();
-    assert_eq!(merged.payload["absorbed"], serde_json::json!([absorbed]));
+    // ids in events are written as the API writes them
+    assert_eq!(merged.payload["absorbed"], serde_json::json!([format!("p{absorbed}")]));
+    assert_eq!(merged.payload["survivor"], format!("p{survivor}"));
     // the merge answered the name-only pair's question: its item is closed, not left open
     assert_eq!(t.store.counts().await.unwrap().open_reviews, 0);
     let closed = t.store.review_items("superseded", 0, 100).await.unwrap();
@@ -543,4 +550,232 @@ async fn a_value_over_its_limit_takes_no_part_in_matching(t: TestStore) {
     let golden = t.store.profile(kept.profile_id).await.unwrap().unwrap().golden.unwrap();
     assert_eq!(golden["attributes"]["givenName"]["display"], "Ada");
     assert!(golden.to_string().len() < 10_000, "{} bytes", golden.to_string().len());
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+/// Ann (one record) and Bob (two records), who share nothing: two profiles, Ann's first.
+async fn ann_and_bob(t: &TestStore) -> (i64, i64) {
+    t.store
+        .enqueue(&[
+            record("webshop", "a", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com")]),
+            record("pos", "b1", &[("givenName", "Bob"), ("familyName", "Kim"), ("phone", "0699887766"), ("birthDate", "1980-02-03")]),
+            record("pos", "b2", &[("givenName", "Bob"), ("familyName", "Kim"), ("phone", "0699887766"), ("birthDate", "1980-02-03")]),
+        ])
+        .await
+        .unwrap();
+    drain(t).await;
+    let store = &t.store;
+    let profile = |id: &'static str| async move { store.record_by_source_id(record_source(id), id).await.unwrap().unwrap().profile_id };
+    let (ann, bob) = (profile("a").await, profile("b1").await);
+    assert_eq!(profile("b2").await, bob, "Bob's records are one profile");
+    assert!(ann < bob);
+    (ann, bob)
+}
+
+fn record_source(id: &str) -> &'static str {
+    if id.starts_with('a') { "webshop" } else { "pos" }
+}
+
+async fn merge_by_hand(t: &TestStore, a: i64, b: i64) -> i64 {
+    let mut tx = t.store.begin().await.unwrap();
+    let survivor = resolver().merge(&mut tx, a, b, "tester", cdp_operator::store::now_ms()).await.unwrap();
+    tx.commit().await.unwrap();
+    survivor
+}
+
+async fn unmerge_by_hand(t: &TestStore, profile: i64, records: &[&str]) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for id in records {
+        ids.push(t.store.record_by_source_id(record_source(id), id).await.unwrap().unwrap().id);
+    }
+    let mut tx = t.store.begin().await.unwrap();
+    let created = resolver().unmerge(&mut tx, profile, &ids, cdp_operator::store::now_ms()).await.unwrap();
+    tx.commit().await.unwrap();
+    created
+}
+
+/// Bob's profile merged into Ann's by mistake, then his records split out again: his old id
+/// leads to the profile holding them, not to Ann's.
+async fn an_id_follows_its_records_out_of_an_unmerge(t: TestStore) {
+    let (ann, bob) = ann_and_bob(&t).await;
+    assert_eq!(merge_by_hand(&t, ann, bob).await, ann);
+    assert_eq!(t.store.profile(bob).await.unwrap().unwrap().id, ann);
+    let created = unmerge_by_hand(&t, ann, &["b1", "b2"]).await;
+    assert_eq!(created.len(), 1, "Bob's two records stay together");
+    let bob_now = created[0];
+    assert_eq!(t.store.profile(bob).await.unwrap().unwrap().id, bob_now, "the old id leads to Bob's records");
+    assert_eq!(t.store.profile_row(bob).await.unwrap().unwrap().merged_into, Some(bob_now));
+    assert_eq!(t.store.aliases(bob_now).await.unwrap(), vec![bob]);
+    assert!(t.store.aliases(ann).await.unwrap().is_empty(), "Ann's profile no longer claims Bob's id");
+    let unmerged = t.store.events_after(0, 1000).await.unwrap().into_iter().find(|e| e.kind == "profile.unmerged").unwrap();
+    assert_eq!(unmerged.payload["aliases"], serde_json::json!([{"alias": format!("p{bob}"), "profileId": format!("p{bob_now}")}]));
+    // Bob's next record joins his profile, which his old id leads to
+    t.store.enqueue(&[record("pos", "b3", &[("givenName", "Bob"), ("familyName", "Kim"), ("phone", "0699887766")])]).await.unwrap();
+    drain(&t).await;
+    assert_eq!(t.store.record_by_source_id("pos", "b3").await.unwrap().unwrap().profile_id, bob_now);
+    assert_eq!(t.store.profile(bob).await.unwrap().unwrap().id, bob_now);
+}
+
+/// Bob's records split up by an unmerge: his old id cannot name one profile any more, and
+/// says which ones hold its records; once they are together again it leads there.
+async fn an_id_whose_records_were_split_up_leads_to_none_of_them_alone(t: TestStore) {
+    let (ann, bob) = ann_and_bob(&t).await;
+    merge_by_hand(&t, ann, bob).await;
+    // b1 out: it gets a profile of its own, and b2, left with Ann's record, one too
+    let created = unmerge_by_hand(&t, ann, &["b1"]).await;
+    let store = &t.store;
+    let holder = |id: &'static str| async move { store.record_by_source_id("pos", id).await.unwrap().unwrap().profile_id };
+    let (b1, b2) = (holder("b1").await, holder("b2").await);
+    assert!(b1 != b2 && b1 != ann && b2 != ann, "{created:?}");
+    assert!(t.store.profile(bob).await.unwrap().is_none(), "a split id leads to none of its holders alone");
+    let row = t.store.profile_row(bob).await.unwrap().unwrap();
+    assert!(row.split_at_ms.is_some() && row.merged_into.is_none());
+    let mut expected = vec![b1, b2];
+    expected.sort_unstable();
+    assert_eq!(t.store.named_holders(bob).await.unwrap(), expected);
+    assert!(!t.store.aliases(ann).await.unwrap().contains(&bob));
+    let unmerged = t.store.events_after(0, 1000).await.unwrap().into_iter().find(|e| e.kind == "profile.unmerged").unwrap();
+    let split: Vec<String> = expected.iter().map(|p| format!("p{p}")).collect();
+    assert_eq!(unmerged.payload["aliases"], serde_json::json!([{"alias": format!("p{bob}"), "splitInto": split}]));
+    // a split id is neither merged nor unmerged
+    let mut tx = t.store.begin().await.unwrap();
+    assert!(matches!(resolver().merge(&mut tx, bob, ann, "tester", 0).await, Err(cdp_operator::matcher::MatchError::Split(id)) if id == bob));
+    drop(tx);
+    // a person puts Bob's records together again: the id leads there
+    let together = merge_by_hand(&t, b1, b2).await;
+    assert_eq!(t.store.profile(bob).await.unwrap().unwrap().id, together);
+}
+
+/// A store from before ids followed their records: an unmerge had left an id pointing at
+/// the profile its records were taken from. The upgrade reads what each id named from the
+/// outbox and sends it after its records.
+async fn ids_merged_away_before_the_upgrade_follow_their_records(t: TestStore) {
+    let (ann, bob) = ann_and_bob(&t).await;
+    merge_by_hand(&t, ann, bob).await;
+    let bob_now = unmerge_by_hand(&t, ann, &["b1", "b2"]).await[0];
+    // the store as the previous version left it
+    let pool = sqlx::AnyPool::connect(&t.url).await.unwrap();
+    let ann_text = ann.to_string();
+    for sql in [
+        format!("UPDATE profiles SET merged_into = {ann} WHERE id = {bob}"),
+        format!("UPDATE outbox SET payload = '{{\"survivor\": {ann}, \"absorbed\": [{bob}], \"action\": \"merge by tester\"}}' WHERE type = 'profile.merged'"),
+        "DROP TABLE merged_records".into(),
+        "ALTER TABLE profiles DROP COLUMN split_at_ms".into(),
+        "DELETE FROM _sqlx_migrations WHERE version = 12".into(),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    let upgraded = cdp_operator::store::Store::open(&t.url).await.unwrap();
+    assert_eq!(upgraded.profile(bob).await.unwrap().unwrap().id, bob_now, "p{ann_text} no longer holds Bob's records");
+    assert_eq!(upgraded.aliases(bob_now).await.unwrap(), vec![bob]);
+    // and it keeps following them from now on
+    assert_eq!(upgraded.named_holders(bob).await.unwrap(), vec![bob_now]);
+    upgraded.close().await;
+}
+
+/// Profile ids in every event payload read as in the API (`p12`), so a consumer can ask the
+/// API about what an event names.
+async fn events_name_profiles_as_the_api_does(t: TestStore) {
+    merge_through_a_third_record(&t).await;
+    t.store
+        .enqueue(&[record("webshop", "a9", &[("givenName", "Ann"), ("familyName", "Lee"), ("email", "ann.lee@example.com"), ("consents.sms", "yes")])])
+        .await
+        .unwrap();
+    drain(&t).await;
+    let b = t.store.record_by_source_id("pos", "b").await.unwrap().unwrap();
+    let mut tx = t.store.begin().await.unwrap();
+    resolver().unmerge(&mut tx, b.profile_id, &[b.id], cdp_operator::store::now_ms()).await.unwrap();
+    tx.commit().await.unwrap();
+    let events = t.store.events_after(0, 1000).await.unwrap();
+    let kinds: BTreeSet<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    for kind in ["profile.created", "profile.updated", "profile.merged", "profile.unmerged", "record.received", "consent.changed"] {
+        assert!(kinds.contains(kind), "no {kind} among {kinds:?}");
+    }
+    let is_ref = |v: &serde_json::Value| v.as_str().is_some_and(|s| s.strip_prefix('p').is_some_and(|n| n.parse::<i64>().is_ok()));
+    for e in &events {
+        let p = &e.payload;
+        for field in ["profileId", "survivor"] {
+            assert!(p.get(field).is_none_or(is_ref), "{} {field}: {p}", e.kind);
+        }
+        for field in ["absorbed", "created"] {
+            assert!(p.get(field).is_none_or(|v| v.as_array().unwrap().iter().all(is_ref)), "{} {field}: {p}", e.kind);
+        }
+        if let Some(profile) = e.profile_id {
+            assert!(["profileId", "survivor"].iter().any(|f| p[f] == format!("p{profile}")), "{}: {p}", e.kind);
+        }
+    }
+}
+
+/// A web-shop sign-up carrying an SMS consent, then a ticket scan of the same person, then a
+/// record of someone else. A worker claims the sign-up and is slow; another worker resolves
+/// the other person's record at once, but leaves the scan until the sign-up is resolved:
+/// feeds see the consent before the scan.
+async fn a_person_s_records_are_resolved_in_arrival_order(t: TestStore) {
+    let records = arrivals();
+    t.store.enqueue(&records).await.unwrap();
+    // the slow worker's claim, as the record-by-record path marks it
+    let held = t.store.claim("slow", 1, LEASE).await.unwrap();
+    assert_eq!(held[0].record.source_record_id, "signup");
+    let fast = worker(&t.store, resolver(), "fast");
+    let fast = tokio::spawn(async move { fast.drain().await.unwrap() });
+    resolved_soon(&t, "ticketing", "someone-else").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(t.store.record_by_source_id("ticketing", "scan").await.unwrap().is_none(), "the scan overtook the sign-up");
+    let resolved = cdp_operator::matcher::resolve_batch(&t.store, &resolver(), &held).await;
+    assert!(resolved.iter().all(Result::is_ok));
+    assert_eq!(tokio::time::timeout(Duration::from_secs(30), fast).await.unwrap().unwrap(), 2);
+    assert_resolved_in_order(&t).await;
+}
+
+fn arrivals() -> Vec<cdp_operator::identity::CanonicalRecord> {
+    let ada = [("givenName", "Ada"), ("familyName", "Lovelace"), ("email", "ada@example.com")];
+    vec![
+        record("webshop", "signup", &[&ada[..], &[("phone", "0612345678"), ("consents.sms", "true")]].concat()),
+        record("ticketing", "scan", &ada),
+        record("ticketing", "someone-else", &[("givenName", "Zoe"), ("familyName", "Kim"), ("email", "zoe@example.com")]),
+    ]
+}
+
+async fn resolved_soon(t: &TestStore, source: &str, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while t.store.record_by_source_id(source, id).await.unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "{source}/{id} was never resolved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The sign-up's events (its record and its consent) come before the scan's, which joined it.
+async fn assert_resolved_in_order(t: &TestStore) {
+    let signup = t.store.record_by_source_id("webshop", "signup").await.unwrap().unwrap();
+    let scan = t.store.record_by_source_id("ticketing", "scan").await.unwrap().unwrap();
+    assert_eq!(scan.profile_id, signup.profile_id, "the scan joined the sign-up's profile");
+    let events = t.store.events_after(0, 1000).await.unwrap();
+    let position = |kind: &str, record: Option<i64>| {
+        events.iter().position(|e| e.kind == kind && (record.is_none() || e.record_id == record)).unwrap_or_else(|| panic!("no {kind}"))
+    };
+    assert!(position("record.received", Some(signup.id)) < position("record.received", Some(scan.id)));
+    assert!(position("consent.changed", None) < position("record.received", Some(scan.id)));
+}
+
+/// PostgreSQL, as on the cluster where it was seen: a worker's claiming transaction holds the
+/// sign-up (`FOR UPDATE SKIP LOCKED`) and is slow to lock its keys; another worker claims the
+/// scan. It must not take its keys first: it waits for the transaction holding the sign-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_record_waits_for_an_older_one_a_claiming_transaction_holds() {
+    let Some(t) = common::postgres_store().await else { return };
+    t.store.enqueue(&arrivals()).await.unwrap();
+    let mut slow = t.store.begin().await.unwrap();
+    let held = slow.queued(1, LEASE).await.unwrap();
+    assert_eq!(held[0].record.source_record_id, "signup");
+    let fast = worker(&t.store, resolver(), "fast");
+    let fast = tokio::spawn(async move { fast.drain().await.unwrap() });
+    resolved_soon(&t, "ticketing", "someone-else").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(t.store.record_by_source_id("ticketing", "scan").await.unwrap().is_none(), "the scan overtook the sign-up");
+    // the slow worker's transaction ends (here without resolving: the sign-up is queued again)
+    slow.rollback().await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(30), fast).await.unwrap().unwrap(), 3);
+    assert_resolved_in_order(&t).await;
 }

@@ -26,9 +26,9 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use self::auth::{Scope, Tokens};
 use self::ops::{ApiError, BearerAuth, Metrics, Secrets, StartError};
 use crate::identity::normalise::{NormaliseFlags, normalise_with};
-use crate::matcher::{MatchError, Resolver, lookup_key};
+use crate::matcher::{MatchError, MergedBy, Resolver, lookup_key};
 use crate::pipeline::PipelineConfig;
-use crate::store::{self, Admission, FieldError, ProfileRow, Store, key_hash};
+use crate::store::{self, Admission, FieldError, ProfileRow, Store, key_hash, profile_ref};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ApiArgs {
@@ -70,10 +70,6 @@ fn parse_profile_id(s: &str) -> Result<i64, ApiError> {
     s.strip_prefix('p')
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{s:?} is not a profile id (expected p<number>)")))
-}
-
-fn profile_ref(id: i64) -> String {
-    format!("p{id}")
 }
 
 // ---- views ----
@@ -142,8 +138,12 @@ pub struct LinkExplanation {
     pub record_id: i64,
     pub source: String,
     pub source_record_id: String,
-    /// Why the record is in the profile: the decision, the profile score, and the evidence
-    /// of its closest pair (per-comparison levels and weights).
+    /// Why the record is in the profile, by `decision`: `linked` (the profile score and the
+    /// evidence of its closest pair: per-comparison levels and weights), `new` (it started the
+    /// profile: the policy's `thresholds`, and the `candidates` it was compared with, each with
+    /// its score, closest pair and `shortfall`: `belowReview`, `uncertain` or `neverMerge`),
+    /// `review` (a person approved a review item: `reviewId`, `approvedBy`, `approvedAtMs`,
+    /// the pair and its evidence), or `manual` (a merge or an unmerge by hand).
     #[schema(value_type = Object)]
     pub evidence: serde_json::Value,
 }
@@ -309,9 +309,32 @@ async fn view(store: &Store, row: ProfileRow) -> Result<ProfileView, ApiError> {
     })
 }
 
-/// The live profile for an id, or 404.
+/// The live profile for an id; 404 when there is none, 409 naming the profiles that hold its
+/// records when an unmerge split them up (the id leads to none of them alone).
 async fn live_profile(store: &Store, id: &str) -> Result<ProfileRow, ApiError> {
-    store.profile(parse_profile_id(id)?).await?.ok_or_else(|| ApiError::not_found(&format!("profile {id}")))
+    let number = parse_profile_id(id)?;
+    if let Some(row) = store.profile(number).await? {
+        return Ok(row);
+    }
+    match store.profile_row(number).await? {
+        Some(ProfileRow { split_at_ms: Some(_), .. }) => match store.named_holders(number).await?[..] {
+            [] => Err(ApiError::not_found(&format!("profile {id}"))),
+            ref holders => Err(split_profile(number, holders)),
+        },
+        _ => Err(ApiError::not_found(&format!("profile {id}"))),
+    }
+}
+
+/// 409 for an id whose records an unmerge sent to several profiles, listing them.
+fn split_profile(id: i64, holders: &[i64]) -> ApiError {
+    let names: Vec<String> = holders.iter().copied().map(profile_ref).collect();
+    let message = format!(
+        "profile {} was split: the records it named are now in {}; use one of those ids",
+        profile_ref(id),
+        names.join(", ")
+    );
+    ApiError::new(StatusCode::CONFLICT, "profile_split", message)
+        .with_details(names.into_iter().map(|name| serde_json::json!({"profileId": name})).collect())
 }
 
 async fn views(store: &Store, ids: impl IntoIterator<Item = i64>) -> Result<Vec<ProfileView>, ApiError> {
@@ -328,8 +351,9 @@ async fn views(store: &Store, ids: impl IntoIterator<Item = i64>) -> Result<Vec<
 }
 
 #[utoipa::path(get, path = "/v1/profiles/{id}", tag = "profiles",
-    params(("id" = String, Path, description = "Profile id (an alias resolves to its survivor)")),
-    responses((status = 200, body = ProfileView), (status = 404, body = ops::ErrorBody)))]
+    params(("id" = String, Path, description = "Profile id (an alias resolves to the profile holding its records)")),
+    responses((status = 200, body = ProfileView), (status = 404, body = ops::ErrorBody),
+        (status = 409, body = ops::ErrorBody, description = "`profile_split`: an unmerge sent the records of this merged-away id to several profiles; `details` lists them")))]
 async fn get_profile(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<ProfileView>, ApiError> {
     s.tokens.authorize(&headers, Scope::Read)?;
     let row = live_profile(&s.store, &id).await?;
@@ -470,6 +494,12 @@ fn match_error(e: MatchError) -> ApiError {
         MatchError::AlreadyOne(id) => {
             ApiError::new(StatusCode::CONFLICT, "already_merged", format!("the two profiles are one already: {}", profile_ref(id)))
         }
+        // split while the request ran: the next request lists where its records are
+        MatchError::Split(id) => ApiError::new(
+            StatusCode::CONFLICT,
+            "profile_split",
+            format!("profile {} was split meanwhile; ask for it again to see where its records are", profile_ref(id)),
+        ),
     }
 }
 
@@ -508,12 +538,11 @@ async fn merge(
     Json(body): Json<MergeRequest>,
 ) -> Result<Json<MergeResult>, ApiError> {
     let who = s.tokens.authorize(&headers, Scope::Write)?;
-    let (a, b) = (parse_profile_id(&id)?, parse_profile_id(&body.other)?);
-    if a == b {
+    if parse_profile_id(&id)? == parse_profile_id(&body.other)? {
         return Err(ApiError::bad_request("invalid_request", format!("{id} cannot be merged with itself")));
     }
-    let action = format!("merge by {who}");
-    let survivor = in_write_tx!(s, |tx, now| s.resolver.merge(tx, a, b, &action, now).await?)?;
+    let (a, b) = (live_profile(&s.store, &id).await?.id, live_profile(&s.store, &body.other).await?.id);
+    let survivor = in_write_tx!(s, |tx, now| s.resolver.merge(tx, a, b, MergedBy::Person(&who), now).await?)?;
     tracing::info!(survivor, a, b, by = %who, "manual merge");
     Ok(Json(MergeResult { survivor: profile_ref(survivor) }))
 }
@@ -572,8 +601,7 @@ async fn decide(s: &ApiState, id: i64, who: &str, approve: bool) -> Result<Optio
         if approve {
             let records = tx.records(&[item.record_id, item.other_record_id]).await?;
             let [a, b] = &records[..] else { return Err(MatchError::Invalid("a record of this pair was erased".into())) };
-            let action = format!("review {id} approved by {who}");
-            match s.resolver.merge(tx, a.profile_id, b.profile_id, &action, now).await {
+            match s.resolver.merge(tx, a.profile_id, b.profile_id, MergedBy::Review { item: &item, by: who }, now).await {
                 // a later record joined the pair meanwhile: the approval holds
                 Err(MatchError::AlreadyOne(survivor)) => Some(survivor),
                 merged => Some(merged?),

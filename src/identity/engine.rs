@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::crd::matching::{Comparator, KeyTransform, MatchingModel};
 use crate::identity::limits::{LengthLimits, longer_than};
 use crate::identity::normalise::{self, NormaliseFlags, days_from_civil, name_key, normalise_with};
-use crate::identity::record::{CanonicalRecord, is_known_attribute, is_lookup_attribute, lookup_key};
+use crate::identity::record::{CanonicalRecord, IDENTIFIER_PREFIX, is_known_attribute, is_lookup_attribute, lookup_key};
 
 /// Why a [`MatchingModel`] cannot be compiled.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -680,9 +680,10 @@ impl Engine {
     /// Blocking keys of a record: `name:part|part`, one per policy key whose parts all have a
     /// value. A key on one lookup identifier as it is (`email`, `identifiers.crmId`) is that
     /// identifier's [`lookup_key`]: it blocks on the same records, and the store keeps one
-    /// index row for both instead of two.
+    /// index row for both instead of two. Every source identifier the record carries is a
+    /// blocking key too, whatever the policy declares ([`Engine::source_identifier_keys`]).
     pub fn blocking_keys(&self, r: &PreparedRecord) -> Vec<String> {
-        let mut out = Vec::with_capacity(self.keys.len());
+        let mut out = self.source_identifier_keys(r);
         'key: for k in &self.keys {
             if let [(slot, KeyTransform::Exact)] = k.parts[..] {
                 let attribute = &self.slots[slot];
@@ -735,6 +736,14 @@ impl Engine {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// The [`lookup_key`] of each source identifier (`identifiers.*`) the record carries. A
+    /// record sharing one with a stored record of its own source is that record's person
+    /// ([`SOURCE_IDENTIFIER_RULE`]), so these keys always find candidates: they are never
+    /// generic, and the profiles they reach are always compared.
+    pub fn source_identifier_keys(&self, r: &PreparedRecord) -> Vec<String> {
+        source_identifiers(r).map(|(a, v)| lookup_key(a, v)).collect()
     }
 
     fn level_of(&self, c: &CompiledComparison, a: &Feature, b: &Feature) -> u8 {
@@ -881,15 +890,31 @@ impl Engine {
             .any(|i| self.slots[self.never[i]] == attribute && self.differs(i, a, b))
     }
 
+    /// The deterministic rule a pair meets: a policy rule (its index), else the implicit
+    /// [`SOURCE_IDENTIFIER_RULE`] (index `rules.len()`).
     fn rule_hit(&self, a: &PreparedRecord, b: &PreparedRecord) -> Option<usize> {
-        self.rules.iter().position(|(_, slots)| {
-            slots
-                .iter()
-                .all(|&s| match (Self::feat(a, s), Self::feat(b, s)) {
-                    (Some(x), Some(y)) => x.key == y.key,
-                    _ => false,
-                })
-        })
+        self.rules
+            .iter()
+            .position(|(_, slots)| {
+                slots
+                    .iter()
+                    .all(|&s| match (Self::feat(a, s), Self::feat(b, s)) {
+                        (Some(x), Some(y)) => x.key == y.key,
+                        _ => false,
+                    })
+            })
+            .or_else(|| shared_source_identifier(a, b).map(|_| self.rules.len()))
+    }
+
+    /// The name of a rule [`PairScore::rule`] reports.
+    fn rule_label(&self, i: usize, a: &PreparedRecord, b: &PreparedRecord) -> String {
+        match self.rules.get(i) {
+            Some((name, _)) => name.clone(),
+            None => {
+                let attribute = shared_source_identifier(a, b).unwrap_or_default();
+                format!("{SOURCE_IDENTIFIER_RULE}:{attribute}")
+            }
+        }
     }
 
     /// Whether any comparison of the pair counts against a match.
@@ -969,7 +994,7 @@ impl Engine {
             });
         });
         PairEvidence {
-            rule: self.rule_hit(a, b).map(|i| self.rules[i].0.clone()),
+            rule: self.rule_hit(a, b).map(|i| self.rule_label(i, a, b)),
             forbidden_by: self
                 .forbidden(a, b)
                 .map(|i| self.slots[self.never[i]].clone()),
@@ -1005,7 +1030,7 @@ impl Engine {
     }
 
     pub fn rule_name(&self, i: usize) -> &str {
-        &self.rules[i].0
+        self.rules.get(i).map_or(SOURCE_IDENTIFIER_RULE, |(name, _)| name)
     }
 
     pub fn never_merge_attribute(&self, i: usize) -> &str {
@@ -1016,6 +1041,27 @@ impl Engine {
     pub fn attributes(&self) -> impl Iterator<Item = &str> {
         self.slot_of.keys().map(String::as_str)
     }
+}
+
+/// The rule every policy has without declaring it: two records of one source carrying the
+/// same source identifier (`identifiers.*`, the source's own customer id) are one person,
+/// unless a never-merge constraint says otherwise.
+pub const SOURCE_IDENTIFIER_RULE: &str = "same-source-identifier";
+
+/// The `identifiers.*` attributes of a record with their normalised values.
+fn source_identifiers(r: &PreparedRecord) -> impl Iterator<Item = (&str, &str)> {
+    r.values
+        .range::<str, _>((std::ops::Bound::Included(IDENTIFIER_PREFIX), std::ops::Bound::Unbounded))
+        .take_while(|(a, _)| a.starts_with(IDENTIFIER_PREFIX))
+        .map(|(a, v)| (a.as_str(), v.as_str()))
+}
+
+/// A source identifier both records carry with the same value, when they come from one source.
+pub(crate) fn shared_source_identifier<'a>(a: &'a PreparedRecord, b: &PreparedRecord) -> Option<&'a str> {
+    if a.source != b.source {
+        return None;
+    }
+    source_identifiers(a).find(|(attribute, value)| b.get(attribute) == Some(value)).map(|(attribute, _)| attribute)
 }
 
 fn level_label(c: Comparator, t: Option<f64>) -> String {

@@ -30,7 +30,7 @@ pub use normalise::{NormaliseError, NormaliseFlags, normalise, normalise_with};
 pub use record::CanonicalRecord;
 pub use resolve::{
     CandidateProfile, Outcome, ProfileLink, ProfileScore, Resolution, ReviewItem, ReviewReason,
-    select_candidates,
+    Shortfall, Unlinked, select_candidates,
 };
 pub use stream::{StreamMatcher, StreamStats};
 pub use train::{TrainOptions, TrainReport, TrainedModel, train, train_with};

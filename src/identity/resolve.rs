@@ -19,7 +19,7 @@ use std::borrow::Borrow;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::engine::PreparedRecord;
-use crate::identity::engine::{Engine, PairEvidence, PairScore};
+use crate::identity::engine::{Engine, PairEvidence, PairScore, shared_source_identifier};
 
 /// A profile the record may belong to: its opaque id and the prepared records it holds.
 #[derive(Clone, Copy, Debug)]
@@ -107,6 +107,30 @@ pub struct Resolution {
     pub links: Vec<ProfileLink>,
     /// Pairs for a person to look at.
     pub review: Vec<ReviewItem>,
+    /// The record's score against each candidate, in candidate order (`None`: no records),
+    /// for [`Engine::shortfalls`].
+    #[serde(skip)]
+    pub scores: Vec<Option<ProfileScore>>,
+}
+
+/// Why a candidate profile was not linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Shortfall {
+    /// Its score is below the review threshold.
+    BelowReview,
+    /// Its score lies between the review and merge thresholds: a question for a person.
+    Uncertain,
+    /// A never-merge constraint separates the record from one of the profile's records.
+    NeverMerge,
+}
+
+/// A candidate profile the record was compared with and not linked to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unlinked {
+    pub shortfall: Shortfall,
+    pub link: ProfileLink,
 }
 
 /// A record's score against one profile.
@@ -172,13 +196,17 @@ impl Engine {
     }
 
     /// Whether two profiles may be merged by a record that links both: no never-merge
-    /// conflict across them, and either their mean linkage reaches the review threshold or
+    /// conflict across them, and either their mean linkage reaches the review threshold, or
     /// none of their cross pairs disagrees on anything (they describe different facets of one
-    /// person, say an email-only and a phone-only profile).
+    /// person, say an email-only and a phone-only profile), or a pair of them shares a source
+    /// identifier of its source ([`SOURCE_IDENTIFIER_RULE`]: the same customer of that source).
+    ///
+    /// [`SOURCE_IDENTIFIER_RULE`]: crate::identity::engine::SOURCE_IDENTIFIER_RULE
     pub fn profiles_compatible<R: Borrow<PreparedRecord>>(&self, a: &[R], b: &[R]) -> bool {
         let mut sum = 0.0;
         let mut n = 0usize;
         let mut disagree = false;
+        let mut same_customer = false;
         for x in a.iter().map(Borrow::borrow) {
             for y in b.iter().map(Borrow::borrow) {
                 let s = self.score(x, y);
@@ -188,9 +216,38 @@ impl Engine {
                 sum += s.weight;
                 n += 1;
                 disagree |= self.disagrees(x, y);
+                same_customer |= shared_source_identifier(x, y).is_some();
             }
         }
-        n > 0 && (sum / n as f64 >= self.review_weight() || !disagree)
+        n > 0 && (same_customer || sum / n as f64 >= self.review_weight() || !disagree)
+    }
+
+    /// Why a record that starts a new profile ([`Outcome::New`]) joined none of its
+    /// candidates: each with its score, its closest pair's evidence and the threshold it fell
+    /// short of, in candidate order. `candidates` and `resolution` are what
+    /// [`Engine::resolve`] was given and returned.
+    pub fn shortfalls<R: Borrow<PreparedRecord>>(
+        &self,
+        r: &PreparedRecord,
+        candidates: &[CandidateProfile<'_, R>],
+        resolution: &Resolution,
+    ) -> Vec<Unlinked> {
+        candidates
+            .iter()
+            .zip(&resolution.scores)
+            .filter(|(c, _)| !resolution.links.iter().any(|l| l.profile == c.id))
+            .filter_map(|(c, s)| {
+                let s = s.as_ref()?;
+                let shortfall = if s.forbidden {
+                    Shortfall::NeverMerge
+                } else if s.weight >= self.review_weight() {
+                    Shortfall::Uncertain
+                } else {
+                    Shortfall::BelowReview
+                };
+                Some(Unlinked { shortfall, link: self.link(r, c, s) })
+            })
+            .collect()
     }
 
     fn link<R: Borrow<PreparedRecord>>(&self, r: &PreparedRecord, c: &CandidateProfile<'_, R>, s: &ProfileScore) -> ProfileLink {
@@ -237,6 +294,7 @@ impl Engine {
                 outcome: Outcome::New,
                 links: Vec::new(),
                 review,
+                scores,
             };
         }
         // best first; ties keep candidate order
@@ -283,6 +341,7 @@ impl Engine {
             outcome,
             links,
             review,
+            scores,
         }
     }
 

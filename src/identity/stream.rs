@@ -99,18 +99,26 @@ impl<'e> StreamMatcher<'e> {
         }
         self.engine.attach_term_counts(&mut record, |k| self.terms.get(k).copied().unwrap_or(0));
         let keys = self.engine.blocking_keys(&record);
+        let identifiers = self.engine.source_identifier_keys(&record);
         let model = self.engine.model();
-        let mut hits: Vec<usize> = Vec::new();
-        for k in &keys {
-            // a generic key (more records than the limit) finds no candidates, as in the store
-            if let Some(block) = self.index.get(k).filter(|b| b.records <= model.max_block_size) {
-                let mut reached: Vec<usize> = block.profiles.iter().map(|&p| self.find(p as usize)).collect();
-                reached.sort_unstable();
-                reached.dedup();
-                hits.extend(reached);
-            }
-        }
-        let cand = select_candidates(hits, model.max_candidates as usize);
+        let reached = |k: &String| -> Vec<usize> {
+            let mut reached: Vec<usize> =
+                self.index.get(k).into_iter().flat_map(|b| &b.profiles).map(|&p| self.find(p as usize)).collect();
+            reached.sort_unstable();
+            reached.dedup();
+            reached
+        };
+        // a generic key (more records than the limit) finds no candidates, as in the store;
+        // a source identifier is never generic, and its profiles are always candidates
+        let hits: Vec<usize> = keys
+            .iter()
+            .filter(|k| identifiers.contains(*k) || self.index.get(*k).is_some_and(|b| b.records <= model.max_block_size))
+            .flat_map(reached)
+            .collect();
+        let mut cand = select_candidates(hits, model.max_candidates as usize);
+        cand.extend(identifiers.iter().flat_map(|k| reached(k).into_iter().take(model.max_candidates as usize)));
+        cand.sort_unstable();
+        cand.dedup();
         self.stats.candidate_profiles += cand.len();
         let resolution = {
             let cands: Vec<CandidateProfile<'_>> = cand

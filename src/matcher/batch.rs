@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{
-    Decision, LinkDetail, LinkEvidence, MatchError, Members, Resolved, Resolver, push_golden_events,
+    Candidate, Decision, Keyed, LinkDetail, LinkEvidence, MatchError, Members, Resolved, Resolver, push_golden_events,
     review_reason, stored_count,
 };
 use crate::identity::record::{is_lookup_attribute, lookup_key};
 use crate::identity::{CandidateProfile, GoldenProfile, Outcome, PreparedRecord, ProfileLink, select_candidates};
-use crate::store::{GoldenUpdate, IntakeItem, NewProfile, NewRecord, NewReview, WriteTx, key_hash};
+use crate::store::{GoldenUpdate, IntakeItem, NewProfile, NewRecord, NewReview, WriteTx, key_hash, profile_ref};
 
 pub(super) struct Batch<'r> {
     resolver: &'r Resolver,
@@ -36,6 +36,10 @@ pub(super) struct Batch<'r> {
     /// Live profiles whose golden record changed.
     changed: BTreeSet<i64>,
     records: Vec<NewRecord>,
+    /// Ids of `records`: not in the store before the batch flushes.
+    new_records: HashSet<i64>,
+    /// `(profile, record)`: a record of `records` that a profile merged away named.
+    named: Vec<(i64, i64)>,
     reviews: Vec<NewReview>,
     /// Term counts of the batch's terms: as stored, plus the batch's records so far.
     term_counts: HashMap<i64, i64>,
@@ -50,27 +54,29 @@ impl<'r> Batch<'r> {
     pub(super) async fn load(
         resolver: &'r Resolver,
         tx: &mut WriteTx,
-        prepared: &[(PreparedRecord, Vec<i64>)],
+        prepared: &[Keyed],
         now: i64,
     ) -> Result<Self, MatchError> {
-        let records: Vec<&[i64]> = prepared.iter().map(|(_, k)| k.as_slice()).collect();
-        let mut keys: Vec<i64> = records.iter().flat_map(|k| k.iter().copied()).collect();
-        keys.sort_unstable();
-        keys.dedup();
+        let sorted = |keys: &mut Vec<i64>| {
+            keys.sort_unstable();
+            keys.dedup();
+        };
+        let mut identifiers: Vec<i64> = prepared.iter().flat_map(|k| k.identifiers.iter().copied()).collect();
+        sorted(&mut identifiers);
+        let mut keys: Vec<i64> =
+            prepared.iter().flat_map(|k| k.blocking.iter().copied()).filter(|h| identifiers.binary_search(h).is_err()).collect();
+        sorted(&mut keys);
         let model = resolver.engine.model();
         let reached = tx.key_profiles(&keys, model.max_block_size).await?;
         let mut by_key: HashMap<i64, Vec<i64>> = HashMap::new();
-        for (hash, profile) in &reached.pairs {
+        for (hash, profile) in reached.pairs.iter().chain(&tx.profiles_per_key(&identifiers, model.max_candidates).await?) {
             by_key.entry(*hash).or_default().push(*profile);
         }
         let generic: HashSet<i64> = reached.generic.iter().copied().collect();
         // only each record's own candidates are read: a common key reaches many more
-        let mut profiles: Vec<i64> = records
+        let mut profiles: Vec<i64> = prepared
             .iter()
-            .flat_map(|keys| {
-                let hits = keys.iter().filter(|h| !generic.contains(h)).filter_map(|h| by_key.get(h)).flatten().copied();
-                select_candidates(hits.collect(), model.max_candidates as usize)
-            })
+            .flat_map(|keyed| candidates(keyed, &generic, model.max_candidates, |h| by_key.get(&h).cloned().unwrap_or_default()))
             .collect();
         profiles.sort_unstable();
         profiles.dedup();
@@ -85,7 +91,7 @@ impl<'r> Batch<'r> {
             }
         }
         let members = resolver.members(tx, &profiles).await?;
-        let term_counts = resolver.term_counts_of(tx, prepared.iter().map(|(p, _)| p)).await?;
+        let term_counts = resolver.term_counts_of(tx, prepared.iter().map(|k| &k.record)).await?;
         Ok(Batch {
             resolver,
             now,
@@ -98,6 +104,8 @@ impl<'r> Batch<'r> {
             created: BTreeSet::new(),
             changed: BTreeSet::new(),
             records: Vec::new(),
+            new_records: HashSet::new(),
+            named: Vec::new(),
             reviews: Vec::new(),
             term_counts,
             term_deltas: BTreeMap::new(),
@@ -141,21 +149,18 @@ impl<'r> Batch<'r> {
         &mut self,
         tx: &mut WriteTx,
         item: &IntakeItem,
-        (mut prepared, blocking): (PreparedRecord, Vec<i64>),
+        keyed: Keyed,
         remaining: usize,
     ) -> Result<Resolved, MatchError> {
-        let terms = self.count_terms(&mut prepared);
         // per key, the live profiles it reaches that the batch holds (those it read for this
         // record, and those the batch created or joined)
-        let hits: Vec<i64> = blocking
-            .iter()
-            .filter(|h| !self.generic.contains(h))
-            .filter_map(|h| self.by_key.get(h))
-            .flat_map(|reached| {
-                reached.iter().map(|p| self.live(*p)).filter(|p| self.members.contains_key(p)).collect::<BTreeSet<_>>()
-            })
-            .collect();
-        let candidates = select_candidates(hits, self.resolver.engine.model().max_candidates as usize);
+        let reached = |h: i64| -> Vec<i64> {
+            let live = self.by_key.get(&h).into_iter().flatten().map(|p| self.live(*p));
+            live.filter(|p| self.members.contains_key(p)).collect::<BTreeSet<_>>().into_iter().collect()
+        };
+        let candidates = candidates(&keyed, &self.generic, self.resolver.engine.model().max_candidates, reached);
+        let Keyed { record: mut prepared, blocking, .. } = keyed;
+        let terms = self.count_terms(&mut prepared);
         let cands: Vec<(String, Vec<Arc<PreparedRecord>>)> = candidates
             .iter()
             .map(|p| (p.to_string(), self.members[p].iter().map(|(_, r)| r.clone()).collect()))
@@ -208,7 +213,25 @@ impl<'r> Batch<'r> {
             }
         };
         let evidence = match decision {
-            Decision::New => LinkEvidence::New,
+            Decision::New => LinkEvidence::New {
+                thresholds: self.resolver.thresholds(),
+                candidates: self
+                    .resolver
+                    .engine
+                    .shortfalls(&prepared, &views, &resolution)
+                    .into_iter()
+                    .map(|unlinked| Candidate {
+                        shortfall: unlinked.shortfall,
+                        link: LinkDetail {
+                            profile_id: profile_id(&unlinked.link),
+                            profile_weight: unlinked.link.profile_weight,
+                            probability: unlinked.link.profile_probability,
+                            closest_record_id: record_of(&unlinked.link),
+                            pair: unlinked.link.evidence,
+                        },
+                    })
+                    .collect(),
+            },
             _ => LinkEvidence::Linked {
                 links: details
                     .into_iter()
@@ -246,6 +269,7 @@ impl<'r> Batch<'r> {
             self.by_key.entry(hash).or_default().push(target);
         }
         let record = &item.record;
+        self.new_records.insert(item.id);
         self.records.push(NewRecord {
             id: item.id,
             source: record.source.clone(),
@@ -271,7 +295,8 @@ impl<'r> Batch<'r> {
         self.golden.insert(target, golden);
         self.changed.insert(target);
         let payload = serde_json::json!({
-            "recordId": item.id, "source": record.source, "sourceRecordId": record.source_record_id, "profileId": target,
+            "recordId": item.id, "source": record.source, "sourceRecordId": record.source_record_id,
+            "profileId": profile_ref(target),
         });
         tx.push_event("record.received", Some(target), Some(item.id), &payload, self.now);
         tx.finish_intake(item.id);
@@ -287,6 +312,9 @@ impl<'r> Batch<'r> {
         tx.merge_profiles(survivor, &stored, self.now).await?;
         for p in absorbed {
             let moved = self.members.remove(p).unwrap_or_default();
+            // the id names what it held: the stored records by `merge_profiles`, these at flush
+            let new = moved.iter().map(|(r, _)| *r).filter(|r| self.new_records.contains(r));
+            self.named.extend(new.map(|r| (*p, r)));
             self.members.entry(survivor).or_default().extend(moved);
             self.golden.remove(p);
             self.changed.remove(p);
@@ -295,7 +323,11 @@ impl<'r> Batch<'r> {
         if let Some(held) = self.members.get_mut(&survivor) {
             held.sort_by_key(|(id, _)| *id);
         }
-        let payload = serde_json::json!({"survivor": survivor, "absorbed": absorbed, "recordId": record});
+        let payload = serde_json::json!({
+            "survivor": profile_ref(survivor),
+            "absorbed": absorbed.iter().copied().map(profile_ref).collect::<Vec<_>>(),
+            "recordId": record,
+        });
         tx.push_event("profile.merged", Some(survivor), Some(record), &payload, self.now);
         Ok(())
     }
@@ -355,6 +387,7 @@ impl<'r> Batch<'r> {
             r.profile_id = self.live(r.profile_id);
         }
         tx.insert_records(&records).await?;
+        tx.add_merged_records(&self.named).await?;
         let reviews = self.open_reviews(tx).await?;
         tx.add_reviews(&reviews).await?;
         let mut opened: HashMap<i64, usize> = HashMap::new();
@@ -376,4 +409,17 @@ impl<'r> Batch<'r> {
         tx.add_term_counts(&deltas).await?;
         Ok(opened)
     }
+}
+
+/// The candidate profiles of a record, ascending: those sharing the most blocking keys with it
+/// (at most `max`, generic keys left out), plus every profile one of its source identifiers
+/// reaches (the same customer of its source, whatever else the record carries). `reached`
+/// gives the profiles a key reaches, once each.
+fn candidates(keyed: &Keyed, generic: &HashSet<i64>, max: u32, reached: impl Fn(i64) -> Vec<i64>) -> Vec<i64> {
+    let hits = keyed.blocking.iter().filter(|h| !generic.contains(h)).flat_map(|h| reached(*h)).collect();
+    let mut out = select_candidates(hits, max as usize);
+    out.extend(keyed.identifiers.iter().flat_map(|h| reached(*h)));
+    out.sort_unstable();
+    out.dedup();
+    out
 }

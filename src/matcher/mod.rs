@@ -7,10 +7,13 @@
 //! same time; then it locks the candidate profiles of the batch (sorted) and checks they did
 //! not change since it looked them up (another worker may have merged them meanwhile) — if
 //! they did, the transaction is retried. Keys are always locked before profiles. Two batches
-//! can still deadlock on profile rows (PostgreSQL detects it); that too is a retry.
+//! can still deadlock on profile rows (PostgreSQL detects it); that too is a retry. Before it
+//! takes its key locks, a worker lets older records of the same people that other workers
+//! hold go first ([`order`]), so each person's records are resolved in the order they arrived.
 
 mod batch;
 mod cache;
+mod order;
 mod pace;
 mod privacy;
 mod service;
@@ -21,9 +24,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::identity::{Engine, GoldenProfile, LengthLimits, PairEvidence, PreparedRecord, SourcedRecord};
+use crate::identity::{Engine, GoldenProfile, LengthLimits, PairEvidence, PreparedRecord, Shortfall, SourcedRecord};
 use crate::pipeline::PipelineConfig;
-use crate::store::{self, GoldenUpdate, IntakeItem, ProfileRow, Store, StoreError, WriteTx, key_hash};
+use crate::store::{self, GoldenUpdate, IntakeItem, ProfileRow, ReviewRow, Store, StoreError, WriteTx, key_hash, profile_ref};
 
 /// Prepared records of profiles: profile id → `(record id, record)` in record id order.
 type Members = BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>>;
@@ -48,6 +51,9 @@ pub enum MatchError {
     /// The two profiles of a merge are one already (one was merged into the other).
     #[error("already one profile, {0}")]
     AlreadyOne(i64),
+    /// The id was merged away and an unmerge sent the records it named to several profiles.
+    #[error("profile {0} was split; name one of the profiles holding its records")]
+    Split(i64),
 }
 
 impl MatchError {
@@ -59,6 +65,7 @@ impl MatchError {
             Self::Invalid(_) => "invalid",
             Self::Forbidden(..) => "forbidden",
             Self::AlreadyOne(_) => "already_one",
+            Self::Split(_) => "split",
         }
     }
 
@@ -72,12 +79,46 @@ impl MatchError {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase", tag = "decision")]
 pub enum LinkEvidence {
-    /// No profile was close enough: the record started one.
-    New,
+    /// No profile was close enough: the record started one. `candidates` are the profiles it
+    /// was compared with (those sharing a blocking key), each with the threshold it missed.
+    New { thresholds: Thresholds, candidates: Vec<Candidate> },
     /// Joined a profile (or merged several, `links` has one entry per profile).
     Linked { links: Vec<LinkDetail> },
-    /// Placed by a person: a merge, an approved review, an unmerge.
-    Manual { action: String },
+    /// Joined its profile when a person approved a review item: the profile that held it was
+    /// merged with the one holding `other_record_id`.
+    #[serde(rename_all = "camelCase")]
+    Review {
+        review_id: i64,
+        approved_by: String,
+        approved_at_ms: i64,
+        record_id: i64,
+        other_record_id: i64,
+        probability: f64,
+        /// The pair evidence the reviewer saw.
+        pair: serde_json::Value,
+    },
+    /// Placed by a person: a merge, an unmerge.
+    #[serde(rename_all = "camelCase")]
+    Manual { action: String, at_ms: i64 },
+}
+
+/// The policy's thresholds, as probabilities and as match weights (bits).
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Thresholds {
+    pub merge_probability: f64,
+    pub review_probability: f64,
+    pub merge_weight: f64,
+    pub review_weight: f64,
+}
+
+/// A candidate profile of a record that started a profile of its own, and why it fell short.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Candidate {
+    pub shortfall: Shortfall,
+    #[serde(flatten)]
+    pub link: LinkDetail,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -120,6 +161,17 @@ impl Decision {
             Decision::Merge => "merge",
         }
     }
+}
+
+/// A record ready to resolve: normalised, with the hashes of its blocking keys.
+#[derive(Clone, Debug)]
+pub struct Keyed {
+    pub record: PreparedRecord,
+    /// Every blocking key, the source identifiers' included.
+    pub blocking: Vec<i64>,
+    /// The keys of its source identifiers (among `blocking`): never generic, and the profiles
+    /// they reach are always candidates ([`Engine::source_identifier_keys`]).
+    pub identifiers: Vec<i64>,
 }
 
 /// Prepared records a matcher process keeps: the candidates that recur (people who come back)
@@ -167,14 +219,26 @@ impl Resolver {
     }
 
     /// Normalise a record and hash its blocking keys (pure; done before the transaction).
-    pub fn prepare(&self, item: &IntakeItem) -> (PreparedRecord, Vec<i64>) {
+    pub fn prepare(&self, item: &IntakeItem) -> Keyed {
         let source = &item.record.source;
         // a source no longer configured: the default limits
         let defaults = LengthLimits::default();
         let limits = self.limits.get(source).unwrap_or(&defaults);
-        let prepared = self.engine.prepare_within(&item.record, self.region(source), limits);
-        let blocking = self.engine.blocking_keys(&prepared).iter().map(|k| key_hash(k)).collect();
-        (prepared, blocking)
+        let record = self.engine.prepare_within(&item.record, self.region(source), limits);
+        let blocking = self.engine.blocking_keys(&record).iter().map(|k| key_hash(k)).collect();
+        let identifiers = self.engine.source_identifier_keys(&record).iter().map(|k| key_hash(k)).collect();
+        Keyed { record, blocking, identifiers }
+    }
+
+    /// The policy's thresholds, for explanations.
+    fn thresholds(&self) -> Thresholds {
+        let t = &self.engine.model().thresholds;
+        Thresholds {
+            merge_probability: t.merge,
+            review_probability: t.review,
+            merge_weight: self.engine.merge_weight(),
+            review_weight: self.engine.review_weight(),
+        }
     }
 
     /// Hashes of the record's term keys ([`Engine::term_keys`]), as the store counts them.
@@ -290,12 +354,17 @@ impl Resolver {
         Ok(())
     }
 
-    /// Merge two profiles by hand (or by an approved review). The older one survives.
+    /// Merge two profiles by hand (or by an approved review). The older one survives; the
+    /// records that started the other one are explained by this merge from now on.
     /// Returns the survivor, or an error when a never-merge pair forbids it.
-    pub async fn merge(&self, tx: &mut WriteTx, a: i64, b: i64, action: &str, now: i64) -> Result<i64, MatchError> {
+    pub async fn merge<'a>(&self, tx: &mut WriteTx, a: i64, b: i64, by: impl Into<MergedBy<'a>>, now: i64) -> Result<i64, MatchError> {
+        let by = by.into();
         let mut rows = tx.lock_profiles(&[a, b]).await?;
         let live = |id: i64, rows: &[ProfileRow]| -> Result<i64, MatchError> {
             let row = rows.iter().find(|p| p.id == id).ok_or(MatchError::NoProfile(id))?;
+            if row.split_at_ms.is_some() {
+                return Err(MatchError::Split(id));
+            }
             Ok(row.merged_into.unwrap_or(id))
         };
         let (a, b) = (live(a, &rows)?, live(b, &rows)?);
@@ -312,8 +381,19 @@ impl Resolver {
         if allowed.is_empty() {
             return Err(MatchError::Forbidden(survivor, absorbed));
         }
+        let absorbed_records: Vec<i64> = members[&absorbed].iter().map(|(id, _)| *id).collect();
         tx.merge_profiles(survivor, &[absorbed], now).await?;
-        let payload = serde_json::json!({"survivor": survivor, "absorbed": [absorbed], "action": action});
+        // the records that started the absorbed profile are in the survivor because of this
+        // merge; the others keep the evidence of their link to them
+        let evidence = serde_json::to_value(by.evidence(now)).expect("evidence serialises");
+        for record in tx.records(&absorbed_records).await? {
+            if record.evidence["decision"] == "new" {
+                tx.set_evidence(record.id, &evidence).await?;
+            }
+        }
+        let payload = serde_json::json!({
+            "survivor": profile_ref(survivor), "absorbed": [profile_ref(absorbed)], "action": by.action(),
+        });
         tx.push_event("profile.merged", Some(survivor), None, &payload, now);
         let mut records: Vec<(i64, Arc<PreparedRecord>)> = members.into_values().flatten().collect();
         records.sort_by_key(|(id, _)| *id);
@@ -324,13 +404,22 @@ impl Resolver {
 
     /// Split `split` (record ids) out of `profile`: they are re-clustered into new profiles,
     /// the remaining records re-clustered too (the cluster holding the oldest record keeps the
-    /// id), and never-merge pairs keep what a person separated from being merged back.
+    /// id), and never-merge pairs keep what a person separated from being merged back. Every
+    /// id merged into `profile` follows the records it named: to the one profile now holding
+    /// them, or, when they were split up, to none of them alone (it is marked split).
     /// Returns the ids of every profile created.
     pub async fn unmerge(&self, tx: &mut WriteTx, profile: i64, split: &[i64], now: i64) -> Result<Vec<i64>, MatchError> {
         let rows = tx.lock_profiles(&[profile]).await?;
         let row = rows.first().ok_or(MatchError::NoProfile(profile))?;
+        if row.split_at_ms.is_some() {
+            return Err(MatchError::Split(profile));
+        }
         if let Some(survivor) = row.merged_into {
-            return Err(MatchError::Invalid(format!("profile {profile} was merged into {survivor}; unmerge from that one")));
+            return Err(MatchError::Invalid(format!(
+                "profile {} was merged into {}; unmerge from that one",
+                profile_ref(profile),
+                profile_ref(survivor)
+            )));
         }
         let members = self.members(tx, &[profile]).await?.remove(&profile).unwrap_or_default();
         let split: BTreeSet<i64> = split.iter().copied().collect();
@@ -345,7 +434,7 @@ impl Resolver {
             return Err(MatchError::Invalid("cannot split every record out of a profile".into()));
         }
         let mut created = Vec::new();
-        let action = serde_json::to_value(LinkEvidence::Manual { action: "unmerge".into() }).expect("serialises");
+        let action = serde_json::to_value(LinkEvidence::Manual { action: "unmerge".into(), at_ms: now }).expect("serialises");
         let mut groups = self.clusters_of(tx, &keep).await?;
         let kept = groups.remove(0);
         groups.extend(self.clusters_of(tx, &out).await?);
@@ -365,7 +454,13 @@ impl Resolver {
             tx.add_never_merge(*record, kept[0].0, now).await?;
         }
         self.store_golden(tx, profile, Some(row), &kept, now).await?;
-        let payload = serde_json::json!({"profileId": profile, "created": created, "records": split});
+        let aliases = follow_records(tx, profile, now).await?;
+        let payload = serde_json::json!({
+            "profileId": profile_ref(profile),
+            "created": created.iter().copied().map(profile_ref).collect::<Vec<_>>(),
+            "records": split,
+            "aliases": aliases,
+        });
         tx.push_event("profile.unmerged", Some(profile), None, &payload, now);
         Ok(created)
     }
@@ -389,6 +484,74 @@ impl Resolver {
             .map(|c| c.into_iter().map(|i| records[i].clone()).collect())
             .collect())
     }
+}
+
+/// Who merged two profiles by hand.
+#[derive(Clone, Copy, Debug)]
+pub enum MergedBy<'a> {
+    /// A person, through the merge endpoint (the name of their token).
+    Person(&'a str),
+    /// A person approving a review item.
+    Review { item: &'a ReviewRow, by: &'a str },
+}
+
+/// A person's name: the merge endpoint's caller.
+impl<'a> From<&'a str> for MergedBy<'a> {
+    fn from(by: &'a str) -> Self {
+        MergedBy::Person(by)
+    }
+}
+
+impl MergedBy<'_> {
+    /// The `action` of the `profile.merged` event.
+    fn action(&self) -> String {
+        match self {
+            MergedBy::Person(by) => format!("merge by {by}"),
+            MergedBy::Review { item, by } => format!("review {} approved by {by}", item.id),
+        }
+    }
+
+    /// The evidence of a record that is in the survivor because of this merge.
+    fn evidence(&self, now: i64) -> LinkEvidence {
+        match *self {
+            MergedBy::Person(_) => LinkEvidence::Manual { action: self.action(), at_ms: now },
+            MergedBy::Review { item, by } => LinkEvidence::Review {
+                review_id: item.id,
+                approved_by: by.to_string(),
+                approved_at_ms: now,
+                record_id: item.record_id,
+                other_record_id: item.other_record_id,
+                probability: item.probability,
+                pair: item.evidence.clone(),
+            },
+        }
+    }
+}
+
+/// After an unmerge of `profile`, send each id merged into it after the records it named:
+/// to the one profile now holding them all, or to none when they are in several (marked
+/// split). Returns what changed, for the `profile.unmerged` event.
+async fn follow_records(tx: &mut WriteTx, profile: i64, now: i64) -> Result<Vec<serde_json::Value>, MatchError> {
+    let mut holders: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (alias, holder) in tx.alias_holders(profile).await? {
+        holders.entry(alias).or_default().push(holder);
+    }
+    let mut changed = Vec::new();
+    for (alias, holders) in holders {
+        match holders[..] {
+            [holder] if holder == profile => {}
+            [holder] => {
+                tx.repoint_alias(alias, holder, now).await?;
+                changed.push(serde_json::json!({"alias": profile_ref(alias), "profileId": profile_ref(holder)}));
+            }
+            _ => {
+                tx.split_alias(alias, now).await?;
+                let split: Vec<String> = holders.into_iter().map(profile_ref).collect();
+                changed.push(serde_json::json!({"alias": profile_ref(alias), "splitInto": split}));
+            }
+        }
+    }
+    Ok(changed)
 }
 
 /// A term key's count among `counts` (read from the store by hash).
@@ -421,7 +584,7 @@ fn push_golden_events(tx: &mut WriteTx, profile: i64, before: Option<&GoldenProf
 /// record, `profile.updated` with the attributes that changed, nothing when none did.
 fn golden_event(profile: i64, before: Option<&GoldenProfile>, golden: &GoldenProfile) -> Option<(&'static str, serde_json::Value)> {
     match before {
-        None => Some(("profile.created", serde_json::json!({"profileId": profile, "attributes": golden_values(golden)}))),
+        None => Some(("profile.created", serde_json::json!({"profileId": profile_ref(profile), "attributes": golden_values(golden)}))),
         Some(old) => {
             let changed: BTreeMap<&str, Option<&str>> = golden
                 .attributes
@@ -430,7 +593,7 @@ fn golden_event(profile: i64, before: Option<&GoldenProfile>, golden: &GoldenPro
                 .filter(|a| golden.get(a) != old.get(a))
                 .map(|a| (a.as_str(), golden.get(a)))
                 .collect();
-            (!changed.is_empty()).then(|| ("profile.updated", serde_json::json!({"profileId": profile, "changed": changed})))
+            (!changed.is_empty()).then(|| ("profile.updated", serde_json::json!({"profileId": profile_ref(profile), "changed": changed})))
         }
     }
 }
@@ -439,16 +602,18 @@ fn golden_event(profile: i64, before: Option<&GoldenProfile>, golden: &GoldenPro
 /// amortise the round trips, few enough that a conflict costs little to redo.
 const POSTGRES_CHUNK: usize = 32;
 
-/// Claim up to `limit` queued records for `worker` and resolve them; returns the items taken
-/// with what became of each. Workers size `limit` to a time budget ([`pace::BatchSizer`]).
+/// Claim up to `limit` queued records for `worker` and resolve them; returns the items
+/// resolved with what became of each. Workers size `limit` to a time budget ([`pace::BatchSizer`]).
 ///
 /// The oldest queued records are read and resolved in one transaction, which is their claim:
 /// SQLite's writer lock, or PostgreSQL's row locks that other claimers skip. A crash rolls it
 /// back and leaves them queued, and each intake row is written once, as done, instead of
 /// being marked as claimed in a transaction of its own first (on PostgreSQL, 1.14× the
-/// records per second with two workers). Should the transaction keep failing, the records
-/// are claimed by marking them and resolved by [`resolve_batch`], which isolates the record
-/// at fault.
+/// records per second with two workers). Claimed records whose person has an older record in
+/// another worker's hands are left queued for a later claim, or, when that holds back every
+/// claimed record, the worker waits for the older one and claims again ([`order`]). Should
+/// the transaction keep failing, the records are claimed by marking them and resolved by
+/// [`resolve_batch`], which isolates the record at fault.
 pub async fn claim_and_resolve(
     store: &Store,
     resolver: &Resolver,
@@ -456,15 +621,26 @@ pub async fn claim_and_resolve(
     limit: i64,
     lease: std::time::Duration,
 ) -> Result<(Vec<IntakeItem>, Vec<Result<Resolved, MatchError>>), StoreError> {
-    for attempt in 1..=RETRIES {
+    let (mut attempt, mut waits) = (0, 0);
+    while attempt < RETRIES {
         let mut tx = store.begin().await?;
-        let items = tx.queued(limit, lease).await?;
-        if items.is_empty() {
-            return Ok((items, Vec::new()));
+        let claimed = tx.queued(limit, lease).await?;
+        if claimed.is_empty() {
+            return Ok((claimed, Vec::new()));
         }
-        let prepared: Vec<(PreparedRecord, Vec<i64>)> = items.iter().map(|i| resolver.prepare(i)).collect();
+        let keyed: Vec<Keyed> = claimed.iter().map(|i| resolver.prepare(i)).collect();
+        let (items, keyed) = match order::turn(&mut tx, resolver, &claimed, keyed, lease).await? {
+            order::Turn::Resolve { items, keyed } => (items, keyed),
+            order::Turn::Wait(older) => {
+                // nothing held while waiting: the claim ends before the wait begins
+                tx.rollback().await?;
+                waits += 1;
+                order::wait(store, &older, waits).await?;
+                continue;
+            }
+        };
         let resolved = async {
-            let resolved = resolve_in(&mut tx, resolver, &items, &prepared).await?;
+            let resolved = resolve_in(&mut tx, resolver, &items, &keyed).await?;
             tx.commit().await?;
             Ok::<_, MatchError>(resolved)
         };
@@ -477,6 +653,7 @@ pub async fn claim_and_resolve(
                     tracing::debug!(%error, "batch transaction failed; claiming and resolving record by record");
                     break;
                 }
+                attempt += 1;
                 back_off(attempt).await;
             }
         }
@@ -519,7 +696,7 @@ pub async fn resolve_batch(store: &Store, resolver: &Resolver, items: &[IntakeIt
 }
 
 async fn resolve_chunk(store: &Store, resolver: &Resolver, items: &[IntakeItem]) -> Result<Vec<Resolved>, MatchError> {
-    let prepared: Vec<(PreparedRecord, Vec<i64>)> = items.iter().map(|i| resolver.prepare(i)).collect();
+    let prepared: Vec<Keyed> = items.iter().map(|i| resolver.prepare(i)).collect();
     let mut attempt = 0u32;
     loop {
         let result = async {
@@ -551,9 +728,9 @@ async fn resolve_in(
     tx: &mut WriteTx,
     resolver: &Resolver,
     items: &[IntakeItem],
-    prepared: &[(PreparedRecord, Vec<i64>)],
+    prepared: &[Keyed],
 ) -> Result<Vec<Resolved>, MatchError> {
-    let keys: Vec<i64> = prepared.iter().flat_map(|(_, k)| k.iter().copied()).collect();
+    let keys: Vec<i64> = prepared.iter().flat_map(|k| k.blocking.iter().copied()).collect();
     tx.lock_keys(&keys).await?;
     let mut batch = batch::Batch::load(resolver, tx, prepared, store::now_ms()).await?;
     let mut resolved = Vec::with_capacity(items.len());

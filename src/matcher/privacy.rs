@@ -4,7 +4,7 @@
 use super::{MatchError, Resolver};
 use crate::identity::consent::changes;
 use crate::identity::GoldenProfile;
-use crate::store::{Removed, WriteTx};
+use crate::store::{Removed, WriteTx, profile_ref};
 
 /// One `consent.changed` event per purpose whose current state differs between `before`
 /// (`None` for a new profile) and `after`, in the transaction that changed it.
@@ -19,7 +19,7 @@ pub(super) fn push_consent_changes(
     let before = before.map_or(&empty, |g| &g.consents);
     for change in changes(before, &after.consents) {
         let payload = serde_json::json!({
-            "profileId": profile,
+            "profileId": profile_ref(profile),
             "purpose": change.purpose,
             "previous": change.previous,
             "current": change.current,

@@ -10,7 +10,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -265,6 +265,8 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
     }
 
     let paused = platform.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
+    // before the workloads, which read it when they start; left as it is while paused
+    let privacy_key = if paused { None } else { Some(privacy_key(client, platform).await?) };
     if !paused {
         // Build (pure), then apply.
         let Some(password) = store_password(client, platform).await? else {
@@ -315,7 +317,8 @@ async fn reconcile_inner(platform: &CustomerDataPlatform, ctx: &Context) -> Resu
         .get_opt(&render::config_map_name(platform))
         .await?
         .and_then(|cm| cm.annotations().get(render::CONFIG_HASH_ANNOTATION).cloned());
-    write_platform_status(ctx, platform, &compiled, phase, workloads, in_force, Some(paused)).await?;
+    let extra = ExtraConditions { paused, privacy_key };
+    write_platform_status(ctx, platform, &compiled, phase, workloads, in_force, Some(extra)).await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -374,6 +377,80 @@ async fn store_password(client: &Client, platform: &CustomerDataPlatform) -> Res
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
     let data_volume = claims.get_opt(&render::store_volume_claim_name(&platform.name_any())).await?;
     Ok(data_volume.is_none().then(|| StorePassword::Create(generate_password())))
+}
+
+/// The platform's conditions besides kstatus's, known once everything was applied.
+struct ExtraConditions {
+    paused: bool,
+    /// `None` while paused: nothing was created.
+    privacy_key: Option<PrivacyKey>,
+}
+
+/// Condition saying whether the key of the identifier hashes is in the platform's Secret.
+const PRIVACY_KEY_CONDITION: &str = "PrivacyKey";
+/// Its reason, and the Event's, when there is no Secret.
+const PRIVACY_KEY_MISSING: &str = "PrivacyKeySecretMissing";
+
+fn privacy_key_missing_message(secret: &str) -> String {
+    format!(
+        "Secret {secret} does not exist and the store may hold data, so no new key was made. A store made \
+         before the key moved to a Secret keeps its key and the workloads use it; to move it out of the \
+         store, put it in {secret} under `key` (see the README). If {secret} was deleted, restore it: the \
+         workloads refuse any other key."
+    )
+}
+
+/// Where the key of the platform's identifier hashes is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PrivacyKey {
+    /// In the platform's privacy-key Secret.
+    InSecret,
+    /// No Secret, and a store that may hold data (see [`privacy_key`]).
+    NoSecret,
+}
+
+/// The privacy-key Secret is created with a fresh key for a store that holds no data yet, once,
+/// and never regenerated: the store's suppression list holds nothing but hashes made with it.
+/// A store that may hold data (in the cluster: its data volume exists; external: the platform's
+/// workloads ran on it) gets no new key. Either it was made before the key moved to a Secret,
+/// and its workloads keep using the key it holds (the data plane would ignore another), or its
+/// Secret was deleted and must be restored (the data plane refuses any other key). The operator
+/// cannot read the store to tell which: the platform's status says both.
+async fn privacy_key(client: &Client, platform: &CustomerDataPlatform) -> Result<PrivacyKey, Error> {
+    let namespace = platform.namespace().unwrap_or_default();
+    let name = platform.name_any();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    if secrets.get_opt(&render::privacy_key_secret_name(&name)).await?.is_some() {
+        return Ok(PrivacyKey::InSecret);
+    }
+    if store_may_hold_data(client, platform).await? {
+        return Ok(PrivacyKey::NoSecret);
+    }
+    let secret = render::privacy_key_secret(platform, &hex::encode(rand::random::<[u8; 32]>()))?;
+    // a create, not an apply: it never overwrites a key, even one made meanwhile
+    match secrets.create(&PostParams { field_manager: Some(apply::MANAGER.into()), ..PostParams::default() }, &secret).await {
+        Ok(_) => Ok(PrivacyKey::InSecret),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(PrivacyKey::InSecret),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Whether the platform's store may hold data already: its data volume exists (in the
+/// cluster), or one of the platform's workloads does (an external store).
+async fn store_may_hold_data(client: &Client, platform: &CustomerDataPlatform) -> Result<bool, kube::Error> {
+    let namespace = platform.namespace().unwrap_or_default();
+    let name = platform.name_any();
+    if platform.spec.store.external.is_none() {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+        return Ok(claims.get_opt(&render::store_volume_claim_name(&name)).await?.is_some());
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    for workload in Workload::ALL {
+        if deployments.get_opt(&workload.object_name(&name)).await?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn generate_password() -> String {
@@ -488,15 +565,28 @@ async fn write_platform_status(
     phase: Phase,
     workloads: Vec<crate::crd::platform::WorkloadStatus>,
     config_hash: Option<String>,
-    paused: Option<bool>,
+    extra: Option<ExtraConditions>,
 ) -> Result<(), kube::Error> {
     let previous = platform.status.clone().unwrap_or_default();
     let generation = platform.meta().generation;
     let now = Time(jiff::Timestamp::now());
     let mut conditions = status::conditions(&previous.common.conditions, generation, &phase, &now);
-    if let Some(paused) = paused {
+    let mut privacy_key_missing = None;
+    if let Some(ExtraConditions { paused, privacy_key }) = extra {
         let message = if paused { "changes to the platform's objects are paused by the cdp.dev/paused annotation" } else { "" };
         status::set(&mut conditions, &previous.common.conditions, condition::PAUSED, paused, if paused { "Paused" } else { "Active" }, message, generation, &now);
+        if let Some(privacy_key) = privacy_key {
+            let secret = render::privacy_key_secret_name(&platform.name_any());
+            let (in_secret, reason, message) = match privacy_key {
+                PrivacyKey::InSecret => (true, "InSecret", format!("Secret {secret} gives the workloads the key of the identifier hashes")),
+                PrivacyKey::NoSecret => (false, PRIVACY_KEY_MISSING, privacy_key_missing_message(&secret)),
+            };
+            let was_missing = previous.common.conditions.iter().any(|c| c.type_ == PRIVACY_KEY_CONDITION && c.status == "False");
+            if !in_secret && !was_missing {
+                privacy_key_missing = Some(message.clone());
+            }
+            status::set(&mut conditions, &previous.common.conditions, PRIVACY_KEY_CONDITION, in_secret, reason, &message, generation, &now);
+        }
     }
     let count = |kind: &str| compiled.verdicts.iter().filter(|v| v.kind == kind && v.accepted()).count() as u32;
     let next = CustomerDataPlatformStatus {
@@ -524,6 +614,9 @@ async fn write_platform_status(
         && previous.members == next.members;
     if unchanged {
         return Ok(());
+    }
+    if let Some(message) = privacy_key_missing {
+        ctx.event(platform, EventType::Warning, PRIVACY_KEY_MISSING, message).await;
     }
     let was_ready = previous.common.conditions.iter().any(|c| c.type_ == condition::READY && c.status == "True");
     match &phase {

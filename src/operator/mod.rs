@@ -118,6 +118,11 @@ pub fn render_dir(dir: &Path, images: &Images) -> Result<RenderedDir, RenderDirE
                 render::store_secret_name(&platform.name_any())
             ));
         }
+        yaml.push_str(&format!(
+            "# Nor is the Secret {} holding the key of the identifier hashes: the operator generates it\n\
+             # once, in the cluster, for a new store, and the workloads read it from there.\n",
+            render::privacy_key_secret_name(&platform.name_any())
+        ));
         for object in bundle.objects() {
             yaml.push_str("---\n");
             yaml.push_str(&serde_saphyr::to_string(&object)?);

@@ -4,8 +4,9 @@
 //!
 //! A person's identifiers (email, phone, national id, `identifiers.*`) are never kept once they
 //! are erased: the audit entry and the suppression list hold keyed hashes of them
-//! (HMAC-SHA256 under a secret made once per store), which match the same identifier arriving
-//! again without revealing it.
+//! (HMAC-SHA256 under the platform's secret, kept apart from the store in a cluster), which
+//! match the same identifier arriving again without revealing it. A suppression can be lifted
+//! for a person who comes back, audited the same way.
 
 pub mod retention;
 
@@ -28,6 +29,27 @@ use crate::store::{
     ErasureAudit, Event, ProfileRow, QuarantineEntry, Removed, ReviewRow, Store, StoreError, StoredRecord, WriteTx,
     key_hash, now_ms,
 };
+
+/// Where a cluster's workloads find the key of the identifier hashes (from the platform's
+/// Secret). Unset: the store keeps a key of its own (`cdp local`, stores made before the key
+/// moved to a Secret). See [`Store::privacy_secret_with`].
+pub const PRIVACY_KEY_ENV: &str = "CDP_PRIVACY_KEY";
+
+/// The key given from outside the store cannot be used with it: hashes made with another key
+/// would no longer match the suppression list, and erased people would come back.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivacyKeyError {
+    #[error(
+        "{PRIVACY_KEY_ENV} is not the key this store's identifier hashes were made with: give the \
+         workloads the key they had (restore the platform's privacy-key Secret)"
+    )]
+    Mismatch,
+    #[error(
+        "this store's identifier hashes were made with a key given in {PRIVACY_KEY_ENV}, which is \
+         not set: give it (the platform's privacy-key Secret)"
+    )]
+    Missing,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivacyError {
@@ -157,14 +179,18 @@ pub enum Subject {
 }
 
 /// What an erasure did.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
 pub struct ErasureReport {
     /// The audit entry.
     pub erasure_id: i64,
     /// Live profiles erased (their aliases went with them).
     pub profiles: Vec<i64>,
     pub removed: Removed,
+    /// The person's identifiers now refused at intake: keyed hash → attribute.
+    pub suppressed: BTreeMap<String, String>,
+    /// The store's files were scrubbed of what the erasure deleted. False when the scrub
+    /// failed: the erasure stands, and the next one's scrub covers it.
+    pub scrubbed: bool,
 }
 
 /// Consents of a profile: the state in force per purpose and every statement, oldest first.
@@ -176,8 +202,7 @@ pub struct Consents {
 }
 
 /// Everything held on a person.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
 pub struct Export {
     pub exported_at_ms: i64,
     pub profile: ProfileRow,
@@ -226,44 +251,65 @@ impl Privacy {
         Ok(payloads.iter().map(|p| key.payload_identifiers(source, p, self.flags)).collect())
     }
 
+    /// An identifier as the store indexes it: normalised as at intake (a phone written without
+    /// a country code in `region`, or the first Source's default region).
+    fn normalised_identifier(&self, attribute: &str, value: &str, region: Option<&str>) -> Result<String, PrivacyError> {
+        if !is_identifying(attribute) {
+            return Err(PrivacyError::Invalid(format!(
+                "{attribute} does not identify a person (use email, phone, nationalId or identifiers.<name>)"
+            )));
+        }
+        let default_region = self.config.sources.iter().find_map(|s| s.spec.default_phone_region.as_deref());
+        let region = region.or(default_region).unwrap_or_default();
+        match normalise_with(attribute, value, region, self.flags) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(PrivacyError::Invalid(format!("{attribute} is empty"))),
+            Err(e) => Err(PrivacyError::Invalid(format!("{attribute}: {e}"))),
+        }
+    }
+
+    /// The keyed hash of an identifier, as the suppression list and the audit hold it.
+    pub async fn identifier_hash(&self, attribute: &str, value: &str, region: Option<&str>) -> Result<String, PrivacyError> {
+        let normalised = self.normalised_identifier(attribute, value, region)?;
+        Ok(self.key().await?.hash(attribute, &normalised))
+    }
+
     /// The live profiles a subject names (none: the person may still have quarantined or
-    /// queued data), and the keyed hash of the identifier it was named by.
-    async fn subject_profiles(&self, subject: &Subject) -> Result<(Vec<i64>, BTreeSet<String>), PrivacyError> {
+    /// queued data), and the keyed hash (→ attribute) of the identifier it was named by.
+    async fn subject_profiles(&self, subject: &Subject) -> Result<(Vec<i64>, BTreeMap<String, String>), PrivacyError> {
         match subject {
             Subject::Profile(id) => {
                 let row = self.store.profile(*id).await?.ok_or_else(|| PrivacyError::NotFound(format!("profile p{id}")))?;
-                Ok((vec![row.id], BTreeSet::new()))
+                Ok((vec![row.id], BTreeMap::new()))
             }
             Subject::Identifier { attribute, value, region } => {
-                if !is_identifying(attribute) {
-                    return Err(PrivacyError::Invalid(format!(
-                        "{attribute} does not identify a person (use email, phone, nationalId or identifiers.<name>)"
-                    )));
-                }
-                let default_region = self.config.sources.iter().find_map(|s| s.spec.default_phone_region.clone());
-                let region = region.clone().or(default_region).unwrap_or_default();
-                let normalised = match normalise_with(attribute, value, &region, self.flags) {
-                    Ok(Some(v)) => v,
-                    Ok(None) => return Err(PrivacyError::Invalid(format!("{attribute} is empty"))),
-                    Err(e) => return Err(PrivacyError::Invalid(format!("{attribute}: {e}"))),
-                };
+                let normalised = self.normalised_identifier(attribute, value, region.as_deref())?;
                 let profiles = self.store.profiles_with_keys(&[key_hash(&lookup_key(attribute, &normalised))], 0, 1000).await?;
                 let hash = self.key().await?.hash(attribute, &normalised);
-                Ok((profiles, BTreeSet::from([hash])))
+                Ok((profiles, BTreeMap::from([(hash, attribute.clone())])))
             }
         }
     }
 
-    /// Erase a person everywhere, audit it, and suppress their identifiers. Retried on
-    /// conflicts with concurrent writers.
+    /// Erase a person everywhere, audit it, and suppress their identifiers (retried on
+    /// conflicts with concurrent writers); then scrub the store's files of what it deleted.
     pub async fn erase(&self, subject: &Subject, reason: &str, requested_by: &str) -> Result<ErasureReport, PrivacyError> {
-        retrying(|| async {
+        let mut report = retrying(|| async {
             // looked up again on a retry: a concurrent merge may have changed the live profiles
             let (profiles, named) = self.subject_profiles(subject).await?;
             let erasure = Erasure { profiles: &profiles, named: &named, reason, requested_by, suppress: true };
             self.erase_once(&erasure, subject).await
         })
-        .await
+        .await?;
+        // after the commit: the deletes must be final before their traces can be removed
+        match self.store.scrub_personal_data().await {
+            Ok(()) => report.scrubbed = true,
+            Err(error) => tracing::warn!(
+                %error, erasure_id = report.erasure_id,
+                "erased, but the store's files may keep traces of the erased data until the next erasure scrubs them"
+            ),
+        }
+        Ok(report)
     }
 
     async fn erase_once(&self, erasure: &Erasure<'_>, subject: &Subject) -> Result<ErasureReport, PrivacyError> {
@@ -304,12 +350,12 @@ impl Privacy {
         if locked.len() != erasure.profiles.len() || locked.iter().any(|p| p.merged_into.is_some()) {
             return Err(MatchError::Stale.into());
         }
-        let mut hashes = erasure.named.clone();
+        let mut identifiers = erasure.named.clone();
         let record_ids: Vec<i64> = tx.record_ids_of(erasure.profiles).await?.into_iter().map(|(r, _)| r).collect();
         for record in tx.records(&record_ids).await? {
-            hashes.extend(key.stored_identifiers(&record, self.flags).into_keys());
+            identifiers.extend(key.stored_identifiers(&record, self.flags));
         }
-        let hashes = &hashes;
+        let hashes: &BTreeSet<String> = &identifiers.keys().cloned().collect();
         let mut erased_events = Vec::new();
         for &profile in erasure.profiles {
             let aliases = tx.aliases_of(&[profile]).await?;
@@ -340,7 +386,8 @@ impl Privacy {
             tx.push_event("profile.erased", Some(profile), None, &payload, now);
         }
         tracing::info!(erasure_id, profiles = ?erasure.profiles, reason = erasure.reason, "erased");
-        Ok(ErasureReport { erasure_id, profiles: erasure.profiles.to_vec(), removed: *removed })
+        let suppressed = if erasure.suppress { identifiers } else { BTreeMap::new() };
+        Ok(ErasureReport { erasure_id, profiles: erasure.profiles.to_vec(), removed: *removed, suppressed, scrubbed: false })
     }
 
     /// Drop quarantined and queued payloads carrying one of `hashes`.
@@ -401,7 +448,7 @@ impl Privacy {
         profile: i64,
         removed: &mut Removed,
     ) -> Result<i64, PrivacyError> {
-        let none = BTreeSet::new();
+        let none = BTreeMap::new();
         let erasure = Erasure { profiles: &[profile], named: &none, reason: "retention", requested_by: "retention", suppress: false };
         Ok(self.erase_in(tx, key, &erasure, removed).await?.erasure_id)
     }
@@ -449,8 +496,9 @@ impl Privacy {
 
 struct Erasure<'a> {
     profiles: &'a [i64],
-    /// Keyed hash of the identifier the request named the person by (none for a profile id).
-    named: &'a BTreeSet<String>,
+    /// Keyed hash (→ attribute) of the identifier the request named the person by (none for a
+    /// profile id).
+    named: &'a BTreeMap<String, String>,
     reason: &'a str,
     requested_by: &'a str,
     suppress: bool,

@@ -30,7 +30,7 @@ pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgres
 pub use intake::{Admission, Arrival, Payload};
 pub use load::IntakeLoad;
 pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
-pub use write::{GoldenUpdate, KeyProfiles, NewProfile, NewRecord, NewReview, WriteTx};
+pub use write::{GoldenUpdate, HeldRecord, KeyProfiles, NewProfile, NewRecord, NewReview, WriteTx};
 use write::NewQuarantine;
 
 /// Why a store operation failed.
@@ -171,6 +171,9 @@ pub struct ProfileRow {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub merged_into: Option<i64>,
+    /// When an unmerge sent the records this id named (it was merged away) to several
+    /// profiles: it leads to none of them alone ([`Store::named_holders`]).
+    pub split_at_ms: Option<i64>,
     pub golden: Option<serde_json::Value>,
     pub record_count: i64,
     pub version: i64,
@@ -233,6 +236,11 @@ pub struct Counts {
     pub profiles: i64,
     pub open_reviews: i64,
     pub quarantined: i64,
+}
+
+/// A profile id as the API and the events show it: `p12`.
+pub fn profile_ref(id: i64) -> String {
+    format!("p{id}")
 }
 
 /// Hash of a blocking key or lookup identifier: the index never holds a plaintext value.
@@ -364,7 +372,7 @@ fn record_values_of(row: &AnyRow) -> Result<RecordValues> {
     })
 }
 
-const PROFILE_COLUMNS: &str = "id, created_at_ms, updated_at_ms, merged_into, golden, record_count, version";
+const PROFILE_COLUMNS: &str = "id, created_at_ms, updated_at_ms, merged_into, split_at_ms, golden, record_count, version";
 
 fn profile_of(row: &AnyRow) -> Result<ProfileRow> {
     let golden: Option<String> = row.try_get("golden")?;
@@ -373,6 +381,7 @@ fn profile_of(row: &AnyRow) -> Result<ProfileRow> {
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
         merged_into: row.try_get("merged_into")?,
+        split_at_ms: row.try_get("split_at_ms")?,
         golden: golden.map(|g| serde_json::from_str(&g)).transpose()?,
         record_count: row.try_get("record_count")?,
         version: row.try_get("version")?,
@@ -561,6 +570,18 @@ impl Store {
         intake_items(&rows)
     }
 
+    /// PostgreSQL: wait until the transactions holding these queued records end (each row is
+    /// locked in turn, in a statement of its own, so the lock lasts no longer than the wait).
+    /// SQLite has no row locks: a transaction holds the writer lock, and nothing waits here.
+    pub async fn wait_for_intake(&self, ids: &[i64]) -> Result<()> {
+        if self.backend != Backend::Postgres || ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("SELECT id FROM intake WHERE {} FOR SHARE", self.backend.in_ids("id", 1));
+        sqlx::query(AssertSqlSafe(sql)).bind(json_ids(ids)).fetch_all(&self.pool).await?;
+        Ok(())
+    }
+
     /// Wait until work may have arrived, or `timeout` passes. Call [`Store::work_signal`]
     /// before checking the queue, then await the signal, so no wake-up is lost in between.
     pub async fn work_signal(&self) -> Result<Arc<Notify>> {
@@ -597,12 +618,31 @@ impl Store {
         row.as_ref().map(profile_of).transpose()
     }
 
-    /// The live profile `id` resolves to (itself, or the survivor it was merged into).
+    /// The live profile `id` resolves to: itself, the profile holding the records it named when
+    /// it was merged away, or none (no such id, or a split one whose records are in several
+    /// profiles: [`Store::named_holders`] lists them).
     pub async fn profile(&self, id: i64) -> Result<Option<ProfileRow>> {
         match self.profile_row(id).await? {
+            // a later merge may have brought the records of a split id together again
+            Some(ProfileRow { split_at_ms: Some(_), .. }) => match self.named_holders(id).await?[..] {
+                [holder] => self.profile_row(holder).await,
+                _ => Ok(None),
+            },
             Some(ProfileRow { merged_into: Some(survivor), .. }) => self.profile_row(survivor).await,
             other => Ok(other),
         }
+    }
+
+    /// The live profiles holding the records `alias` held when it was merged away, by id.
+    pub async fn named_holders(&self, alias: i64) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT r.profile_id FROM merged_records m JOIN source_records r ON r.id = m.record_id
+             WHERE m.profile_id = $1 ORDER BY r.profile_id",
+        )
+        .bind(alias)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("profile_id")?)).collect()
     }
 
     /// Ids merged into `survivor` (its aliases).

@@ -93,6 +93,16 @@ async fn analyze_grown(pool: &AnyPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// VACUUM `tables`: the dead tuples of what a delete or an update freed are removed and their
+/// space marked for reuse, without locking out readers or writers. The freed bytes stay in the
+/// files until PostgreSQL writes over them (a rewrite, `VACUUM FULL`, would remove them at
+/// once, but locks each table while it copies it: intake would wait on every erasure). Runs
+/// outside any transaction, as VACUUM must.
+pub(super) async fn vacuum_tables(pool: &AnyPool, tables: &[&str]) -> Result<(), super::privacy::ScrubError> {
+    pool.execute(sqlx::AssertSqlSafe(format!("VACUUM {}", tables.join(", ")))).await?;
+    Ok(())
+}
+
 pub(super) fn migrator() -> Migrator {
     super::migrator(&[
         (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -103,6 +113,8 @@ pub(super) fn migrator() -> Migrator {
         (7, "review_pairs", include_str!("../../migrations/postgres/0007_review_pairs.sql")),
         (8, "term_counts", include_str!("../../migrations/postgres/0008_term_counts.sql")),
         (9, "key_rows_unchecked", include_str!("../../migrations/postgres/0009_key_rows_unchecked.sql")),
+        (11, "privacy_key_check_and_lifts", include_str!("../../migrations/postgres/0011_privacy_key_check_and_lifts.sql")),
+        (12, "merged_records", include_str!("../../migrations/postgres/0012_merged_records.sql")),
     ])
 }
 

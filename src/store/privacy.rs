@@ -1,5 +1,6 @@
-//! Storage side of GDPR: the secret of keyed identifier hashes, the suppression list, the
-//! erasure audit, and the deletes an erasure or a retention purge is made of.
+//! Storage side of GDPR: the secret of keyed identifier hashes, the suppression list and its
+//! lifts, the erasure audit, the deletes an erasure or a retention purge is made of, and the
+//! scrub that leaves no copy of what an erasure deleted in the store's files.
 
 use std::collections::BTreeSet;
 
@@ -7,10 +8,56 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{
-    Backend, QuarantineEntry, REVIEW_COLUMNS, Result, ReviewRow, Store, WriteTx, json_col, json_ids, now_ms,
+    Backend, QuarantineEntry, REVIEW_COLUMNS, Result, ReviewRow, Store, StoreError, WriteTx, json_col, json_ids, now_ms,
     quarantine_of, review_of,
 };
 use crate::identity::CanonicalRecord;
+use crate::privacy::{PRIVACY_KEY_ENV, PrivacyKeyError};
+
+/// Why a scrub did not finish: what was deleted may stay in the files until the next one.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrubError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("a reader kept the write-ahead log in use: it was not emptied")]
+    LogInUse,
+}
+
+impl From<PrivacyKeyError> for StoreError {
+    fn from(e: PrivacyKeyError) -> Self {
+        StoreError::Db(sqlx::Error::Configuration(Box::new(e)))
+    }
+}
+
+/// The check value of a key given from outside: tells a different key apart without keeping it.
+fn key_check(key: &str) -> String {
+    hex::encode(crate::privacy::hmac_sha256(key.as_bytes(), b"cdp privacy key check"))
+}
+
+/// The secret when nothing needs writing: the given key matching the store's check value, or
+/// the store's own secret when no key is given. A given key that cannot be right is an error;
+/// `None`: the key must be settled in a write transaction.
+async fn settled_privacy_secret(conn: &mut sqlx::AnyConnection, given: Option<&str>) -> Result<Option<String>> {
+    let check = sqlx::query("SELECT check_value FROM privacy_key_check WHERE id = 1").fetch_optional(&mut *conn).await?;
+    let check: Option<String> = check.map(|r| r.try_get("check_value")).transpose()?;
+    match (given, check) {
+        (Some(key), Some(check)) if check == key_check(key) => Ok(Some(key.to_string())),
+        (Some(_), Some(_)) => Err(PrivacyKeyError::Mismatch.into()),
+        (None, Some(_)) => Err(PrivacyKeyError::Missing.into()),
+        (None, None) => {
+            let own = sqlx::query("SELECT secret FROM privacy_key WHERE id = 1").fetch_optional(&mut *conn).await?;
+            Ok(own.map(|r| r.try_get("secret")).transpose()?)
+        }
+        (Some(_), None) => Ok(None),
+    }
+}
+
+/// PostgreSQL advisory lock key serialising the first use of the key (see [`Store::privacy_secret_with`]).
+const PRIVACY_KEY_LOCK: i64 = 0x0cd9_0007_4e75;
+
+/// The tables with a column of personal data (marked `PII` in the schema): what the scrub after
+/// an erasure vacuums on PostgreSQL. The others hold ids, keyed hashes and counters.
+const PERSONAL_DATA_TABLES: &[&str] = &["intake", "quarantine", "profiles", "source_records", "outbox", "feed_deliveries"];
 
 /// Rows removed by an erasure, per kind (kept in the audit entry; counts only).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -47,8 +94,7 @@ pub struct ErasureAudit<'a> {
 }
 
 /// A stored audit entry.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
 pub struct ErasureRow {
     pub id: i64,
     pub erased_at_ms: i64,
@@ -57,6 +103,43 @@ pub struct ErasureRow {
     pub reason: String,
     pub requested_by: String,
     pub removed: Removed,
+}
+
+/// An identifier on the suppression list: refused at intake (unless its Source lets an erased
+/// person start a new profile).
+#[derive(Clone, Debug)]
+pub struct SuppressionRow {
+    pub id: i64,
+    /// Keyed hash of the identifier (the value itself is never kept).
+    pub hash: String,
+    /// The erasure that put it on the list.
+    pub erasure_id: i64,
+    pub created_at_ms: i64,
+}
+
+/// A suppression lifted, as audited: no value of the person, only the keyed hash.
+#[derive(Clone, Debug)]
+pub struct LiftRow {
+    pub id: i64,
+    pub lifted_at_ms: i64,
+    pub hash: String,
+    /// The erasure that had put it on the list.
+    pub erasure_id: i64,
+    pub reason: String,
+    pub requested_by: String,
+}
+
+const LIFT_COLUMNS: &str = "id, lifted_at_ms, hash, erasure_id, reason, requested_by";
+
+fn lift_of(row: &sqlx::any::AnyRow) -> Result<LiftRow> {
+    Ok(LiftRow {
+        id: row.try_get("id")?,
+        lifted_at_ms: row.try_get("lifted_at_ms")?,
+        hash: row.try_get("hash")?,
+        erasure_id: row.try_get("erasure_id")?,
+        reason: row.try_get("reason")?,
+        requested_by: row.try_get("requested_by")?,
+    })
 }
 
 fn erasure_of(row: &sqlx::any::AnyRow) -> Result<ErasureRow> {
@@ -76,16 +159,80 @@ fn erasure_of(row: &sqlx::any::AnyRow) -> Result<ErasureRow> {
 const REDACTED_PAYLOAD: &str = r#"{"redacted":"erased"}"#;
 
 impl Store {
-    /// The secret of the keyed identifier hashes, made on first use. It lives in the store so
-    /// that every service computes the same hashes.
+    /// The secret of the keyed identifier hashes (and of what else derives from it, such as
+    /// the feeds' idempotency keys): [`PRIVACY_KEY_ENV`] when set, the store's own otherwise.
     pub async fn privacy_secret(&self) -> Result<String> {
-        let fresh = hex::encode(rand::random::<[u8; 32]>());
-        sqlx::query("INSERT INTO privacy_key (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
-            .bind(fresh)
-            .execute(&self.pool)
-            .await?;
-        let row = sqlx::query("SELECT secret FROM privacy_key WHERE id = 1").fetch_one(&self.pool).await?;
-        Ok(row.try_get("secret")?)
+        let given = std::env::var(PRIVACY_KEY_ENV).ok().filter(|k| !k.is_empty());
+        self.privacy_secret_with(given.as_deref()).await
+    }
+
+    /// The secret of the keyed identifier hashes, given from outside the store or kept in it.
+    /// Every service of a store must compute the same hashes, forever: the suppression list
+    /// holds nothing else. So:
+    /// - a store whose hashes were made with a given key (it keeps that key's check value)
+    ///   works with that key only;
+    /// - a store with a secret of its own (made before, or with no key given) keeps using it,
+    ///   even when another key is given, until the given key is that same secret: then the
+    ///   store's copy is deleted and its check value kept instead (how a cluster moves an
+    ///   existing store's key into its Secret);
+    /// - a new store takes the given key (keeping its check value), or makes a secret of its own.
+    pub async fn privacy_secret_with(&self, given: Option<&str>) -> Result<String> {
+        // most calls settle here, reading only
+        if let Some(secret) = settled_privacy_secret(&mut *self.pool.acquire().await?, given).await? {
+            return Ok(secret);
+        }
+        let mut tx = self.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PRIVACY_KEY_LOCK).execute(tx.conn()).await?;
+        }
+        if let Some(secret) = settled_privacy_secret(tx.conn(), given).await? {
+            return Ok(secret);
+        }
+        let Some(key) = given else {
+            // a new store with no key given (one kept would have been found above): make its own
+            let fresh = hex::encode(rand::random::<[u8; 32]>());
+            sqlx::query("INSERT INTO privacy_key (id, secret) VALUES (1, $1)").bind(&fresh).execute(tx.conn()).await?;
+            tx.commit().await?;
+            return Ok(fresh);
+        };
+        let own = sqlx::query("SELECT secret FROM privacy_key WHERE id = 1").fetch_optional(tx.conn()).await?;
+        let own: Option<String> = own.map(|r| r.try_get("secret")).transpose()?;
+        if let Some(own) = own.filter(|own| own != key) {
+            tracing::warn!(
+                "{PRIVACY_KEY_ENV} is ignored: this store keeps a key of its own, made before, and its identifier \
+                 hashes were made with it; put that key in the platform's privacy-key Secret to move it out of the store"
+            );
+            return Ok(own);
+        }
+        sqlx::query("INSERT INTO privacy_key_check (id, check_value) VALUES (1, $1)").bind(key_check(key)).execute(tx.conn()).await?;
+        let moved_out = sqlx::query("DELETE FROM privacy_key WHERE id = 1").execute(tx.conn()).await?.rows_affected() > 0;
+        tx.commit().await?;
+        if moved_out {
+            tracing::info!("the key of the identifier hashes moved out of the store into {PRIVACY_KEY_ENV}");
+            // the deleted secret must not stay readable in the files either
+            if let Err(error) = self.scrub(&["privacy_key"]).await {
+                tracing::warn!(%error, "the store's files may keep the key it held until an erasure scrubs them");
+            }
+        }
+        Ok(key.to_string())
+    }
+
+    /// After an erasure: leave no copy of the deleted personal data in the store's files.
+    pub async fn scrub_personal_data(&self) -> std::result::Result<(), ScrubError> {
+        self.scrub(PERSONAL_DATA_TABLES).await
+    }
+
+    /// After deleted rows committed, remove what the store keeps of them. SQLite deletes
+    /// securely already (`secure_delete`): the write-ahead log, which keeps the pages as they
+    /// were before each change, is copied into the database and emptied, so no copy is left in
+    /// its files. PostgreSQL: `tables` are vacuumed (its documented way to remove dead rows),
+    /// which leaves the freed bytes in the files until they are written over; see
+    /// [`super::postgres::vacuum_tables`] for why they are not rewritten.
+    async fn scrub(&self, tables: &[&str]) -> std::result::Result<(), ScrubError> {
+        match self.backend {
+            Backend::Sqlite => super::sqlite::truncate_wal(&self.writes, &self.writer).await,
+            Backend::Postgres => super::postgres::vacuum_tables(&self.pool, tables).await,
+        }
     }
 
     /// The audit entries after `after`, oldest first, at most `limit`.
@@ -109,6 +256,60 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(erasure_of).transpose()
+    }
+
+    /// The suppression list after `after`, oldest first, at most `limit`.
+    pub async fn suppressions(&self, after: i64, limit: i64) -> Result<Vec<SuppressionRow>> {
+        let rows = sqlx::query(
+            "SELECT id, hash, erasure_id, created_at_ms FROM suppressed_identifiers WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SuppressionRow {
+                    id: r.try_get("id")?,
+                    hash: r.try_get("hash")?,
+                    erasure_id: r.try_get("erasure_id")?,
+                    created_at_ms: r.try_get("created_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Take `hash` off the suppression list, and audit it; `None` when it is not on the list.
+    pub async fn lift_suppression(&self, hash: &str, reason: &str, requested_by: &str) -> Result<Option<LiftRow>> {
+        let mut tx = self.begin().await?;
+        let lifted = sqlx::query("DELETE FROM suppressed_identifiers WHERE hash = $1 RETURNING erasure_id")
+            .bind(hash)
+            .fetch_optional(tx.conn())
+            .await?;
+        let Some(lifted) = lifted else { return Ok(None) };
+        let erasure_id: i64 = lifted.try_get("erasure_id")?;
+        let sql = format!(
+            "INSERT INTO suppression_lifts (lifted_at_ms, hash, erasure_id, reason, requested_by) VALUES ($1, $2, $3, $4, $5)
+             RETURNING {LIFT_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(now_ms())
+            .bind(hash)
+            .bind(erasure_id)
+            .bind(reason)
+            .bind(requested_by)
+            .fetch_one(tx.conn())
+            .await?;
+        let lift = lift_of(&row)?;
+        tx.commit().await?;
+        Ok(Some(lift))
+    }
+
+    /// The lifted suppressions after `after`, oldest first, at most `limit`.
+    pub async fn suppression_lifts(&self, after: i64, limit: i64) -> Result<Vec<LiftRow>> {
+        let sql = format!("SELECT {LIFT_COLUMNS} FROM suppression_lifts WHERE id > $1 ORDER BY id LIMIT $2");
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(after).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(lift_of).collect()
     }
 
     /// Review items with one side among `records`.

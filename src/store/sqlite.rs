@@ -28,11 +28,13 @@ pub(super) async fn connect(options: AnyPoolOptions, url: &str, connections: u32
                 // crashes in WAL mode; busy_timeout makes concurrent writers queue, not fail.
                 // Memory temp store: a multi-row statement journals the pages it changes (to
                 // undo itself on a constraint error), and a temporary file made that journal
-                // cost as much as the writes themselves.
+                // cost as much as the writes themselves. Secure delete: what a delete or an
+                // update frees is overwritten with zeros, or an erased person's values would stay
+                // readable in the file's free space.
                 conn.execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000;
                      PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;
-                     PRAGMA wal_autocheckpoint = 0",
+                     PRAGMA wal_autocheckpoint = 0; PRAGMA secure_delete = ON",
                 )
                 .await?;
                 Ok(())
@@ -81,6 +83,20 @@ pub(super) fn spawn_checkpointer(pool: AnyPool, writer: std::sync::Arc<tokio::sy
     });
 }
 
+/// Copy the whole write-ahead log into the database and truncate the log file: its frames are
+/// the pages as each commit wrote them, so until the log starts over they still hold what
+/// later commits deleted. Holds this process's writer lock, so that no commit lands in
+/// between, and waits (`busy_timeout`) for readers still on an older snapshot.
+pub(super) async fn truncate_wal(writes: &AnyPool, writer: &tokio::sync::Mutex<()>) -> Result<(), super::privacy::ScrubError> {
+    let _writer = writer.lock().await;
+    let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(writes).await?;
+    // busy: a reader or another process's writer kept the log in use past the busy timeout
+    match row.try_get::<i64, _>(0)? {
+        0 => Ok(()),
+        _ => Err(super::privacy::ScrubError::LogInUse),
+    }
+}
+
 pub(super) fn migrator() -> Migrator {
     super::migrator(&[
         (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
@@ -90,5 +106,7 @@ pub(super) fn migrator() -> Migrator {
         (6, "candidate_indexes", include_str!("../../migrations/sqlite/0006_candidate_indexes.sql")),
         (7, "review_pairs", include_str!("../../migrations/sqlite/0007_review_pairs.sql")),
         (8, "term_counts", include_str!("../../migrations/sqlite/0008_term_counts.sql")),
+        (11, "privacy_key_check_and_lifts", include_str!("../../migrations/sqlite/0011_privacy_key_check_and_lifts.sql")),
+        (12, "merged_records", include_str!("../../migrations/sqlite/0012_merged_records.sql")),
     ])
 }

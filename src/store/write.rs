@@ -9,7 +9,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use super::{
     Backend, Enqueued, FieldError, IntakeItem, PROFILE_COLUMNS, ProfileRow, RECORD_COLUMNS, RECORD_VALUE_COLUMNS, RecordValues, Result,
-    StoreError, StoredRecord, json_ids, postgres_json_rows, profile_of, record_of,
+    StoreError, StoredRecord, json_col, json_ids, postgres_json_rows, profile_of, record_of,
 };
 use crate::identity::CanonicalRecord;
 
@@ -88,6 +88,23 @@ struct RecordKey {
 }
 
 const RECORD_KEY_COLUMNS: &[(&str, &str)] = &[("hash", "bigint"), ("profile_id", "bigint"), ("record_id", "bigint")];
+
+/// A queued record another worker holds ([`WriteTx::held_before`]).
+#[derive(Clone, Debug)]
+pub struct HeldRecord {
+    pub item: IntakeItem,
+    /// Marked by a claim whose lease runs (no transaction holds it).
+    pub marked: bool,
+}
+
+/// A record a profile named when it was merged away, keyed by column for [`WriteTx::add_merged_records`].
+#[derive(serde::Serialize)]
+struct MergedRecord {
+    profile_id: i64,
+    record_id: i64,
+}
+
+const MERGED_RECORD_COLUMNS: &[(&str, &str)] = &[("profile_id", "bigint"), ("record_id", "bigint")];
 
 /// What the blocking keys of a batch reach in the store: see [`WriteTx::key_profiles`].
 #[derive(Clone, Debug, Default)]
@@ -303,6 +320,13 @@ impl WriteTx {
         Ok(())
     }
 
+    /// End the transaction without writing anything: its locks are released now, not when
+    /// its connection is next used.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
     /// `INSERT INTO table` the rows of the derived table `x` (see [`WriteTx::over_rows`]), in
     /// row order: ids handed out follow it.
     fn insert_sql(table: &str, columns: &[(&str, &str)]) -> impl Fn(&str) -> String {
@@ -466,6 +490,26 @@ impl WriteTx {
         super::intake_items(&rows)
     }
 
+    /// The queued records older than `newest` that this transaction did not claim (`mine`), in
+    /// id order: other workers hold them, locked by a claiming transaction or marked by a
+    /// claim under `lease` (or they were queued by a transaction that committed late).
+    pub async fn held_before(&mut self, newest: i64, mine: &[i64], lease: std::time::Duration) -> Result<Vec<HeldRecord>> {
+        let stale = super::now_ms() - lease.as_millis() as i64;
+        let sql = format!(
+            "SELECT id, received_at_ms, record, claimed_at_ms FROM intake
+             WHERE state = 'queued' AND id < $1 AND record IS NOT NULL AND NOT ({}) ORDER BY id",
+            self.backend.in_ids("id", 2)
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(newest).bind(json_ids(mine)).fetch_all(&mut *self.tx).await?;
+        rows.iter()
+            .map(|row| {
+                let item = IntakeItem { id: row.try_get("id")?, received_at_ms: row.try_get("received_at_ms")?, record: json_col(row, "record")? };
+                let claimed_at: Option<i64> = row.try_get("claimed_at_ms")?;
+                Ok(HeldRecord { item, marked: claimed_at.is_some_and(|at| at >= stale) })
+            })
+            .collect()
+    }
+
     /// Serialise with every other transaction touching one of these identities (blocking-key
     /// hashes). PostgreSQL: advisory locks taken in sorted order, so two transactions cannot
     /// deadlock on them; SQLite: the writer lock already serialises everything.
@@ -538,6 +582,30 @@ impl WriteTx {
         out.pairs.sort_unstable();
         out.generic.sort_unstable();
         Ok(out)
+    }
+
+    /// `(key hash, profile)` for up to `per_key` profiles holding a record with each of these
+    /// key hashes, sorted: for keys that are never generic (source identifiers), however many
+    /// records carry them. The walk reads one index entry per profile, not one per record (a
+    /// customer of ten years has thousands of records under one id, in one profile).
+    pub async fn profiles_per_key(&mut self, hashes: &[i64], per_key: u32) -> Result<Vec<(i64, i64)>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let select = format!(
+            "WITH RECURSIVE walk (hash, profile_id, n) AS (
+                 SELECT w.id, (SELECT MIN(k.profile_id) FROM record_keys k WHERE k.hash = w.id), 1
+                 FROM (SELECT DISTINCT id FROM {} AS d) AS w
+                 UNION ALL
+                 SELECT walk.hash, (SELECT MIN(k.profile_id) FROM record_keys k WHERE k.hash = walk.hash AND k.profile_id > walk.profile_id),
+                        walk.n + 1
+                 FROM walk WHERE walk.profile_id IS NOT NULL AND walk.n < $2)
+             SELECT hash, profile_id FROM walk WHERE profile_id IS NOT NULL",
+            self.backend.id_table(1)
+        );
+        let mut rows: Vec<(i64, i64)> = self.id_rows(&select, "hash, profile_id", hashes, Some(i64::from(per_key))).await?;
+        rows.sort_unstable();
+        Ok(rows)
     }
 
     /// Lock profile rows and return them. PostgreSQL: `NOWAIT`, because a transaction that
@@ -795,6 +863,14 @@ impl WriteTx {
         }
         let b = self.backend;
         let absorbed = json_ids(absorbed);
+        // what each absorbed id names from now on: the records it holds (a record of this
+        // transaction not stored yet is named by the caller, `add_merged_records`)
+        let named = format!(
+            "INSERT INTO merged_records (profile_id, record_id) SELECT profile_id, id FROM source_records WHERE {}
+             ON CONFLICT DO NOTHING",
+            b.in_ids("profile_id", 1)
+        );
+        sqlx::query(AssertSqlSafe(named)).bind(&absorbed).execute(&mut *self.tx).await?;
         // key rows first: they find the moving records through the records' profile index
         let moves = [
             format!(
@@ -825,6 +901,60 @@ impl WriteTx {
         .bind(now)
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    /// Record that each `(profile, record)` profile, merged away, named that record (one
+    /// written in this transaction, after it: [`WriteTx::merge_profiles`] names the stored ones).
+    pub async fn add_merged_records(&mut self, named: &[(i64, i64)]) -> Result<()> {
+        let rows: Vec<MergedRecord> = named.iter().map(|&(profile_id, record_id)| MergedRecord { profile_id, record_id }).collect();
+        self.bulk_insert("merged_records", MERGED_RECORD_COLUMNS, &rows).await
+    }
+
+    /// `(alias, holder)`: for each id merged into `profile`, the live profiles now holding the
+    /// records it named, sorted.
+    pub async fn alias_holders(&mut self, profile: i64) -> Result<Vec<(i64, i64)>> {
+        let select = format!(
+            "SELECT DISTINCT a.id AS alias, r.profile_id AS holder FROM profiles a
+             JOIN merged_records m ON m.profile_id = a.id JOIN source_records r ON r.id = m.record_id
+             WHERE {}",
+            self.backend.in_ids("a.merged_into", 1)
+        );
+        let mut rows: Vec<(i64, i64)> = self.id_rows(&select, "alias, holder", &[profile], None).await?;
+        rows.sort_unstable();
+        Ok(rows)
+    }
+
+    /// An alias leads to `holder` now: the profile that holds the records it named.
+    pub async fn repoint_alias(&mut self, alias: i64, holder: i64, now: i64) -> Result<()> {
+        sqlx::query("UPDATE profiles SET merged_into = $1, updated_at_ms = $2, version = version + 1 WHERE id = $3")
+            .bind(holder)
+            .bind(now)
+            .bind(alias)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// The records an alias named went to several profiles: it leads to none of them alone.
+    pub async fn split_alias(&mut self, alias: i64, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE profiles SET merged_into = NULL, split_at_ms = $1, updated_at_ms = $1, version = version + 1 WHERE id = $2",
+        )
+        .bind(now)
+        .bind(alias)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Replace the evidence of a record's link to its profile (it stays where it is).
+    pub async fn set_evidence(&mut self, record: i64, evidence: &serde_json::Value) -> Result<()> {
+        sqlx::query("UPDATE source_records SET evidence = $1 WHERE id = $2")
+            .bind(evidence.to_string())
+            .bind(record)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

@@ -81,11 +81,13 @@ pub fn deployment(ctx: &Context, config: &PipelineConfig, workload: Workload) ->
     })
 }
 
-/// Store location: the in-cluster Service with the generated password, or the external URL Secret.
+/// Store location: the in-cluster Service with the generated password, or the external URL
+/// Secret; and the key of the identifier hashes, which every workload computes.
 fn env(ctx: &Context) -> Value {
     let mut env = vec![
         json!({"name": "RUST_LOG", "value": "info"}),
         json!({"name": "CDP_SECRETS_DIR", "value": SECRETS_DIR}),
+        super::privacy_key::env(&ctx.name),
     ];
     match &ctx.platform.spec.store.external {
         Some(external) => env.push(json!({"name": "CDP_STORE_URL", "valueFrom": {"secretKeyRef": {

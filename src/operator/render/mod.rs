@@ -10,10 +10,12 @@ mod deployment;
 pub mod keda;
 mod network_policy;
 mod postgres;
+mod privacy_key;
 mod service;
 
 pub use common::{CONFIG_HASH_ANNOTATION, PORT, Workload, labels, selector_labels};
 pub use postgres::{STORE_PASSWORD_KEY, endpoint as store_endpoint, store_name, store_secret_name, volume_claim_name as store_volume_claim_name};
+pub use privacy_key::{PRIVACY_KEY_KEY, privacy_key_secret, privacy_key_secret_name};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
