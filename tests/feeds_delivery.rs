@@ -1,7 +1,8 @@
 //! Feeds end to end, on SQLite and PostgreSQL: records resolved by the matcher, events read
 //! from the outbox, delivered to a real HTTP receiver in the test (signatures checked there)
 //! or to librdkafka's mock cluster; retries, dead letters and their API, isolation of a failing
-//! feed, consent, triggers and the allow-list.
+//! feed, consent, triggers and the allow-list; idempotency keys, takeover after a crash, the
+//! lease a replica cut off from the store gives up, and shutdown with sends in flight.
 
 mod common;
 
@@ -15,11 +16,12 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use cdp_operator::api::ops::{self, Metrics, Secrets};
 use cdp_operator::crd::SecretKeyRef;
 use cdp_operator::crd::source::FieldMapping;
+use cdp_operator::feeds::keys::EventKeys;
 use cdp_operator::feeds::sign::{IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify};
 use cdp_operator::feeds::{FeedsContext, LoadBoard, WorkerOptions};
 use cdp_operator::pipeline::{NamedFeed, PipelineConfig};
 use cdp_operator::scaling::load::LoadReport;
-use cdp_operator::store::Store;
+use cdp_operator::store::{Backend, Store};
 use common::TestStore;
 use serde_json::{Value, json};
 
@@ -35,6 +37,8 @@ enum Answer {
     FailOnce,
     /// Answer only after this long.
     Hang(Duration),
+    /// Answer the next request only after this long, the ones after it at once.
+    HangOnce(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -46,10 +50,28 @@ struct Got {
     message: Value,
 }
 
+/// One request from its arrival to its answer, or to the sender dropping it.
+#[derive(Clone, Debug)]
+struct Span {
+    key: String,
+    arrived: Instant,
+    ended: Option<Instant>,
+}
+
 #[derive(Clone, Default)]
 struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
     answers: Arc<Mutex<BTreeMap<String, Answer>>>,
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+/// Ends a request's span when its handler finishes or is dropped (the client went away).
+struct SpanEnd(Arc<Mutex<Vec<Span>>>, usize);
+
+impl Drop for SpanEnd {
+    fn drop(&mut self) {
+        self.0.lock().unwrap()[self.1].ended = Some(Instant::now());
+    }
 }
 
 impl Receiver {
@@ -65,6 +87,11 @@ impl Receiver {
     fn all(&self, path: &str) -> Vec<Got> {
         self.got.lock().unwrap().iter().filter(|g| g.path == path).cloned().collect()
     }
+
+    /// Every request that arrived, answered or not, in arrival order.
+    fn spans(&self) -> Vec<Span> {
+        self.spans.lock().unwrap().clone()
+    }
 }
 
 async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -74,6 +101,11 @@ async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: 
     let path = uri.path().to_string();
     let answer = r.answers.lock().unwrap().get(&path).cloned().unwrap_or(Answer::Ok);
     let key = header(IDEMPOTENCY_HEADER);
+    let _span = {
+        let mut spans = r.spans.lock().unwrap();
+        spans.push(Span { key: key.clone(), arrived: Instant::now(), ended: None });
+        SpanEnd(r.spans.clone(), spans.len() - 1)
+    };
     let status = match answer {
         Answer::Ok => 200,
         Answer::Status(s) => s,
@@ -82,6 +114,11 @@ async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: 
             500
         }
         Answer::Hang(d) => {
+            tokio::time::sleep(d).await;
+            200
+        }
+        Answer::HangOnce(d) => {
+            r.answers.lock().unwrap().insert(path.clone(), Answer::Ok);
             tokio::time::sleep(d).await;
             200
         }
@@ -134,7 +171,25 @@ fn config(feeds: Vec<NamedFeed>) -> PipelineConfig {
 struct Running {
     load: LoadBoard,
     metrics: Arc<Metrics>,
-    _stop: ops::ShutdownTrigger,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: ops::ShutdownTrigger,
+}
+
+impl Running {
+    /// Stop as on Ctrl-C, and wait until every worker has.
+    async fn stop(self) {
+        self.stop.trigger();
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
+
+    /// Stop as a kill -9 leaves the store: the workers vanish, their leases unreleased.
+    fn crash(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 fn fast() -> WorkerOptions {
@@ -146,8 +201,8 @@ fn start_feeds(store: &Store, config: &PipelineConfig, secrets: &Secrets) -> Run
     let ctx = FeedsContext::new(store.clone(), &metrics, fast());
     let (stop, shutdown) = ops::shutdown_channel();
     let workers = ctx.workers(config, secrets, None).unwrap();
-    let (_tasks, load) = ctx.spawn(workers, &shutdown);
-    Running { load, metrics, _stop: stop }
+    let (tasks, load) = ctx.spawn(workers, &shutdown);
+    Running { load, metrics, tasks, stop }
 }
 
 fn secrets(extra: &[(SecretKeyRef, String)]) -> Secrets {
@@ -161,6 +216,12 @@ async fn resolve(store: &Store, config: &PipelineConfig, records: &[cdp_operator
     store.enqueue(records).await.unwrap();
     let resolver = Arc::new(cdp_operator::matcher::Resolver::new(config).unwrap());
     common::worker(store, resolver, "m").drain().await.unwrap();
+}
+
+/// The outbox event each of `feed`'s idempotency keys stands for.
+async fn event_ids_by_key(store: &Store, feed: &str) -> BTreeMap<String, i64> {
+    let keys = EventKeys::new(store.privacy_secret().await.unwrap().as_bytes());
+    store.events_after(0, 10_000).await.unwrap().iter().map(|e| (keys.key(feed, e.id), e.id)).collect()
 }
 
 async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -232,7 +293,7 @@ async fn ordered_signed_and_deduplicable(t: TestStore) {
 
     let all = r.all("/crm");
     assert!(all.iter().all(|g| g.signed), "every request carries a valid signature");
-    assert!(all.iter().all(|g| g.key == g.message["id"].as_str().unwrap()), "the idempotency key is the event id");
+    assert!(all.iter().all(|g| g.key == g.message["id"].as_str().unwrap()), "the idempotency key is the message's id");
     let retried: Vec<&Got> = all.iter().filter(|g| g.key == flaky).collect();
     assert_eq!(retried.len(), 2, "the unacknowledged event is sent again");
     assert_eq!(retried[0].message, retried[1].message, "a redelivery is the same message");
@@ -243,11 +304,12 @@ async fn ordered_signed_and_deduplicable(t: TestStore) {
             keys.push(g.key.clone());
         }
     }
-    let acked: Vec<i64> = keys.iter().map(|k| k.parse().unwrap()).collect();
+    let outbox = t.store.events_after(0, 100).await.unwrap();
+    let event_of = event_ids_by_key(&t.store, "crm").await;
+    let acked: Vec<i64> = keys.iter().map(|k| event_of[k]).collect();
     let mut sorted = acked.clone();
     sorted.sort();
     assert_eq!(acked, sorted, "events of one profile arrive in order");
-    let outbox = t.store.events_after(0, 100).await.unwrap();
     let selected: Vec<i64> = outbox
         .iter()
         .filter(|e| matches!(e.kind.as_str(), "profile.created" | "record.received"))
@@ -346,7 +408,7 @@ async fn retries_dead_letters_and_replay(t: TestStore) {
         (!acked.is_empty()).then_some(acked)
     })
     .await;
-    assert_eq!(delivered[0].key, event_id.to_string());
+    assert_eq!(delivered[0].key, one["message"]["id"].as_str().unwrap(), "the dead letter's own key");
     let remaining = list(0).await;
     assert_eq!(remaining["deadLetters"].as_array().unwrap().len(), 1, "only the other event is still dead: {remaining}");
     // the status, as the operator reads it from the feeds service
@@ -460,7 +522,7 @@ async fn consent_triggers_and_allow_list(t: TestStore) {
     let subject = cdp_operator::privacy::Subject::Identifier { attribute: "email".into(), value: who("granted").0, region: None };
     privacy.erase(&subject, "gdpr.request", "test").await.unwrap();
     let erased = eventually("the erasure", || r.acknowledged("/sms").into_iter().find(|g| g.message["type"] == "profile.erased")).await;
-    assert_eq!(erased.message["data"]["profileId"], profile);
+    assert_eq!(erased.message["data"]["profileId"], format!("p{profile}"), "profiles named as the API names them");
     assert!(erased.message.get("profile").is_none());
     assert!(!erased.message.to_string().contains(&who("granted").1), "no phone in the erasure: {}", erased.message);
     assert_eq!(erased.message["profileId"], format!("p{profile}"));
@@ -495,6 +557,7 @@ async fn kafka_topic_keyed_by_profile(t: TestStore) {
     consumer.subscribe(&["profiles"]).unwrap();
     let expected = running.metrics.feeds.delivered.get_or_create(&vec![("feed", "stream".to_string())]).get() as usize;
     assert!(expected >= 4, "two profiles created, three records received: {expected}");
+    let event_of = event_ids_by_key(&t.store, "stream").await;
     let mut by_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut received = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -508,13 +571,122 @@ async fn kafka_topic_keyed_by_profile(t: TestStore) {
         let header = m.headers().unwrap().iter().find(|h| h.key == IDEMPOTENCY_HEADER).unwrap();
         assert_eq!(header.value.unwrap(), body["id"].as_str().unwrap().as_bytes());
         assert!(body["profile"].as_object().unwrap().keys().all(|k| k == "givenName"));
-        by_key.entry(key).or_default().push(body["id"].as_str().unwrap().parse().unwrap());
+        by_key.entry(key).or_default().push(event_of[body["id"].as_str().unwrap()]);
         received += 1;
     }
     assert_eq!(by_key.len(), 2, "two people: {by_key:?}");
     for ids in by_key.values() {
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order per profile: {ids:?}");
     }
+}
+
+/// A fresh, empty store of the same kind as `t`'s.
+async fn another_store(t: &TestStore) -> TestStore {
+    match t.store.backend() {
+        Backend::Sqlite => common::sqlite_store().await,
+        Backend::Postgres => common::postgres_store().await.expect("the first store is on this server"),
+    }
+}
+
+/// A consumer that remembers the keys it has processed must never take a new event for a
+/// repeat: keys differ from one store (platform) to another for the same outbox position, and
+/// one event keeps its key on every redelivery, after a restart too.
+async fn idempotency_keys_differ_across_stores_and_survive_a_restart(t: TestStore) {
+    let (r, base) = receiver().await;
+    let selection = "events: [record.received]\nattributes: [givenName]\n";
+    let first = config(vec![feed("crm", &webhook(&base, "/first", selection))]);
+    let second = config(vec![feed("crm", &webhook(&base, "/second", selection))]);
+    let other = another_store(&t).await;
+    let grace = [("email", "grace@example.com"), ("familyName", "Hopper"), ("phone", "+33698765432")];
+    let records = [person("pos", "p1", "Ada", &[]), person("webshop", "w9", "Grace", &grace)];
+    // the first store's receiver is down: its events wait for a retry across a restart
+    r.answer("/first", Answer::Status(503));
+    let feeds = start_feeds(&t.store, &first, &secrets(&[]));
+    let _other_feeds = start_feeds(&other.store, &second, &secrets(&[]));
+    resolve(&t.store, &first, &records).await;
+    resolve(&other.store, &second, &records).await;
+    settled(&other.store, "crm").await;
+    let failed = eventually("a failed attempt of each event", || {
+        let all = r.all("/first");
+        let keys: std::collections::BTreeSet<String> = all.iter().map(|g| g.key.clone()).collect();
+        (keys.len() == 2).then_some(keys)
+    })
+    .await;
+    feeds.stop().await;
+    r.answer("/first", Answer::Ok);
+    let _restarted = start_feeds(&t.store, &first, &secrets(&[]));
+    settled(&t.store, "crm").await;
+
+    let acked = r.acknowledged("/first");
+    assert_eq!(acked.iter().map(|g| g.key.clone()).collect::<std::collections::BTreeSet<_>>(), failed, "each event kept its key after the restart");
+    assert!(acked.iter().all(|g| g.key == g.message["id"].as_str().unwrap()), "the message's id is its key");
+    let elsewhere: Vec<String> = r.acknowledged("/second").iter().map(|g| g.key.clone()).collect();
+    assert_eq!(elsewhere.len(), 2);
+    assert!(elsewhere.iter().all(|k| !failed.contains(k)), "the other store's events have keys of their own: {elsewhere:?} {failed:?}");
+    assert_eq!(t.store.events_after(0, 100).await.unwrap().len(), other.store.events_after(0, 100).await.unwrap().len(), "the same outbox positions");
+}
+
+/// A replica killed without releasing its feeds (kill -9, a lost node) holds them up only as
+/// long as its short lease: the restarted one takes over within seconds.
+async fn a_crashed_replicas_feed_is_taken_over_within_seconds(t: TestStore) {
+    let (r, base) = receiver().await;
+    let config = config(vec![feed("crm", &webhook(&base, "/crm", "events: [record.received]\nattributes: [givenName]\n"))]);
+    let crashed = start_feeds(&t.store, &config, &secrets(&[]));
+    resolve(&t.store, &config, &[person("pos", "p1", "Ada", &[])]).await;
+    settled(&t.store, "crm").await;
+    crashed.crash();
+    let restarted_at = Instant::now();
+    let _restarted = start_feeds(&t.store, &config, &secrets(&[]));
+    resolve(&t.store, &config, &[person("pos", "x1", "Grace", &[("email", "grace@example.com"), ("familyName", "Hopper"), ("phone", "+33698765432")])]).await;
+    eventually("the record sent after the restart", || (r.acknowledged("/crm").len() == 2).then_some(())).await;
+    let lease = WorkerOptions::default().lease;
+    // the dead replica's lease, and a few seconds for a loaded test machine
+    assert!(restarted_at.elapsed() < lease + Duration::from_secs(5), "taken over after {:?}", restarted_at.elapsed());
+}
+
+/// A replica that can no longer renew its lease (cut off from the store, but not from the
+/// destination) drops its sends in flight before its lease ends, so that the replica taking
+/// the feed over never sends the same profile's events at the same time.
+async fn a_replica_cut_off_from_the_store_stops_sending_before_another_takes_over(t: TestStore) {
+    let (r, base) = receiver().await;
+    let hook = "destination:\n  webhook: {url: 'BASE/crm', signingSecretRef: {name: hooks, key: signing-key}, allowInsecureHttp: true, timeoutSeconds: 30}\n\
+                events: [record.received]\nattributes: [givenName]\n";
+    let config = config(vec![feed("crm", &hook.replace("BASE", &base))]);
+    // the first request is answered after 30 s, past any lease
+    r.answer("/crm", Answer::HangOnce(Duration::from_secs(30)));
+    let cut_off = Store::open(&t.url).await.unwrap();
+    let _first = start_feeds(&cut_off, &config, &secrets(&[]));
+    resolve(&t.store, &config, &[person("pos", "p1", "Ada", &[])]).await;
+    eventually("the first request in flight", || (!r.spans().is_empty()).then_some(())).await;
+    cut_off.close().await;
+    let _second = start_feeds(&t.store, &config, &secrets(&[]));
+    let acked = eventually("the delivery by the replica that took over", || r.acknowledged("/crm").first().cloned()).await;
+    let spans = r.spans();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!((&spans[0].key, &spans[1].key), (&acked.key, &acked.key), "the same event");
+    let dropped = spans[0].ended.expect("the cut-off replica dropped its request");
+    assert!(dropped < spans[1].arrived, "no overlap: dropped at {dropped:?}, sent again at {:?}", spans[1].arrived);
+}
+
+/// Ctrl-C does not wait for sends in flight (a destination that does not answer), and loses
+/// nothing: what was not acknowledged is sent after the restart, with the same key.
+async fn shutdown_drops_sends_in_flight_and_loses_nothing(t: TestStore) {
+    let (r, base) = receiver().await;
+    let hook = "destination:\n  webhook: {url: 'BASE/crm', signingSecretRef: {name: hooks, key: signing-key}, allowInsecureHttp: true, timeoutSeconds: 30}\n\
+                events: [record.received]\nattributes: [givenName]\n";
+    let config = config(vec![feed("crm", &hook.replace("BASE", &base))]);
+    r.answer("/crm", Answer::Hang(Duration::from_secs(60)));
+    let feeds = start_feeds(&t.store, &config, &secrets(&[]));
+    resolve(&t.store, &config, &[person("pos", "p1", "Ada", &[])]).await;
+    let in_flight = eventually("a request in flight", || r.spans().first().cloned()).await;
+    // far below the send's own 30 s timeout
+    tokio::time::timeout(Duration::from_secs(10), feeds.stop()).await.expect("the feeds stop without waiting for the send");
+    r.answer("/crm", Answer::Ok);
+    let _restarted = start_feeds(&t.store, &config, &secrets(&[]));
+    settled(&t.store, "crm").await;
+    let acked = r.acknowledged("/crm");
+    assert_eq!(acked.len(), 1, "{acked:?}");
+    assert_eq!(acked[0].key, in_flight.key);
 }
 
 async fn api_server(store: &Store, config: &PipelineConfig) -> String {
@@ -534,6 +706,10 @@ on_both_stores!(
     a_failing_feed_does_not_delay_the_others,
     consent_triggers_and_allow_list,
     kafka_topic_keyed_by_profile,
+    idempotency_keys_differ_across_stores_and_survive_a_restart,
+    a_crashed_replicas_feed_is_taken_over_within_seconds,
+    a_replica_cut_off_from_the_store_stops_sending_before_another_takes_over,
+    shutdown_drops_sends_in_flight_and_loses_nothing,
 );
 
 /// `cdp receive`'s router: accepts a delivery signed with any of its secrets, refuses others,

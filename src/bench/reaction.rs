@@ -1,7 +1,9 @@
 //! `cdp bench reaction`: from a ticket scan's `202` at intake to the signed webhook of the SMS
 //! feed arriving at a receiver, under a steady scan rate, with patrons already in the store.
 //! Everything runs in this process over local sockets: intake, matcher workers, the feeds and
-//! a signature-checking receiver ([`crate::feeds::receive`]).
+//! a signature-checking receiver ([`crate::feeds::receive`]). With `--crash`, the feeds are
+//! killed just before the first scan, the way a kill -9 leaves the store (their tasks gone,
+//! their leases not released), and started again: the scans are posted right after a restart.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,10 @@ pub struct ReactionArgs {
     pub drain_seconds: u64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Kill the feeds without releasing their leases just before the first scan, and start
+    /// them again at once.
+    #[arg(long)]
+    pub crash: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,15 +72,25 @@ pub struct ReactionReport {
     /// The feed's own part: event committed in the outbox → webhook received.
     pub feed_p50_ms: f64,
     pub feed_p99_ms: f64,
+    /// The feeds were killed and started again just before the first scan (`--crash`).
+    pub restarted: bool,
+    /// Scans posted in the first second (right after the restart with `--crash`): how many
+    /// were delivered, and scan `202` → webhook received.
+    pub first_second_delivered: usize,
+    pub first_second_p50_ms: f64,
+    pub first_second_p99_ms: f64,
+    pub first_second_max_ms: f64,
     /// Intake answers other than 202, by status and message.
     pub intake_errors: std::collections::BTreeMap<String, usize>,
 }
 
 const SIGNING_KEY: &str = "bench-signing-key";
 
-/// When a scan was accepted and when its webhook arrived (either may come first).
+/// When a scan was posted, when it was accepted and when its webhook arrived (the webhook may
+/// come before the answer).
 #[derive(Default)]
 struct Timing {
+    posted: Option<Instant>,
     accepted: Option<Instant>,
     arrived: Option<Instant>,
     feed_ms: Option<f64>,
@@ -153,10 +169,17 @@ pub async fn reaction(args: &ReactionArgs) -> Result<ReactionReport, StartError>
     let metrics = Metrics::new();
     // as in a cluster, the feeds do not share intake's connections
     let feeds = FeedsContext::new(store.with_own_pool().await?, &metrics, WorkerOptions::default());
-    let (feed_tasks, _load) = feeds.spawn(feeds.workers(&config, &secrets, None)?, &shutdown);
+    let (mut feed_tasks, _load) = feeds.spawn(feeds.workers(&config, &secrets, None)?, &shutdown);
     // the feed reads past the seeding events (none selected) before the clock starts
     while store.feed_backlog("sms-gateway").await?.unread > 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if args.crash {
+        for task in &feed_tasks {
+            task.abort();
+        }
+        let restarted = FeedsContext::new(store.with_own_pool().await?, &metrics, WorkerOptions::default());
+        feed_tasks = restarted.spawn(restarted.workers(&config, &secrets, None)?, &shutdown).0;
     }
 
     let ingest = crate::ingest::IngestState::new(&config, &secrets, store.clone(), metrics.clone())?;
@@ -202,6 +225,7 @@ pub async fn reaction(args: &ReactionArgs) -> Result<ReactionReport, StartError>
             scan.source_record_id = format!("scan-{sent}");
             sent += 1;
             let (client, url, timings, errors) = (client.clone(), ingest_url.clone(), timings.clone(), errors_tx.clone());
+            timings.lock().expect("timings lock").entry(scan.source_record_id.clone()).or_default().posted = Some(Instant::now());
             requests.push(tokio::spawn(async move {
                 let response = client.post(format!("{url}/v1/sources/ticketing/records")).bearer_auth(BENCH_KEY).json(&payload(&scan)).send().await;
                 match response {
@@ -250,8 +274,15 @@ pub async fn reaction(args: &ReactionArgs) -> Result<ReactionReport, StartError>
         .filter_map(|t| Some(t.arrived?.saturating_duration_since(t.accepted?).as_secs_f64() * 1000.0))
         .collect();
     let mut feed: Vec<f64> = timings.values().filter(|t| t.accepted.is_some()).filter_map(|t| t.feed_ms).collect();
+    let first_second = started + Duration::from_secs(1);
+    let mut early: Vec<f64> = timings
+        .values()
+        .filter(|t| t.posted.is_some_and(|at| at < first_second))
+        .filter_map(|t| Some(t.arrived?.saturating_duration_since(t.accepted?).as_secs_f64() * 1000.0))
+        .collect();
     reaction.sort_by(f64::total_cmp);
     feed.sort_by(f64::total_cmp);
+    early.sort_by(f64::total_cmp);
     Ok(ReactionReport {
         store: if args.postgres.is_some() { "postgres" } else { "sqlite" },
         patrons: args.patrons,
@@ -266,6 +297,11 @@ pub async fn reaction(args: &ReactionArgs) -> Result<ReactionReport, StartError>
         max_ms: reaction.last().copied().unwrap_or(0.0),
         feed_p50_ms: percentile(&feed, 0.50),
         feed_p99_ms: percentile(&feed, 0.99),
+        restarted: args.crash,
+        first_second_delivered: early.len(),
+        first_second_p50_ms: percentile(&early, 0.50),
+        first_second_p99_ms: percentile(&early, 0.99),
+        first_second_max_ms: early.last().copied().unwrap_or(0.0),
         intake_errors,
     })
 }

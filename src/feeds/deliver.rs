@@ -1,6 +1,7 @@
 //! The destinations: a signed HTTPS webhook, or a Kafka topic keyed by profile id. Each send is
 //! one attempt; retrying is the worker's business.
 
+use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -14,7 +15,8 @@ use crate::crd::feed::{Destination as Spec, KafkaTopic, Webhook};
 /// One message to send.
 #[derive(Clone, Copy, Debug)]
 pub struct Outgoing<'a> {
-    pub event_id: i64,
+    /// The idempotency key: the same on every attempt of one event.
+    pub key: &'a str,
     pub profile_id: Option<i64>,
     pub body: &'a [u8],
 }
@@ -90,7 +92,8 @@ impl Destination {
         let secret = secrets.get(&w.signing_secret_ref).map_err(|e| DestinationError::Secret(e.into()))?.into_bytes();
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(w.timeout_seconds.into()))
-            .https_only(!w.allow_insecure_http);
+            .https_only(!w.allow_insecure_http)
+            .dns_resolver(DetachedLookup);
         if w.url.starts_with("http://") {
             // No TLS to verify: the system's CA bundle is not needed (nor required to exist).
             builder = builder.tls_certs_only([]);
@@ -112,14 +115,14 @@ impl Destination {
 
     /// Send one message once; `Ok` when the destination acknowledged it.
     pub async fn send(&self, message: Outgoing<'_>) -> Result<(), DeliveryError> {
-        let key = message.event_id.to_string();
+        let key = message.key;
         match self {
             Destination::Webhook { client, url, secret, timeout_seconds } => {
                 let signature = sign(secret, jiff::Timestamp::now().as_second(), message.body);
                 let response = client
                     .post(url)
                     .header("content-type", "application/json")
-                    .header(IDEMPOTENCY_HEADER, &key)
+                    .header(IDEMPOTENCY_HEADER, key)
                     .header(SIGNATURE_HEADER, signature)
                     .body(message.body.to_vec())
                     .send()
@@ -138,7 +141,7 @@ impl Destination {
             }
             Destination::Kafka { producer, topic } => {
                 let profile = message.profile_id.map_or_else(|| format!("e{key}"), |p| format!("p{p}"));
-                let headers = OwnedHeaders::new().insert(Header { key: IDEMPOTENCY_HEADER, value: Some(&key) });
+                let headers = OwnedHeaders::new().insert(Header { key: IDEMPOTENCY_HEADER, value: Some(key) });
                 let record = FutureRecord::to(topic).key(&profile).payload(message.body).headers(headers);
                 producer
                     .send(record, KAFKA_MESSAGE_TIMEOUT)
@@ -147,6 +150,27 @@ impl Destination {
                     .map_err(|(e, _)| DeliveryError::Kafka(e.to_string()))
             }
         }
+    }
+}
+
+/// Looks host names up on a thread of its own each time rather than on the runtime's blocking
+/// pool (reqwest's default). The runtime waits for that pool's threads when the process exits,
+/// so a lookup stuck on an unreachable DNS server would hold a shutdown up for as long as the
+/// system resolver keeps retrying, well after the send itself was dropped.
+struct DetachedLookup;
+
+impl reqwest::dns::Resolve for DetachedLookup {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let lookup = std::thread::Builder::new().name("dns-lookup".into()).spawn(move || {
+            let _ = answer.send((host.as_str(), 0).to_socket_addrs().map(Iterator::collect::<Vec<_>>));
+        });
+        Box::pin(async move {
+            lookup?;
+            let addresses = answered.await??;
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 

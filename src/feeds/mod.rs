@@ -2,9 +2,14 @@
 //! minimises events ([`select`]), and delivers them at least once ([`deliver`]) with retries,
 //! backoff and a dead-letter list. Feeds never wait for one another: each has its own cursor,
 //! its own kept deliveries and its own task. Within a feed, events of one profile go out in
-//! order; a retrying event holds back the later events of its profile only.
+//! order; a retrying event holds back the later events of its profile only. One replica works a
+//! feed at a time, under a short lease ([`lease`]); every message carries an idempotency key
+//! unique to its store, feed and event ([`keys`]).
 
 pub mod deliver;
+pub mod keys;
+pub mod lease;
+mod outage;
 pub mod receive;
 pub mod select;
 pub mod sign;
@@ -14,14 +19,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use self::deliver::{DeliveryError, Destination, DestinationError, Outgoing};
+use self::keys::EventKeys;
+use self::lease::{FeedClaim, Lease};
+use self::outage::{OutageLog, Report};
 use self::select::{Selector, SelectorError};
 use self::status::{FeedBoard, FeedMetrics, Sample, feed_label, load_report};
 use crate::api::ops::{self, Metrics, Secrets, Shutdown, StartError};
@@ -50,7 +60,9 @@ pub struct FeedsArgs {
 pub struct WorkerOptions {
     pub batch: i64,
     pub concurrency: usize,
-    /// How long a replica keeps a feed without renewing its lease (longer than any send).
+    /// How long a feed stays with a replica after its last lease renewal: after a crash,
+    /// another replica takes the feed over within this. Renewed every fifth of it, whatever
+    /// the sends in flight take ([`lease`]).
     pub lease: Duration,
     /// Sleep between outbox checks when no wake-up arrives (events committed by another
     /// process on SQLite, a lost LISTEN connection, retries coming due).
@@ -64,7 +76,7 @@ impl Default for WorkerOptions {
         WorkerOptions {
             batch: 500,
             concurrency: 64,
-            lease: Duration::from_secs(120),
+            lease: Duration::from_secs(5),
             idle_poll: Duration::from_secs(1),
             status_interval: Duration::from_secs(5),
         }
@@ -109,6 +121,8 @@ struct Item {
     event_id: i64,
     profile_id: Option<i64>,
     kind: String,
+    /// Its idempotency key, also the message's `id`.
+    key: String,
     message: serde_json::Value,
     created_at_ms: i64,
 }
@@ -116,16 +130,32 @@ struct Item {
 /// What one line of a batch came to.
 #[derive(Default)]
 struct LineOutcome {
-    /// `(event id, commit time)` of the delivered events.
+    /// Commit times of the delivered events.
     delivered: Vec<i64>,
     kept: Vec<NewDelivery>,
     error: Option<DeliveryError>,
 }
 
-/// A feed held by this replica, and its cursor.
-pub struct Lease {
-    cursor: i64,
-    renewed: Instant,
+/// How one send ended.
+enum Attempt {
+    Delivered,
+    Failed(DeliveryError),
+    /// Shutdown came first: not sent, or dropped in flight. The event stays owed.
+    Stopped,
+}
+
+/// Another replica holds the feed: since when this one waits, and when it asks again.
+#[derive(Clone, Copy)]
+struct Waiting {
+    since: Instant,
+    retry_at: Instant,
+}
+
+/// Where this replica stands with its feed.
+#[derive(Default)]
+struct Tenure {
+    lease: Option<Lease>,
+    waiting: Option<Waiting>,
 }
 
 /// One feed's worker.
@@ -139,38 +169,93 @@ pub struct FeedWorker {
     metrics: FeedMetrics,
     board: FeedBoard,
     options: WorkerOptions,
+    keys: Arc<OnceCell<EventKeys>>,
+    outage: Mutex<OutageLog>,
 }
 
 impl FeedWorker {
-    /// One batch of new events, then the kept deliveries that are due. Returns how many events
-    /// were handled; 0 when there was nothing to do or another replica holds the feed.
-    pub async fn step(&self, lease: &mut Option<Lease>) -> Result<usize, StoreError> {
-        if lease.as_ref().is_none_or(|l| l.renewed.elapsed() >= self.options.lease / 3) {
-            *lease = self
-                .store
-                .lease_feed(&self.name, &self.owner, self.options.lease)
-                .await?
-                .map(|p| Lease { cursor: p.cursor, renewed: Instant::now() });
-        }
-        let Some(held) = lease.as_mut() else { return Ok(0) };
+    /// One batch of new events, then the kept deliveries that are due, under the feed's lease.
+    /// Returns how many events were handled; 0 when there was nothing to do, another replica
+    /// holds the feed, or the lease lapsed meanwhile.
+    async fn step(&self, tenure: &mut Tenure, shutdown: &Shutdown) -> Result<usize, StoreError> {
+        let mut lease = match tenure.lease.take() {
+            Some(lease) if lease.valid() => lease,
+            _ => match self.take(&mut tenure.waiting).await? {
+                Some(lease) => lease,
+                None => return Ok(0),
+            },
+        };
         let started = Instant::now();
-        let (new, kept_lease) = self.step_new(held).await?;
-        let retried = if kept_lease { self.step_retries().await? } else { 0 };
-        if !kept_lease {
-            *lease = None;
-        }
-        if new + retried > 0 {
+        let done = tokio::select! {
+            done = self.work(lease.cursor, shutdown) => done?,
+            // dropped with its sends in flight and nothing saved: the next holder sends again
+            () = lease.lapsed() => return Ok(0),
+        };
+        // `None`: the step was refused, another replica holds the feed now
+        let Some((handled, cursor)) = done else { return Ok(0) };
+        lease.cursor = cursor;
+        tenure.lease = Some(lease);
+        if handled > 0 {
             let busy = started.elapsed().as_millis() as u64;
             self.board.update(&self.name, |c| c.busy_ms += busy);
         }
-        Ok(new + retried)
+        Ok(handled)
     }
 
-    /// Read, select and deliver the events after the cursor. Returns how many were read, and
-    /// false when the lease was lost meanwhile.
-    async fn step_new(&self, lease: &mut Lease) -> Result<(usize, bool), StoreError> {
-        let events = self.store.events_after(lease.cursor, self.options.batch).await?;
-        let Some(last) = events.last().map(|e| e.id) else { return Ok((0, true)) };
+    /// Take the feed's lease, unless another replica holds it: then ask again when its lease
+    /// runs out (or after an idle poll, for a release).
+    async fn take(&self, waiting: &mut Option<Waiting>) -> Result<Option<Lease>, StoreError> {
+        let asked_at = Instant::now();
+        if waiting.is_some_and(|w| asked_at < w.retry_at) {
+            return Ok(None);
+        }
+        match self.store.take_feed(&self.name, &self.owner, self.options.lease).await? {
+            FeedClaim::Held { owner, until_ms } => {
+                let left = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
+                if waiting.is_none() {
+                    tracing::info!(feed = %self.name, holder = %owner, left_ms = left.as_millis() as u64, "feed held by another replica");
+                }
+                let since = waiting.map_or(asked_at, |w| w.since);
+                *waiting = Some(Waiting { since, retry_at: asked_at + left.min(self.options.idle_poll) });
+                Ok(None)
+            }
+            FeedClaim::Taken { position, lapsed } => {
+                let waited_ms = waiting.take().map_or(0, |w| (asked_at - w.since).as_millis() as u64);
+                match lapsed {
+                    Some(lapsed) => tracing::warn!(
+                        feed = %self.name,
+                        from = %lapsed.owner,
+                        waited_ms,
+                        lease_ended_ms_ago = (now_ms() - lapsed.ended_at_ms).max(0),
+                        "took the feed over from a replica that stopped without releasing it"
+                    ),
+                    None => tracing::info!(feed = %self.name, waited_ms, "feed taken"),
+                }
+                Ok(Some(Lease::start(&self.store, &self.name, &self.owner, self.options.lease, asked_at, position.cursor)))
+            }
+        }
+    }
+
+    /// New events after `cursor`, then the due retries. Returns how many events were handled
+    /// and the new cursor, or `None` when the store refused the progress (lease lost).
+    async fn work(&self, cursor: i64, shutdown: &Shutdown) -> Result<Option<(usize, i64)>, StoreError> {
+        let keys = self.keys().await?;
+        let Some((new, cursor)) = self.step_new(cursor, keys, shutdown).await? else { return Ok(None) };
+        let Some(retried) = self.step_retries(keys, shutdown).await? else { return Ok(None) };
+        Ok(Some((new + retried, cursor)))
+    }
+
+    /// The store's idempotency keys, made from its secret on first use.
+    async fn keys(&self) -> Result<&EventKeys, StoreError> {
+        // the secret made once per store (the one its keyed hashes use): keys differ across stores
+        self.keys.get_or_try_init(|| async { Ok(EventKeys::new(self.store.privacy_secret().await?.as_bytes())) }).await
+    }
+
+    /// Read, select and deliver the events after the cursor. Returns how many were read and
+    /// the new cursor; `None` when the lease was lost meanwhile.
+    async fn step_new(&self, cursor: i64, keys: &EventKeys, shutdown: &Shutdown) -> Result<Option<(usize, i64)>, StoreError> {
+        let events = self.store.events_after(cursor, self.options.batch).await?;
+        let Some(last) = events.last().map(|e| e.id) else { return Ok(Some((0, cursor))) };
         let profiles: Vec<i64> = events.iter().filter_map(|e| e.profile_id).collect::<BTreeSet<_>>().into_iter().collect();
         let goldens = self.store.goldens(&profiles).await?;
         let held = self.store.held_profiles(&self.name, &profiles).await?;
@@ -178,17 +263,20 @@ impl FeedWorker {
         let mut lines: BTreeMap<Line, Vec<Item>> = BTreeMap::new();
         let mut step = FeedProgress { cursor: Some(last), ..FeedProgress::default() };
         for event in &events {
-            let message = match self.selector.select(event, event.profile_id.and_then(|p| goldens.get(&p))) {
+            let mut message = match self.selector.select(event, event.profile_id.and_then(|p| goldens.get(&p))) {
                 Ok(message) => message,
                 Err(skip) => {
                     self.metrics.skipped.get_or_create(&vec![("feed", self.name.clone()), ("reason", skip.label().into())]).inc();
                     continue;
                 }
             };
+            let key = keys.key(&self.name, event.id);
+            message["id"] = key.clone().into();
             let item = Item {
                 event_id: event.id,
                 profile_id: event.profile_id,
                 kind: event.kind.clone(),
+                key,
                 message,
                 created_at_ms: event.created_at_ms,
             };
@@ -200,7 +288,7 @@ impl FeedWorker {
             }
         }
         let outcomes: Vec<LineOutcome> = futures::stream::iter(lines.into_values())
-            .map(|line| self.deliver_line(line))
+            .map(|line| self.deliver_line(line, shutdown))
             .buffer_unordered(self.options.concurrency.max(1))
             .collect()
             .await;
@@ -215,41 +303,36 @@ impl FeedWorker {
             if let Some(error) = outcome.error {
                 step.failures += 1;
                 step.last_error = Some(error.to_string());
-                self.count_failure(&error);
             }
             finished += outcome.kept.iter().filter(|k| k.dead).count() as u64;
             step.kept.extend(outcome.kept);
         }
         let saved = self.save(&step, finished).await?;
-        if saved {
-            lease.cursor = last;
-        }
-        Ok((events.len(), saved))
+        Ok(saved.then_some((events.len(), last)))
     }
 
     /// Deliver the events of one line in order; at the first failure, that event is kept for
-    /// a retry and the rest of the line waits behind it.
-    async fn deliver_line(&self, line: Vec<Item>) -> LineOutcome {
+    /// a retry and the rest of the line waits behind it. At shutdown, the unsent rest waits.
+    async fn deliver_line(&self, line: Vec<Item>, shutdown: &Shutdown) -> LineOutcome {
         let mut outcome = LineOutcome::default();
         let mut items = line.into_iter();
         for item in items.by_ref() {
-            let body = item.message.to_string();
-            match self.send(&item.message, item.event_id, item.profile_id, body.as_bytes()).await {
-                Ok(()) => outcome.delivered.push(item.created_at_ms),
-                Err(error) => {
+            match self.send(&item.key, &item.message, item.event_id, item.profile_id, 1, shutdown).await {
+                Attempt::Delivered => outcome.delivered.push(item.created_at_ms),
+                Attempt::Failed(error) => {
                     let now = now_ms();
-                    let dead = self.policy.max_attempts <= 1;
                     outcome.kept.push(NewDelivery {
                         attempts: 1,
                         next_attempt_ms: now + self.retry_delay(1),
                         last_error: Some(error.to_string()),
-                        dead,
+                        dead: self.policy.max_attempts <= 1,
                         ..waiting(item, now)
                     });
-                    if dead {
-                        self.metrics.dead_lettered.get_or_create(&feed_label(&self.name)).inc();
-                    }
                     outcome.error = Some(error);
+                    break;
+                }
+                Attempt::Stopped => {
+                    outcome.kept.push(waiting(item, now_ms()));
                     break;
                 }
             }
@@ -259,38 +342,39 @@ impl FeedWorker {
         outcome
     }
 
-    async fn step_retries(&self) -> Result<usize, StoreError> {
+    /// Attempt the kept deliveries that are due. Returns how many were attempted; `None` when
+    /// the lease was lost meanwhile.
+    async fn step_retries(&self, keys: &EventKeys, shutdown: &Shutdown) -> Result<Option<usize>, StoreError> {
+        if shutdown.requested() {
+            return Ok(Some(0));
+        }
         let due = self.store.due_deliveries(&self.name, now_ms(), self.options.batch).await?;
         if due.is_empty() {
-            return Ok(0);
+            return Ok(Some(0));
         }
-        let results: Vec<(Delivery, Result<(), DeliveryError>)> = futures::stream::iter(due)
+        let results: Vec<(Delivery, Attempt)> = futures::stream::iter(due)
             .map(|d| async move {
-                let body = d.message.to_string();
-                let result = self.send(&d.message, d.event_id, d.profile_id, body.as_bytes()).await;
-                (d, result)
+                let key = keys.key(&self.name, d.event_id);
+                let attempt = self.send(&key, &d.message, d.event_id, d.profile_id, d.attempts + 1, shutdown).await;
+                (d, attempt)
             })
             .buffer_unordered(self.options.concurrency.max(1))
             .collect()
             .await;
-        let count = results.len();
         let mut step = FeedProgress::default();
         let mut finished = 0;
-        for (d, result) in results {
-            let outcome = match result {
-                Ok(()) => {
+        for (d, attempt) in results {
+            let outcome = match attempt {
+                Attempt::Delivered => {
                     step.delivered += 1;
                     finished += 1;
                     RetryOutcome::Delivered { event_id: d.event_id }
                 }
-                Err(error) => {
+                Attempt::Failed(error) => {
                     step.failures += 1;
                     step.last_error = Some(error.to_string());
-                    self.count_failure(&error);
                     let attempts = d.attempts + 1;
                     if attempts >= i64::from(self.policy.max_attempts) {
-                        tracing::warn!(feed = %self.name, event_id = d.event_id, attempts, reason = error.reason(), "dead-lettered");
-                        self.metrics.dead_lettered.get_or_create(&feed_label(&self.name)).inc();
                         finished += 1;
                         RetryOutcome::Dead { event_id: d.event_id, error: error.to_string() }
                     } else {
@@ -301,26 +385,103 @@ impl FeedWorker {
                         }
                     }
                 }
+                // left as it was: due at the next start
+                Attempt::Stopped => continue,
             };
             step.retried.push(outcome);
         }
-        self.save(&step, finished).await?;
-        Ok(count)
+        let attempted = step.retried.len();
+        Ok(self.save(&step, finished).await?.then_some(attempted))
     }
 
-    async fn send(&self, message: &serde_json::Value, event_id: i64, profile_id: Option<i64>, body: &[u8]) -> Result<(), DeliveryError> {
-        let result = self.destination.send(Outgoing { event_id, profile_id, body }).await;
-        if result.is_ok() {
-            self.metrics.delivered.get_or_create(&feed_label(&self.name)).inc();
+    /// Send one message once, unless shutdown comes first. `attempt` counts from 1; a failed
+    /// last allowed attempt sends the event to the dead letters.
+    async fn send(
+        &self,
+        key: &str,
+        message: &serde_json::Value,
+        event_id: i64,
+        profile_id: Option<i64>,
+        attempt: i64,
+        shutdown: &Shutdown,
+    ) -> Attempt {
+        if shutdown.requested() {
+            return Attempt::Stopped;
         }
+        let body = message.to_string();
+        let result = tokio::select! {
+            result = self.destination.send(Outgoing { key, profile_id, body: body.as_bytes() }) => result,
+            () = shutdown.clone().wait() => return Attempt::Stopped,
+        };
         tracing::debug!(feed = %self.name, event_id, kind = message["type"].as_str(), ok = result.is_ok(), "sent");
-        result
+        match result {
+            Ok(()) => {
+                self.metrics.delivered.get_or_create(&feed_label(&self.name)).inc();
+                let report = self.outage.lock().expect("outage lock").delivered(Instant::now());
+                if let Some(report) = report {
+                    self.log_outage(report, None);
+                }
+                Attempt::Delivered
+            }
+            Err(error) => {
+                let dead = attempt >= i64::from(self.policy.max_attempts);
+                self.metrics.failures.get_or_create(&vec![("feed", self.name.clone()), ("reason", error.reason().into())]).inc();
+                self.metrics.last_failure.get_or_create(&feed_label(&self.name)).set(now_ms() / 1000);
+                if dead {
+                    self.metrics.dead_lettered.get_or_create(&feed_label(&self.name)).inc();
+                }
+                tracing::debug!(feed = %self.name, event_id, attempt, dead, reason = error.reason(), %error, "delivery attempt failed");
+                let report = self.outage.lock().expect("outage lock").failed(Instant::now(), dead);
+                if let Some(report) = report {
+                    self.log_outage(report, Some(&error));
+                }
+                Attempt::Failed(error)
+            }
+        }
     }
 
-    fn count_failure(&self, error: &DeliveryError) {
-        tracing::info!(feed = %self.name, reason = error.reason(), %error, "delivery attempt failed");
-        self.metrics.failures.get_or_create(&vec![("feed", self.name.clone()), ("reason", error.reason().into())]).inc();
-        self.metrics.last_failure.get_or_create(&feed_label(&self.name)).set(now_ms() / 1000);
+    /// One line about the destination's state; the attempts themselves are logged at debug.
+    fn log_outage(&self, report: Report, error: Option<&DeliveryError>) {
+        let feed = &self.name;
+        let reason = error.map(DeliveryError::reason);
+        let error = error.map(tracing::field::display);
+        match report {
+            Report::Failing { failed, dead_lettered, next_in } => tracing::warn!(
+                %feed,
+                reason,
+                error,
+                retries = %self.retry_policy(),
+                failed,
+                dead_lettered,
+                next_report_s = next_in.as_secs(),
+                "destination failing; its events are retried with backoff"
+            ),
+            Report::StillFailing { for_, failed, dead_lettered, next_in } => tracing::warn!(
+                %feed,
+                reason,
+                error,
+                failing_s = for_.as_secs(),
+                failed,
+                dead_lettered,
+                next_report_s = next_in.as_secs(),
+                "destination still failing (attempts and dead letters since the last report)"
+            ),
+            Report::Recovered { after, failed, dead_lettered } => tracing::info!(
+                %feed,
+                failing_s = after.as_secs(),
+                failed,
+                dead_lettered,
+                "destination recovered (attempts and dead letters since the last report)"
+            ),
+        }
+    }
+
+    fn retry_policy(&self) -> String {
+        let p = &self.policy;
+        format!(
+            "up to {} attempts per event, {} s apart at first, doubling up to {} s, then the dead-letter list",
+            p.max_attempts, p.initial_backoff_seconds, p.max_backoff_seconds
+        )
     }
 
     fn retry_delay(&self, attempts: i64) -> i64 {
@@ -345,9 +506,10 @@ impl FeedWorker {
         Ok(saved)
     }
 
-    /// Work until shutdown, sleeping while there is nothing to do.
+    /// Work until shutdown, sleeping while there is nothing to do. At shutdown the sends in
+    /// flight are dropped, what was acknowledged is saved, and the lease is released.
     pub async fn run(self, shutdown: Shutdown) {
-        let mut lease = None;
+        let mut tenure = Tenure::default();
         while !shutdown.requested() {
             let signal = match self.store.outbox_signal().await {
                 Ok(signal) => signal,
@@ -360,22 +522,25 @@ impl FeedWorker {
             let notified = signal.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let handled = match self.step(&mut lease).await {
+            let handled = match self.step(&mut tenure, &shutdown).await {
                 Ok(n) => n,
                 Err(error) => {
                     tracing::warn!(feed = %self.name, %error, reason = error.reason(), "feed step failed");
-                    lease = None;
                     0
                 }
             };
             if handled == 0 {
+                // a feed held by another replica is asked for again as soon as its lease ends
+                let wake = tenure.waiting.map_or(self.options.idle_poll, |w| w.retry_at.saturating_duration_since(Instant::now()));
                 tokio::select! {
                     _ = &mut notified => {}
-                    _ = tokio::time::sleep(self.options.idle_poll) => {}
+                    _ = tokio::time::sleep(wake.min(self.options.idle_poll)) => {}
                     _ = shutdown.clone().wait() => {}
                 }
             }
         }
+        // no renewal after the release
+        drop(tenure.lease.take());
         if let Err(error) = self.store.release_feed(&self.name, &self.owner).await {
             tracing::warn!(feed = %self.name, %error, "cannot release the feed's lease");
         }
@@ -405,6 +570,7 @@ pub struct FeedsContext {
     pub options: WorkerOptions,
     /// This replica's name (the pod name in a cluster).
     pub replica: String,
+    keys: Arc<OnceCell<EventKeys>>,
 }
 
 impl FeedsContext {
@@ -418,6 +584,7 @@ impl FeedsContext {
             board: FeedBoard::default(),
             options,
             replica: format!("{host}-{:08x}", rand::random::<u32>()),
+            keys: Arc::default(),
         }
     }
 
@@ -446,6 +613,8 @@ impl FeedsContext {
                     metrics: self.metrics.clone(),
                     board: self.board.clone(),
                     options: self.options,
+                    keys: self.keys.clone(),
+                    outage: Mutex::default(),
                 })
             })
             .collect()

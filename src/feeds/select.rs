@@ -129,7 +129,7 @@ impl Selector {
         })
     }
 
-    /// The message to send for `event`, or why it is not sent. `profile` is the golden record
+    /// The message to send for `event` (all but its `id`), or why it is not sent. `profile` is the golden record
     /// of the event's profile (of its survivor when it was merged away), when it exists.
     pub fn select(&self, event: &Event, profile: Option<&GoldenProfile>) -> Result<Value, Skip> {
         if event.kind == ERASED {
@@ -196,8 +196,8 @@ impl Selector {
     }
 
     fn message(&self, event: &Event, data: Value, profile: Option<Map<String, Value>>) -> Value {
+        // its `id`, the idempotency key, is the worker's to add: it depends on the store
         let mut message = json!({
-            "id": event.id.to_string(),
             "type": event.kind,
             "feed": self.feed,
             "createdAtMs": event.created_at_ms,
@@ -317,7 +317,7 @@ mod tests {
         assert_eq!(message["profile"], json!({"givenName": "ada", "phone": "+33612345678", "attributes.tier": "patron"}));
         assert_eq!(message["display"], json!({"givenName": "Ada"}), "values as sent, where they differ");
         assert_eq!(message["data"], json!({"recordId": 9, "source": "ticketing", "sourceRecordId": "s-1", "profileId": 3}));
-        assert_eq!((message["id"].as_str(), message["profileId"].as_str()), (Some("7"), Some("p3")));
+        assert_eq!(message["profileId"].as_str(), Some("p3"));
     }
 
     #[test]

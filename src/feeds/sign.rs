@@ -7,7 +7,7 @@ use sha2::Sha256;
 
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "cdp-signature";
-/// The header carrying the idempotency key (the event id): a receiver drops repeats.
+/// The header carrying the idempotency key ([`super::keys`]): a receiver drops repeats.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 /// Why a signature is refused.

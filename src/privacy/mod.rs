@@ -382,7 +382,8 @@ impl Privacy {
             tx.suppress(hashes, erasure_id).await?;
         }
         for (profile, aliases) in erased_events {
-            let payload = serde_json::json!({"profileId": profile, "aliases": aliases, "erasureId": erasure_id});
+            let aliases: Vec<String> = aliases.iter().copied().map(crate::store::profile_ref).collect();
+            let payload = serde_json::json!({"profileId": crate::store::profile_ref(profile), "aliases": aliases, "erasureId": erasure_id});
             tx.push_event("profile.erased", Some(profile), None, &payload, now);
         }
         tracing::info!(erasure_id, profiles = ?erasure.profiles, reason = erasure.reason, "erased");

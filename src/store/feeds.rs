@@ -12,6 +12,7 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Notify;
 
 use super::{Backend, Result, Store, WriteTx, json_col, json_ids, now_ms, postgres};
+use crate::feeds::lease::{FeedClaim, LapsedLease};
 use crate::identity::GoldenProfile;
 
 /// Where a feed stands, read when its lease is taken.
@@ -137,12 +138,24 @@ impl Store {
         Ok(Store { pool: super::connect(self.backend, &self.url).await?, ..self.clone() })
     }
 
-    /// Take or renew `owner`'s lease on `feed` (one replica works a feed at a time). Returns the
-    /// feed's position when the lease is held, `None` when another live replica holds it.
-    pub async fn lease_feed(&self, feed: &str, owner: &str, lease: Duration) -> Result<Option<FeedPosition>> {
+    /// Take `feed`'s lease for `owner` (one replica works a feed at a time) when it is free,
+    /// ran out, or is `owner`'s already. Taken, it comes with where the feed stands.
+    pub async fn take_feed(&self, feed: &str, owner: &str, lease: Duration) -> Result<FeedClaim> {
         let now = now_ms();
-        sqlx::query("INSERT INTO feed_state (feed) VALUES ($1) ON CONFLICT (feed) DO NOTHING").bind(feed).execute(&self.pool).await?;
-        let row = sqlx::query(
+        let mut tx = self.begin().await?;
+        let found = sqlx::query("SELECT owner, lease_until_ms FROM feed_state WHERE feed = $1").bind(feed).fetch_optional(tx.conn()).await?;
+        let (holder, until_ms): (Option<String>, i64) = match &found {
+            Some(row) => (row.try_get("owner")?, row.try_get("lease_until_ms")?),
+            None => {
+                sqlx::query("INSERT INTO feed_state (feed) VALUES ($1) ON CONFLICT (feed) DO NOTHING").bind(feed).execute(tx.conn()).await?;
+                (None, 0)
+            }
+        };
+        if let Some(other) = holder.as_ref().filter(|h| *h != owner && until_ms >= now) {
+            return Ok(FeedClaim::Held { owner: other.clone(), until_ms });
+        }
+        // the condition again, for a replica that took the lease since the read above
+        let taken = sqlx::query(
             "UPDATE feed_state SET owner = $2, lease_until_ms = $3
              WHERE feed = $1 AND (owner IS NULL OR owner = $2 OR lease_until_ms < $4)
              RETURNING cursor_id, delivered, failures, last_error",
@@ -151,17 +164,33 @@ impl Store {
         .bind(owner)
         .bind(now + lease.as_millis() as i64)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(tx.conn())
         .await?;
-        row.map(|row| {
-            Ok(FeedPosition {
-                cursor: row.try_get("cursor_id")?,
-                delivered: row.try_get("delivered")?,
-                failures: row.try_get("failures")?,
-                last_error: row.try_get("last_error")?,
-            })
-        })
-        .transpose()
+        let Some(row) = taken else {
+            return Ok(FeedClaim::Held { owner: holder.unwrap_or_default(), until_ms });
+        };
+        let position = FeedPosition {
+            cursor: row.try_get("cursor_id")?,
+            delivered: row.try_get("delivered")?,
+            failures: row.try_get("failures")?,
+            last_error: row.try_get("last_error")?,
+        };
+        tx.commit().await?;
+        let lapsed = holder.filter(|h| h != owner).map(|owner| LapsedLease { owner, ended_at_ms: until_ms });
+        Ok(FeedClaim::Taken { position, lapsed })
+    }
+
+    /// Extend `owner`'s lease on `feed` to `lease` from now; false when another replica holds it.
+    pub async fn renew_feed(&self, feed: &str, owner: &str, lease: Duration) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let renewed = sqlx::query("UPDATE feed_state SET lease_until_ms = $3 WHERE feed = $1 AND owner = $2")
+            .bind(feed)
+            .bind(owner)
+            .bind(now_ms() + lease.as_millis() as i64)
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await?;
+        Ok(renewed.rows_affected() == 1)
     }
 
     /// Give the lease up (at shutdown), so another replica takes the feed over at once.
