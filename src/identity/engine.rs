@@ -684,58 +684,58 @@ impl Engine {
     /// blocking key too, whatever the policy declares ([`Engine::source_identifier_keys`]).
     pub fn blocking_keys(&self, r: &PreparedRecord) -> Vec<String> {
         let mut out = self.source_identifier_keys(r);
-        'key: for k in &self.keys {
-            if let [(slot, KeyTransform::Exact)] = k.parts[..] {
-                let attribute = &self.slots[slot];
-                // a name's feature key is not its normalised value, which the lookup key holds
-                if is_lookup_attribute(attribute) && !is_name_attribute(attribute) {
-                    if let Some(f) = r.features.get(slot).and_then(Option::as_ref) {
-                        out.push(lookup_key(attribute, &f.key));
-                    }
-                    continue;
-                }
-            }
-            let mut s = String::with_capacity(32);
-            s.push_str(&k.name);
-            s.push(':');
-            for (i, (slot, t)) in k.parts.iter().enumerate() {
-                let Some(f) = r.features.get(*slot).and_then(Option::as_ref) else {
-                    continue 'key;
-                };
-                if i > 0 {
-                    s.push('|');
-                }
-                match t {
-                    KeyTransform::Exact => s.push_str(&f.key),
-                    KeyTransform::Phonetic => {
-                        if f.phonetic.is_empty() {
-                            let code = self.metaphone.encode(&f.key);
-                            if code.is_empty() {
-                                continue 'key;
-                            }
-                            s.push_str(&code);
-                        } else {
-                            s.push_str(&f.phonetic)
-                        }
-                    }
-                    KeyTransform::Prefix3 => s.extend(f.key.chars().take(3)),
-                    KeyTransform::Year => match f.date {
-                        Some((_, y, _, _)) => s.push_str(&y.to_string()),
-                        None => s.extend(f.key.chars().take(4)),
-                    },
-                    KeyTransform::SortedTokens => {
-                        let mut cs: Vec<char> =
-                            f.key.chars().filter(|c| !c.is_whitespace()).collect();
-                        cs.sort_unstable();
-                        s.extend(cs);
-                    }
-                }
-            }
-            out.push(s);
-        }
+        out.extend((0..self.keys.len()).filter_map(|i| self.blocking_key(i, r)));
         out.sort();
         out.dedup();
         out
+    }
+
+    /// The key the policy's `i`-th blocking key gives the record, if all its parts have a
+    /// value (training blocks on one key at a time).
+    pub fn blocking_key(&self, i: usize, r: &PreparedRecord) -> Option<String> {
+        let k = &self.keys[i];
+        if let [(slot, KeyTransform::Exact)] = k.parts[..] {
+            let attribute = &self.slots[slot];
+            // a name's feature key is not its normalised value, which the lookup key holds
+            if is_lookup_attribute(attribute) && !is_name_attribute(attribute) {
+                let f = r.features.get(slot)?.as_ref()?;
+                return Some(lookup_key(attribute, &f.key));
+            }
+        }
+        let mut s = String::with_capacity(32);
+        s.push_str(&k.name);
+        s.push(':');
+        for (i, (slot, t)) in k.parts.iter().enumerate() {
+            let f = r.features.get(*slot)?.as_ref()?;
+            if i > 0 {
+                s.push('|');
+            }
+            match t {
+                KeyTransform::Exact => s.push_str(&f.key),
+                KeyTransform::Phonetic => {
+                    if f.phonetic.is_empty() {
+                        let code = self.metaphone.encode(&f.key);
+                        if code.is_empty() {
+                            return None;
+                        }
+                        s.push_str(&code);
+                    } else {
+                        s.push_str(&f.phonetic)
+                    }
+                }
+                KeyTransform::Prefix3 => s.extend(f.key.chars().take(3)),
+                KeyTransform::Year => match f.date {
+                    Some((_, y, _, _)) => s.push_str(&y.to_string()),
+                    None => s.extend(f.key.chars().take(4)),
+                },
+                KeyTransform::SortedTokens => {
+                    let mut cs: Vec<char> = f.key.chars().filter(|c| !c.is_whitespace()).collect();
+                    cs.sort_unstable();
+                    s.extend(cs);
+                }
+            }
+        }
+        Some(s)
     }
 
     /// The [`lookup_key`] of each source identifier (`identifiers.*`) the record carries. A

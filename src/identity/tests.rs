@@ -130,6 +130,27 @@ fn a_blocking_key_on_one_identifier_is_its_lookup_key() {
     assert!(!keys.iter().any(|k| k.starts_with("email:") || k.starts_with("phone:")), "{keys:?}");
 }
 
+/// Training estimates m in one session per blocking key, over the pairs that key blocks
+/// together: a key on one identifier blocks under its lookup key, not its policy name, and
+/// must still have its session.
+#[test]
+fn training_blocks_on_every_key_of_the_policy() {
+    let e = engine();
+    let recs: Vec<PreparedRecord> = (0..200)
+        .flat_map(|p| {
+            let email = format!("person{p}@example.org");
+            let e = &e;
+            (0..2).map(move |k| {
+                let given = if k == 0 { format!("ann{p}") } else { format!("anne{p}") };
+                prep(e, &format!("{p}-{k}"), &[("givenName", given.as_str()), ("email", email.as_str())])
+            })
+        })
+        .collect();
+    let t = train_with(&recs, e.model(), &TrainOptions::default()).unwrap();
+    let email = t.report.sessions.iter().find(|s| s.blocking_key == "email").expect("an email session");
+    assert_eq!(email.pairs, 200, "{:?}", t.report.sessions);
+}
+
 #[test]
 fn blocking_keys_are_stable_strings() {
     let e = engine();

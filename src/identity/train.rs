@@ -190,14 +190,11 @@ pub fn train_with(
     let mut m_w = vec![0f64; nc];
     let mut sessions = Vec::new();
     let mut union: HashSet<(u32, u32)> = HashSet::new();
-    for bk in &model.blocking {
+    for (key_index, bk) in model.blocking.iter().enumerate() {
         let mut blocks: HashMap<String, Vec<u32>> = HashMap::new();
         for (i, r) in recs.iter().enumerate() {
-            for key in engine.blocking_keys(r) {
-                let name_end = key.find(':').unwrap_or(0);
-                if key[..name_end] == bk.name {
-                    blocks.entry(key).or_default().push(i as u32);
-                }
+            if let Some(key) = engine.blocking_key(key_index, r) {
+                blocks.entry(key).or_default().push(i as u32);
             }
         }
         let mut pairs: Vec<(u32, u32)> = Vec::new();
