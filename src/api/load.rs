@@ -317,6 +317,7 @@ pub async fn report(store: &Store, meter: &WorkMeter, replica: &str) -> Result<L
         backlog,
         oldest_backlog_seconds,
         feeds: Vec::new(),
+        kafka: Vec::new(),
     })
 }
 
