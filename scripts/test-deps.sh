@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install what the data-plane tests need on a Debian/Ubuntu machine: PostgreSQL (its server
-# binaries, started throw-away by scripts/with-postgres.sh) and sudo (to run it as the
-# postgres user when the tests run as root).
+# binaries, started throw-away by scripts/with-postgres.sh), sudo (to run it as the
+# postgres user when the tests run as root) and curl (the README walkthrough test runs its commands).
 set -euo pipefail
 need=()
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   as_root=()
   [ "$(id -u)" = 0 ] || as_root=(sudo)

@@ -21,6 +21,8 @@ on_both_stores!(
     a_failed_group_commit_fails_every_request_in_it,
     values_and_ids_over_their_limit_are_refused_naming_the_field,
     a_source_keeping_invalid_values_keeps_a_long_one_out_of_matching,
+    an_event_id_resent_with_other_content_is_a_conflict,
+    an_invalid_record_resent_is_one_quarantine_entry,
 );
 
 async fn post(url: &str, key: &str, content_type: &str, body: String) -> (u16, Value) {
@@ -74,6 +76,67 @@ async fn intake_accepts_validates_and_absorbs(t: TestStore) {
     assert_eq!(quarantined[0].errors.len(), 4);
     assert_eq!(quarantined[0].payload["email"], "not-an-email");
     assert_eq!(t.store.counts().await.unwrap().queued, 2);
+}
+
+async fn an_event_id_resent_with_other_content_is_a_conflict(t: TestStore) {
+    let (ingest, _) = servers(&t.store).await;
+    let url = format!("{ingest}/v1/sources/webshop/records");
+    let send = |body: String| post(&url, INTAKE_KEY, "application/json", body);
+    let (status, body) = send(json!({"id": "c1", "givenName": "Ann", "email": "ann@example.com"}).to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    let first = body["accepted"][0]["intakeId"].as_i64().unwrap();
+    // the same payload, its fields in another order: a redelivery, absorbed
+    let (status, body) = send(r#"{"email": "ann@example.com", "givenName": "Ann", "id": "c1"}"#.into()).await;
+    assert_eq!((status, &body["accepted"][0]["duplicate"]), (202, &json!(true)), "{body}");
+    // other content under the same id is not taken, and the answer says so
+    let conflicting = json!({"id": "c1", "givenName": "Anna", "email": "ann@example.com"});
+    let (status, body) = send(conflicting.to_string()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "event_id_conflict");
+    let error = &body["error"]["details"][0]["errors"][0];
+    assert_eq!((&error["field"], &error["code"]), (&json!("id"), &json!("eventIdConflict")), "{body}");
+    assert!(error["message"].as_str().unwrap().contains(&first.to_string()), "{body}");
+    // in a batch, the new record is queued and the conflict reported beside it
+    let (status, body) = send(json!([conflicting, {"id": "c2", "email": "bob@example.com"}]).to_string()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["accepted"][0]["index"], 1);
+    assert_eq!(body["error"]["details"][0]["index"], 0);
+    // still told apart once the first delivery is resolved and its queued payload dropped
+    common::worker(&t.store, common::resolver(), "w").drain().await.unwrap();
+    assert_eq!(send(conflicting.to_string()).await.0, 409);
+    assert_eq!(send(json!({"id": "c1", "givenName": "Ann", "email": "ann@example.com"}).to_string()).await.0, 202);
+    let stored = t.store.record_by_source_id("webshop", "c1").await.unwrap().unwrap();
+    assert_eq!(stored.attributes["givenName"], "Ann", "the first delivery stands");
+}
+
+async fn an_invalid_record_resent_is_one_quarantine_entry(t: TestStore) {
+    let (ingest, api) = servers(&t.store).await;
+    let url = format!("{ingest}/v1/sources/webshop/records");
+    let invalid = json!({"id": "q1", "email": "not-an-email"});
+    let mut ids = BTreeSet::new();
+    for body in [invalid.to_string(), json!([invalid, invalid]).to_string(), invalid.to_string()] {
+        let (status, body) = post(&url, INTAKE_KEY, "application/json", body).await;
+        assert_eq!(status, 422, "{body}");
+        for detail in body["error"]["details"].as_array().unwrap() {
+            ids.insert(detail["quarantineId"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(t.store.quarantined(Some("webshop"), 0, 10).await.unwrap().len(), 1);
+    // other content is an entry of its own
+    post(&url, INTAKE_KEY, "application/json", json!({"id": "q1", "email": "still-not"}).to_string()).await;
+    assert_eq!(t.store.quarantined(Some("webshop"), 0, 10).await.unwrap().len(), 2);
+    // an entry deleted and its payload sent again: kept again, under a new id
+    let id = *ids.first().unwrap();
+    let deleted = reqwest::Client::new()
+        .delete(format!("{api}/v1/quarantine/{id}"))
+        .bearer_auth(common::WRITE_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    let (_, body) = post(&url, INTAKE_KEY, "application/json", invalid.to_string()).await;
+    assert_ne!(body["error"]["details"][0]["quarantineId"].as_i64().unwrap(), id);
 }
 
 async fn intake_formats_and_auth(t: TestStore) {

@@ -571,7 +571,8 @@ async fn a_replay_after_erasure_is_refused(t: TestStore) {
     let identifiers = privacy(&t.store, config.clone()).gate(&named, std::slice::from_ref(&payload)).await.unwrap().remove(0);
     let flags = cdp_operator::ingest::normalise_flags(&config);
     let record = cdp_operator::ingest::mapping::map_record(&named, flags, &payload, now_ms()).unwrap().record;
-    let replayed = t.store.replay_quarantined(entry, Ok(record), identifiers).await.unwrap();
+    let kept = t.store.quarantine_entry(entry).await.unwrap().unwrap();
+    let replayed = t.store.replay_quarantined(&kept, Ok(record), identifiers).await.unwrap();
     assert_eq!(replayed, Some(Admission::Refused(vec!["email".into()])));
     assert!(t.store.quarantine_entry(entry).await.unwrap().is_none(), "nothing of the person stays in quarantine");
     assert_eq!(t.store.counts().await.unwrap().queued, counts.queued);

@@ -87,11 +87,13 @@ async fn quarantine_lists_and_replays(t: TestStore) {
     assert_eq!(t.store.quarantined(Some("pos"), 0, 10).await.unwrap().len(), 1);
     // still invalid: the new errors replace the old ones
     let still = vec![FieldError { field: "phone".into(), code: "invalid".into(), message: "bad".into() }];
-    assert_eq!(t.store.replay_quarantined(q2, Err(still.clone()), Default::default()).await.unwrap(), None);
+    let store = &t.store;
+    let entry = |id| async move { store.quarantine_entry(id).await.unwrap().unwrap() };
+    assert_eq!(t.store.replay_quarantined(&entry(q2).await, Err(still.clone()), Default::default()).await.unwrap(), None);
     assert_eq!(t.store.quarantine_entry(q2).await.unwrap().unwrap().errors, still);
     // fixed: queued and gone from quarantine
     let fixed = record("webshop", "1", &[("email", "a@b.fr")]);
-    let queued = t.store.replay_quarantined(q1, Ok(fixed), Default::default()).await.unwrap();
+    let queued = t.store.replay_quarantined(&entry(q1).await, Ok(fixed), Default::default()).await.unwrap();
     assert!(matches!(queued, Some(Admission::Queued(Enqueued { duplicate: false, .. }))), "{queued:?}");
     assert!(t.store.quarantine_entry(q1).await.unwrap().is_none());
     assert_eq!(t.store.counts().await.unwrap().queued, 1);

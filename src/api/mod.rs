@@ -662,7 +662,7 @@ async fn quarantine_delete(State(s): State<ApiState>, headers: HeaderMap, Path(i
 
 #[utoipa::path(post, path = "/v1/quarantine/{id}/replay", tag = "quarantine",
     params(("id" = i64, Path, description = "Quarantine entry id")),
-    responses((status = 202, body = ReplayResult), (status = 422, body = ops::ErrorBody)))]
+    responses((status = 202, body = ReplayResult), (status = 409, body = ops::ErrorBody), (status = 422, body = ops::ErrorBody)))]
 async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, ApiError> {
     s.tokens.authorize(&headers, Scope::Write)?;
     let entry = s.store.quarantine_entry(id).await?.ok_or_else(|| ApiError::not_found(&format!("quarantine entry {id}")))?;
@@ -679,8 +679,14 @@ async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(i
         .pop()
         .unwrap_or_default();
     let errors = outcome.as_ref().err().cloned();
-    let enqueued = match s.store.replay_quarantined(id, outcome, identifiers).await? {
+    let enqueued = match s.store.replay_quarantined(&entry, outcome, identifiers).await? {
         Some(Admission::Queued(enqueued)) => vec![enqueued],
+        Some(Admission::Conflict(first)) => {
+            let message = format!(
+                "its event id was delivered since with other content (intake id {first}), which stands; the entry is kept"
+            );
+            return Err(ApiError::new(StatusCode::CONFLICT, crate::ingest::EVENT_ID_CONFLICT_ERROR, message));
+        }
         Some(Admission::Refused(attributes)) => {
             let message = format!("it belongs to an erased person ({}); the entry is removed", attributes.join(", "));
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, crate::ingest::ERASED_SUBJECT_ERROR, message));

@@ -108,6 +108,7 @@ pub(crate) fn bench_source<'a>(
             observed_at_field: None,
             validation,
             default_phone_region: Some(region.into()),
+            date_order: None,
             trust_rank,
             privacy: Default::default(),
         },

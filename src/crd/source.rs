@@ -47,6 +47,11 @@ pub struct SourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Z]{2}$"))]
     pub default_phone_region: Option<String>,
+    /// How this Source writes dates with slashes or dots: `DMY` (31/12/1990) or `MDY`
+    /// (12/31/1990). Undeclared, a date whose day and month could be either (01/02/1990) is
+    /// refused as ambiguous, never guessed; unambiguous ones (31/12/1990, ISO dates) are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_order: Option<DateOrder>,
     /// Survivorship rank: values from a higher-ranked source win in the golden profile.
     #[serde(default)]
     #[schemars(range(min = 0, max = 100))]
@@ -69,6 +74,17 @@ impl SourceSpec {
         .flatten()
         .collect()
     }
+}
+
+/// The order of day, month and year in a date such as `01/02/1990` or `01.02.1990`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum DateOrder {
+    /// Day first: `01/02/1990` is 1 February.
+    #[serde(rename = "DMY")]
+    DayMonthYear,
+    /// Month first: `01/02/1990` is 2 January.
+    #[serde(rename = "MDY")]
+    MonthDayYear,
 }
 
 fn default_event_id_field() -> String {
@@ -211,4 +227,33 @@ pub enum AfterErasure {
 pub struct SourceStatus {
     #[serde(flatten)]
     pub common: CommonStatus,
+    /// How the intake replicas consume a Kafka Source's topic, as they last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<ConsumerStatus>,
+}
+
+/// A Kafka Source's consumer group as its intake replicas report it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStatus {
+    /// Partitions of the topic (0 while unknown).
+    pub partitions: i64,
+    /// Messages behind the end of the topic, over every assigned partition.
+    pub lag: i64,
+    /// Records taken from the topic per second, over every replica.
+    pub consumed_per_second: f64,
+    /// Which replica consumes which partitions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assignments: Vec<ConsumerAssignment>,
+    /// The newest error a replica reported (broker unreachable, authentication refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The partitions one intake replica consumes.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerAssignment {
+    pub replica: String,
+    pub partitions: Vec<i32>,
 }

@@ -5,6 +5,7 @@
 
 use unicode_normalization::UnicodeNormalization;
 
+use crate::crd::source::DateOrder;
 use crate::identity::consent::ConsentState;
 use crate::identity::record::{CONSENT_PREFIX, FREE_ATTRIBUTE_PREFIX, IDENTIFIER_PREFIX};
 
@@ -18,10 +19,12 @@ pub enum NormaliseError {
     Phone { region: String },
     #[error("unknown default phone region {0:?} (expected an ISO 3166 code such as FR)")]
     Region(String),
-    #[error("not a date (expected YYYY-MM-DD, YYYYMMDD, DD/MM/YYYY or DD.MM.YYYY)")]
+    #[error("not a date (expected YYYY-MM-DD, YYYYMMDD, YYYY/MM/DD, or day and month with slashes or dots before a 4-digit year)")]
     DateFormat,
     #[error("not a calendar date: {0}")]
     DateInvalid(String),
+    #[error("ambiguous date: its day and month could be either; the Source must declare its dateOrder (DMY or MDY)")]
+    DateAmbiguous,
     #[error("unknown gender (expected f, m, x or unknown)")]
     Gender,
     #[error(
@@ -249,8 +252,14 @@ pub fn phone(raw: &str, default_region: &str) -> Result<String, NormaliseError> 
     Ok(n.format().mode(phonenumber::Mode::E164).to_string())
 }
 
-/// A calendar date as (year, month, day), validated.
+/// A calendar date as (year, month, day), validated. A date with slashes or dots whose day and
+/// month could be either is [`NormaliseError::DateAmbiguous`]: see [`parse_date_in`].
 pub fn parse_date(raw: &str) -> Result<(i32, u32, u32), NormaliseError> {
+    parse_date_in(raw, None)
+}
+
+/// [`parse_date`] for a Source that declares the order of its slash and dot dates.
+pub fn parse_date_in(raw: &str, order: Option<DateOrder>) -> Result<(i32, u32, u32), NormaliseError> {
     let s = raw.trim();
     let digits = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit());
     let (y, m, d): (&str, &str, &str);
@@ -272,20 +281,15 @@ pub fn parse_date(raw: &str) -> Result<(i32, u32, u32), NormaliseError> {
                 return Err(NormaliseError::DateFormat);
             }
         } else {
-            let (na, nb): (u32, u32) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
             y = c;
-            // DD/MM/YYYY by default; MM/DD/YYYY only when the second field cannot be a month.
-            if nb > 12 && na <= 12 {
-                (m, d) = (a, b);
-            } else {
-                (d, m) = (a, b);
-            }
+            (d, m) = day_and_month(a, b, order)?;
         }
     } else if let Some((a, b, c)) = split3(s, '.') {
-        (d, m, y) = (a, b, c);
-        if y.len() != 4 {
+        if c.len() != 4 || !digits(a) || !digits(b) {
             return Err(NormaliseError::DateFormat);
         }
+        y = c;
+        (d, m) = day_and_month(a, b, order)?;
     } else {
         return Err(NormaliseError::DateFormat);
     }
@@ -338,9 +342,29 @@ pub fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
     era * 146097 + doe - 719468
 }
 
-pub fn date(raw: &str) -> Result<String, NormaliseError> {
-    let (y, m, d) = parse_date(raw)?;
+/// Which of `a` and `b` (the first two fields of `a/b/YYYY`) is the day and which the month:
+/// as the Source declares, else whichever reading is the only possible one.
+fn day_and_month<'a>(a: &'a str, b: &'a str, order: Option<DateOrder>) -> Result<(&'a str, &'a str), NormaliseError> {
+    let (na, nb): (u32, u32) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
+    match order {
+        Some(DateOrder::DayMonthYear) => Ok((a, b)),
+        Some(DateOrder::MonthDayYear) => Ok((b, a)),
+        // the same either way
+        None if na == nb => Ok((a, b)),
+        None if na > 12 => Ok((a, b)),
+        None if nb > 12 => Ok((b, a)),
+        None => Err(NormaliseError::DateAmbiguous),
+    }
+}
+
+/// A date in ISO form (`YYYY-MM-DD`) as a Source that declares its order writes it.
+pub fn date_in(raw: &str, order: Option<DateOrder>) -> Result<String, NormaliseError> {
+    let (y, m, d) = parse_date_in(raw, order)?;
     Ok(format!("{y:04}-{m:02}-{d:02}"))
+}
+
+pub fn date(raw: &str) -> Result<String, NormaliseError> {
+    date_in(raw, None)
 }
 
 fn gender(raw: &str) -> Result<Option<String>, NormaliseError> {
@@ -552,16 +576,28 @@ mod tests {
         for raw in [
             "1980-01-02",
             "19800102",
-            "02/01/1980",
-            "02.01.1980",
             "1980/01/02",
             "1980-01-02T10:00:00Z",
         ] {
             assert_eq!(n("birthDate", raw), Some("1980-01-02".into()), "{raw}");
         }
-        // MM/DD/YYYY only when unambiguous
+        // day and month in either order when only one reading is possible
         assert_eq!(n("birthDate", "12/31/1980"), Some("1980-12-31".into()));
         assert_eq!(n("birthDate", "31/12/1980"), Some("1980-12-31".into()));
+        assert_eq!(n("birthDate", "31.12.1980"), Some("1980-12-31".into()));
+        assert_eq!(n("birthDate", "05/05/1980"), Some("1980-05-05".into()));
+        // never guessed: 1 February or 2 January
+        for raw in ["01/02/1990", "01.02.1990"] {
+            assert_eq!(normalise("birthDate", raw, "FR"), Err(NormaliseError::DateAmbiguous), "{raw}");
+        }
+        // as the Source declares
+        assert_eq!(date_in("01/02/1990", Some(DateOrder::DayMonthYear)).unwrap(), "1990-02-01");
+        assert_eq!(date_in("01.02.1990", Some(DateOrder::MonthDayYear)).unwrap(), "1990-01-02");
+        assert_eq!(date_in("12/31/1990", Some(DateOrder::MonthDayYear)).unwrap(), "1990-12-31");
+        // a declared order is not overruled by the values: 12/31 is no date in DMY
+        assert!(matches!(date_in("12/31/1990", Some(DateOrder::DayMonthYear)), Err(NormaliseError::DateInvalid(_))));
+        // ISO dates have one reading whatever the order
+        assert_eq!(date_in("1990-01-02", Some(DateOrder::MonthDayYear)).unwrap(), "1990-01-02");
         assert_eq!(n("birthDate", "2000-02-29"), Some("2000-02-29".into()));
         assert!(matches!(
             normalise("birthDate", "1900-02-29", "FR"),

@@ -160,7 +160,7 @@ fn blocking_keys_are_stable_strings() {
         &[
             ("givenName", "Jean-Pierre"),
             ("familyName", "Smith"),
-            ("birthDate", "02/01/1980"),
+            ("birthDate", "1980-01-02"),
             ("postcode", "75 001"),
         ],
     );

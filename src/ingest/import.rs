@@ -78,6 +78,9 @@ pub struct ImportSummary {
     pub rejected: usize,
     /// Records of erased people the Source may not send again: not stored.
     pub refused: usize,
+    /// Records whose id the Source delivered before with other content: not stored, the
+    /// first delivery stands.
+    pub conflicts: usize,
     /// `field: code` → how many records failed that way (or, marked kept, carried an invalid
     /// value the Source keeps).
     pub reasons: BTreeMap<String, usize>,
@@ -88,6 +91,7 @@ impl std::fmt::Display for ImportSummary {
         writeln!(f, "accepted:   {}", self.accepted)?;
         writeln!(f, "duplicates: {}", self.duplicates)?;
         writeln!(f, "refused:    {} (erased people, not stored)", self.refused)?;
+        writeln!(f, "conflicts:  {} (id delivered before with other content, not stored)", self.conflicts)?;
         write!(f, "rejected:   {} (kept in quarantine)", self.rejected)?;
         for (reason, n) in &self.reasons {
             write!(f, "\n  {n:>8}  {reason}")?;
@@ -169,6 +173,7 @@ pub async fn import_file(
                     }
                 }
                 Admission::Refused(_) => summary.refused += 1,
+                Admission::Conflict(_) => summary.conflicts += 1,
             }
         }
         done += size;

@@ -6,10 +6,13 @@ use serde_json::Value;
 
 use crate::crd::source::{InvalidValuePolicy, MAX_VALUE_CHARS};
 use crate::identity::limits::{LengthLimits, MAX_RECORD_ID_CHARS, longer_than};
-use crate::identity::normalise::{NormaliseFlags, normalise_with};
+use crate::identity::normalise::{NormaliseFlags, date_in, normalise_with};
 use crate::identity::CanonicalRecord;
 use crate::pipeline::NamedSource;
-use crate::store::{Arrival, FieldError, Payload};
+use crate::store::{Arrival, FieldError, Payload, fingerprint};
+
+/// The attribute whose slash and dot dates a Source's `dateOrder` reads.
+const BIRTH_DATE: &str = "birthDate";
 
 /// Code of a value longer than its limit.
 const TOO_LONG: &str = "tooLong";
@@ -135,10 +138,21 @@ pub fn map_record(
         };
         let max = limits.max_chars(&m.to);
         // the length first: normalising and matching a value cost more the longer it is
+        // a declared date order is applied here, once: the record carries the ISO date, which
+        // reads the same everywhere after
+        let declared_order = spec.date_order.filter(|_| m.to == BIRTH_DATE);
         let issue = if longer_than(&raw, max) {
             too_long(&m.to, &m.from, &raw, max)
         } else {
-            match normalise_with(&m.to, &raw, region, flags) {
+            let normalised = match declared_order {
+                Some(order) => date_in(&raw, Some(order)).map(Some),
+                None => normalise_with(&m.to, &raw, region, flags),
+            };
+            match normalised {
+                Ok(Some(iso)) if declared_order.is_some() => {
+                    attributes.insert(m.to.clone(), iso);
+                    continue;
+                }
                 Ok(Some(_)) => {
                     attributes.insert(m.to.clone(), raw);
                     continue;
@@ -197,11 +211,14 @@ pub fn arrivals(
     payloads
         .into_iter()
         .zip(identifiers)
-        .map(|(payload, identifiers)| match map_record(source, flags, &payload, received_at_ms) {
-            Ok(mapped) => (Arrival { identifiers, payload: Payload::Record(mapped.record) }, mapped.warnings),
-            Err(errors) => {
-                let invalid = Payload::Invalid { source: source.name.clone(), payload, errors: errors.clone() };
-                (Arrival { identifiers, payload: invalid }, errors)
+        .map(|(payload, identifiers)| {
+            let fingerprint = fingerprint(&source.name, &payload);
+            match map_record(source, flags, &payload, received_at_ms) {
+                Ok(mapped) => (Arrival { identifiers, fingerprint, payload: Payload::Record(mapped.record) }, mapped.warnings),
+                Err(errors) => {
+                    let invalid = Payload::Invalid { source: source.name.clone(), payload, errors: errors.clone() };
+                    (Arrival { identifiers, fingerprint, payload: invalid }, errors)
+                }
             }
         })
         .unzip()
@@ -235,7 +252,7 @@ pub fn row_to_json(headers: &[String], row: &csv::StringRecord) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::source::{Delivery, FieldMapping, SourceSpec, ValidationRules};
+    use crate::crd::source::{DateOrder, Delivery, FieldMapping, SourceSpec, ValidationRules};
 
     /// When the test records arrive: 2025-03-02T07:20:00Z.
     const RECEIVED: i64 = 1_740_900_000_000;
@@ -263,6 +280,7 @@ mod tests {
                     max_length: BTreeMap::new(),
                 },
                 default_phone_region: Some("FR".into()),
+                date_order: None,
                 trust_rank: 10,
                 privacy: Default::default(),
             },
@@ -302,6 +320,27 @@ mod tests {
         let (code, message) = refused("yesterday");
         assert_eq!(code, "invalid");
         assert!(message.contains("RFC 3339"), "{message}");
+    }
+
+    #[test]
+    fn a_source_declares_its_date_order_and_ambiguous_dates_are_never_guessed() {
+        let born = |order: Option<DateOrder>, value: &str| {
+            let mut source = source();
+            source.spec.date_order = order;
+            let payload = serde_json::json!({"id": 1, "card": 7, "c": {"email": "ann@example.com", "born": value}});
+            map_record(&source, NormaliseFlags::default(), &payload, RECEIVED)
+                .map(|m| m.record.attributes[BIRTH_DATE].clone())
+                .map_err(|errors| errors.iter().map(|e| format!("{} {}: {}", e.field, e.code, e.message)).collect::<Vec<_>>())
+        };
+        assert_eq!(born(Some(DateOrder::DayMonthYear), "01/02/1990").unwrap(), "1990-02-01");
+        assert_eq!(born(Some(DateOrder::MonthDayYear), "01/02/1990").unwrap(), "1990-01-02");
+        assert_eq!(born(Some(DateOrder::MonthDayYear), "12/31/1990").unwrap(), "1990-12-31");
+        let refused = born(None, "01/02/1990").unwrap_err();
+        assert!(refused[0].starts_with("birthDate invalid") && refused[0].contains("dateOrder"), "{refused:?}");
+        // the declared order holds: 12/31 is no day-first date
+        assert!(born(Some(DateOrder::DayMonthYear), "12/31/1990").is_err());
+        // undeclared, a date with one possible reading is read, as sent
+        assert_eq!(born(None, "12/31/1990").unwrap(), "12/31/1990");
     }
 
     #[test]

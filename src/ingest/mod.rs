@@ -135,6 +135,10 @@ struct RejectedRecord {
 /// and of a response whose every rejected record was refused so.
 pub const ERASED_SUBJECT: &str = "erasedSubject";
 pub const ERASED_SUBJECT_ERROR: &str = "erased_subject";
+/// Code of a record whose event id its Source delivered before with other content (on the
+/// Source's eventIdField), and of a response whose every rejected record is one.
+pub const EVENT_ID_CONFLICT: &str = "eventIdConflict";
+pub const EVENT_ID_CONFLICT_ERROR: &str = "event_id_conflict";
 
 /// Split the body into payloads by Content-Type: one JSON object, a JSON array, or NDJSON.
 fn payloads(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
@@ -199,6 +203,7 @@ fn authenticate<'a>(state: &'a IngestState, source: &str, headers: &HeaderMap) -
     responses(
         (status = 202, body = Accepted, description = "Durably queued"),
         (status = 422, body = PartlyRefused, description = "Some records invalid (quarantined) or of an erased person (refused)"),
+        (status = 409, body = PartlyRefused, description = "Every record not taken reuses an event id delivered before with other content"),
         (status = 400, body = ops::ErrorBody, description = "Not JSON, or no record"),
         (status = 401, body = ops::ErrorBody, description = "No key, or an unknown one"),
         (status = 403, body = ops::ErrorBody, description = "Another Source's key"),
@@ -227,6 +232,7 @@ async fn receive(
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     let mut refused = 0;
+    let mut conflicts = 0;
     for (index, (admission, notes)) in state.store.admit(arrivals).await?.into_iter().zip(notes).enumerate() {
         match admission {
             Admission::Queued(enqueued) => accepted.push(AcceptedRecord { index, enqueued, warnings: notes }),
@@ -244,6 +250,16 @@ async fn receive(
                     .collect();
                 rejected.push(RejectedRecord { index, quarantine_id: None, errors });
             }
+            Admission::Conflict(first) => {
+                // the first delivery stands; taking this one silently would lose it
+                conflicts += 1;
+                let field = intake.source.spec.event_id_field.clone();
+                let message = format!(
+                    "this event id was delivered before with other content (intake id {first}), which stands; \
+                     send a new event with an id of its own"
+                );
+                rejected.push(RejectedRecord { index, quarantine_id: None, errors: vec![FieldError { field, code: EVENT_ID_CONFLICT.into(), message }] });
+            }
         }
     }
     let count = |outcome: &str, n: usize| {
@@ -257,7 +273,8 @@ async fn receive(
     count("accepted", accepted.len() - duplicates);
     count("duplicate", duplicates);
     count("refused", refused);
-    count("rejected", rejected.len() - refused);
+    count("conflict", conflicts);
+    count("rejected", rejected.len() - refused - conflicts);
     tracing::debug!(%source, accepted = accepted.len(), duplicates, rejected = rejected.len(), "intake");
     if rejected.is_empty() {
         return Ok((StatusCode::ACCEPTED, Json(Accepted { accepted, duplicates })).into_response());
@@ -265,16 +282,26 @@ async fn receive(
     // valid records of a mixed batch are queued all the same: resending the whole batch is
     // safe, the queued ones are absorbed as duplicates
     let details = rejected.iter().map(|r| serde_json::to_value(r).expect("serialises")).collect();
-    let (code, message) = if refused == rejected.len() {
-        (ERASED_SUBJECT_ERROR, format!("{} of {} records belong to an erased person and were refused", rejected.len(), total))
+    let quarantined = rejected.len() - refused - conflicts;
+    let (status, code, message) = if conflicts == rejected.len() {
+        let message = format!("{conflicts} of {total} records reuse an event id delivered before with other content and were not taken");
+        (StatusCode::CONFLICT, EVENT_ID_CONFLICT_ERROR, message)
+    } else if refused == rejected.len() {
+        let message = format!("{refused} of {total} records belong to an erased person and were refused");
+        (StatusCode::UNPROCESSABLE_ENTITY, ERASED_SUBJECT_ERROR, message)
     } else {
-        let quarantined = rejected.len() - refused;
-        let message = format!("{quarantined} of {total} records are invalid and were quarantined");
-        ("validation_failed", if refused == 0 { message } else { format!("{message}; {refused} refused (erased person)") })
+        let mut message = format!("{quarantined} of {total} records are invalid and were quarantined");
+        if refused > 0 {
+            message.push_str(&format!("; {refused} refused (erased person)"));
+        }
+        if conflicts > 0 {
+            message.push_str(&format!("; {conflicts} not taken (event id delivered before with other content)"));
+        }
+        (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
     };
-    let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).with_details(details);
+    let error = ApiError::new(status, code, message).with_details(details);
     let body = PartlyRefused { error: ops::ErrorBody::from(error).error, accepted };
-    Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response())
+    Ok((status, Json(body)).into_response())
 }
 
 /// `cdp ingest`.

@@ -26,9 +26,17 @@ impl BatchSizer {
 
     /// Records to claim next: as many as the budget holds at the recent pace, 1 to `max`.
     pub fn next(&self) -> usize {
+        self.next_within(self.budget)
+    }
+
+    /// Records to claim next under a tighter `budget` than the worker's own (never a looser
+    /// one): while intake waits for the same writer, a batch must not keep it waiting long.
+    pub fn next_within(&self, budget: Duration) -> usize {
+        let budget = budget.min(self.budget);
         match self.per_record_ns.load(Ordering::Relaxed) {
-            0 => FIRST_BATCH.min(self.max),
-            per_record => ((self.budget.as_nanos() / u128::from(per_record)) as usize).clamp(1, self.max),
+            // untimed yet: the first batch's size, in proportion to the budget
+            0 => ((FIRST_BATCH as u128 * budget.as_nanos() / self.budget.as_nanos().max(1)) as usize).clamp(1, self.max),
+            per_record => ((budget.as_nanos() / u128::from(per_record)) as usize).clamp(1, self.max),
         }
     }
 
@@ -50,6 +58,16 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_tighter_budget_claims_fewer_records_and_a_looser_one_no_more() {
+        let sizer = BatchSizer::new(250 * MS, 4096);
+        assert_eq!(sizer.next_within(25 * MS), FIRST_BATCH / 10);
+        sizer.observe(1000, 100 * MS); // 100 µs a record
+        assert_eq!(sizer.next(), 2500);
+        assert_eq!(sizer.next_within(20 * MS), 200);
+        assert_eq!(sizer.next_within(Duration::from_secs(5)), 2500);
+    }
 
     #[test]
     fn starts_at_the_first_batch_within_the_maximum() {

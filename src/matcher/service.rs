@@ -65,6 +65,11 @@ pub struct WorkerOptions {
 /// second.
 const BATCH_BUDGET_MS: u64 = 250;
 
+/// Time a batch may take while intake waits for the same writer ([`Store::intake_shares_writer`]):
+/// a touchpoint's `202` waits for at most about one batch. Shorter batches cost the matcher
+/// commits, only while intake is active.
+const INTAKE_FIRST_BUDGET: Duration = Duration::from_millis(20);
+
 impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
@@ -106,7 +111,11 @@ impl Worker {
     pub async fn step(&self) -> Result<usize, StoreError> {
         let work = self.metrics.meters.matcher.start();
         let started = std::time::Instant::now();
-        let limit = self.sizer.next() as i64;
+        let limit = if self.store.intake_shares_writer() {
+            self.sizer.next_within(INTAKE_FIRST_BUDGET)
+        } else {
+            self.sizer.next()
+        } as i64;
         let (items, results) = claim_and_resolve(&self.store, &self.resolver, &self.name, limit, self.options.lease).await?;
         if items.is_empty() {
             return Ok(0);

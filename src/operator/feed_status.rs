@@ -94,19 +94,7 @@ mod tests {
     use crate::scaling::load::FeedLoad;
 
     fn report(at_ms: i64, feeds: Vec<FeedLoad>) -> LoadReport {
-        LoadReport {
-            workload: Workload::Feeds,
-            replica: format!("r{at_ms}"),
-            at_ms,
-            window_seconds: 30.0,
-            arrival_per_second: 0.0,
-            processed_per_second: 0.0,
-            busy_fraction: 0.0,
-            backlog: 0,
-            oldest_backlog_seconds: 0.0,
-            feeds,
-            kafka: vec![],
-        }
+        LoadReport { feeds, ..LoadReport::idle(Workload::Feeds, &format!("r{at_ms}"), at_ms) }
     }
 
     fn feed(name: &str, lag: u64, delivered: f64, failures: u64, error: Option<&str>) -> FeedLoad {

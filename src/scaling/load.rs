@@ -36,6 +36,25 @@ pub struct LoadReport {
     pub kafka: Vec<KafkaSourceLoad>,
 }
 
+impl LoadReport {
+    /// A report of no load at all, to fill in from.
+    pub fn idle(workload: Workload, replica: &str, at_ms: i64) -> LoadReport {
+        LoadReport {
+            workload,
+            replica: replica.to_string(),
+            at_ms,
+            window_seconds: 30.0,
+            arrival_per_second: 0.0,
+            processed_per_second: 0.0,
+            busy_fraction: 0.0,
+            backlog: 0,
+            oldest_backlog_seconds: 0.0,
+            feeds: Vec::new(),
+            kafka: Vec::new(),
+        }
+    }
+}
+
 /// One Kafka Source as one intake replica consumes it, copied by the operator into the
 /// Source's status and read by the scaler (the ingest workload never runs more replicas than
 /// the topic has partitions).

@@ -28,7 +28,20 @@ pub struct Arrival {
     /// Keyed hashes of its identifiers → attribute: a payload carrying one on the suppression
     /// list is refused (empty: nothing to check).
     pub identifiers: BTreeMap<String, String>,
+    /// The [`fingerprint`] of the payload as delivered.
+    pub fingerprint: String,
     pub payload: Payload,
+}
+
+/// A digest of a payload as its source delivered it: the same payload re-sent has the same
+/// one, whatever its fields' order. It tells a redelivery from other content sent under an
+/// event id already used, and keeps a re-sent invalid payload once in quarantine. 128 bits of
+/// SHA-256: the payload cannot be read back from it.
+pub fn fingerprint(source: &str, payload: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    // serde_json's maps are sorted, so the text does not depend on the order fields came in
+    let digest = Sha256::new().chain_update(source).chain_update([0]).chain_update(payload.to_string()).finalize();
+    hex::encode(&digest[..16])
 }
 
 #[derive(Debug)]
@@ -46,6 +59,9 @@ pub enum Admission {
     Quarantined(i64),
     /// It carries identifiers of an erased person (these attributes): not stored at all.
     Refused(Vec<String>),
+    /// Its source sent its event id before with other content (the intake id of that first
+    /// delivery, which stands): not stored.
+    Conflict(i64),
 }
 
 /// A request waiting for the committer.
@@ -154,16 +170,18 @@ impl WriteTx {
         let hashes: BTreeSet<String> = arrivals.iter().flat_map(|a| a.identifiers.keys().cloned()).collect();
         let suppressed = self.suppressed(&hashes).await?;
         let refusals: Vec<Vec<String>> = arrivals.iter().map(|a| refused(&a.identifiers, &suppressed)).collect();
-        let admitted = || arrivals.iter().zip(&refusals).filter(|(_, r)| r.is_empty()).map(|(a, _)| &a.payload);
-        let records: Vec<&CanonicalRecord> = admitted()
-            .filter_map(|p| match p {
-                Payload::Record(r) => Some(r),
+        let admitted = || arrivals.iter().zip(&refusals).filter(|(_, r)| r.is_empty()).map(|(a, _)| *a);
+        let records: Vec<(&CanonicalRecord, Option<&str>)> = admitted()
+            .filter_map(|a| match &a.payload {
+                Payload::Record(r) => Some((r, Some(a.fingerprint.as_str()))),
                 Payload::Invalid { .. } => None,
             })
             .collect();
         let invalid: Vec<NewQuarantine> = admitted()
-            .filter_map(|p| match p {
-                Payload::Invalid { source, payload, errors } => Some(NewQuarantine { source, payload, errors }),
+            .filter_map(|a| match &a.payload {
+                Payload::Invalid { source, payload, errors } => {
+                    Some(NewQuarantine { source, payload, errors, fingerprint: &a.fingerprint })
+                }
                 Payload::Record(_) => None,
             })
             .collect();
@@ -171,7 +189,10 @@ impl WriteTx {
         let mut quarantined = self.quarantine(&invalid, now).await?.into_iter();
         let admissions = arrivals.iter().zip(refusals).map(|(a, refused)| match &a.payload {
             _ if !refused.is_empty() => Admission::Refused(refused),
-            Payload::Record(_) => Admission::Queued(queued.next().expect("one answer per record")),
+            Payload::Record(_) => match queued.next().expect("one answer per record") {
+                enqueued if enqueued.conflict => Admission::Conflict(enqueued.intake_id),
+                enqueued => Admission::Queued(enqueued),
+            },
             Payload::Invalid { .. } => Admission::Quarantined(quarantined.next().expect("one id per entry")),
         });
         Ok(admissions.collect())
@@ -188,6 +209,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let queue = self.intake.as_ref().ok_or(StoreError::CommitterStopped)?;
+        self.intake_seen_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         queue.send(Request { arrivals, reply }).await.map_err(|_| StoreError::CommitterStopped)?;
         answer.await.map_err(|_| StoreError::CommitterStopped)?
@@ -201,6 +223,7 @@ mod tests {
     fn request(records: usize) -> Request {
         let arrival = || Arrival {
             identifiers: BTreeMap::new(),
+            fingerprint: String::new(),
             payload: Payload::Invalid { source: "s".into(), payload: serde_json::Value::Null, errors: Vec::new() },
         };
         Request { arrivals: (0..records).map(|_| arrival()).collect(), reply: oneshot::channel().0 }

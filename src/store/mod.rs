@@ -16,6 +16,7 @@ mod write;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ use tokio::sync::Notify;
 use crate::identity::CanonicalRecord;
 
 pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgress, NewDelivery, RetryOutcome};
-pub use intake::{Admission, Arrival, Payload};
+pub use intake::{Admission, Arrival, Payload, fingerprint};
 pub use load::IntakeLoad;
 pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
 pub use write::{GoldenUpdate, HeldRecord, KeyProfiles, NewProfile, NewRecord, NewReview, WriteTx};
@@ -130,7 +131,13 @@ pub struct Store {
     /// Hands intake to this store's group committer ([`Store::admit`]). `None` only in the
     /// committer's own handle: a sender there would keep the committer waiting forever.
     intake: Option<intake::Queue>,
+    /// When intake last handed records to the committer, Unix milliseconds
+    /// ([`Store::intake_shares_writer`]).
+    intake_seen_ms: Arc<AtomicI64>,
 }
+
+/// How long after its last records intake counts as active for [`Store::intake_shares_writer`].
+const INTAKE_ACTIVE_MS: i64 = 2_000;
 
 /// Outcome of enqueuing one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -139,6 +146,10 @@ pub struct Enqueued {
     pub intake_id: i64,
     /// The source already delivered this record id: absorbed, not queued again.
     pub duplicate: bool,
+    /// A duplicate whose payload differs from the one delivered first under its id: not
+    /// stored, the first delivery stands ([`Admission::Conflict`] at intake).
+    #[serde(skip)]
+    pub conflict: bool,
 }
 
 /// A claimed unit of matcher work.
@@ -447,6 +458,7 @@ impl Store {
             listener: Arc::new(tokio::sync::OnceCell::new()),
             writer: Arc::new(tokio::sync::Mutex::new(())),
             intake: None,
+            intake_seen_ms: Arc::new(AtomicI64::new(0)),
         };
         match backend {
             Backend::Sqlite => sqlite::spawn_checkpointer(store.pool.clone(), store.writer.clone()),
@@ -457,6 +469,13 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether intake took records in the last seconds and waits for the same one writer as
+    /// the matcher (SQLite, in this process): matcher batches then stay short, so that a
+    /// touchpoint's `202` never waits behind a long one.
+    pub fn intake_shares_writer(&self) -> bool {
+        self.backend == Backend::Sqlite && now_ms() - self.intake_seen_ms.load(Ordering::Relaxed) < INTAKE_ACTIVE_MS
     }
 
     pub async fn close(&self) {
@@ -486,7 +505,7 @@ impl Store {
     /// source + record id) are absorbed. Intake goes through [`Store::admit`] instead.
     pub async fn enqueue(&self, records: &[CanonicalRecord]) -> Result<Vec<Enqueued>> {
         let mut tx = self.begin().await?;
-        let out = tx.enqueue(&records.iter().collect::<Vec<_>>(), now_ms()).await?;
+        let out = tx.enqueue(&records.iter().map(|r| (r, None)).collect::<Vec<_>>(), now_ms()).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -494,7 +513,8 @@ impl Store {
     /// Keep an invalid record with every reason it failed.
     pub async fn quarantine(&self, source: &str, payload: &serde_json::Value, errors: &[FieldError]) -> Result<i64> {
         let mut tx = self.begin().await?;
-        let ids = tx.quarantine(&[NewQuarantine { source, payload, errors }], now_ms()).await?;
+        let fingerprint = intake::fingerprint(source, payload);
+        let ids = tx.quarantine(&[NewQuarantine { source, payload, errors, fingerprint: &fingerprint }], now_ms()).await?;
         tx.commit().await?;
         Ok(ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)?)
     }
@@ -531,19 +551,24 @@ impl Store {
     /// admits it, and the entry removed) or still fails (`Err(errors)` stored in its place).
     /// One transaction. `identifiers` are the keyed hashes of the payload's identifiers
     /// ([`Arrival::identifiers`]): a replay is a record arriving now, so one of an erased
-    /// person is refused, and its entry removed all the same.
+    /// person is refused, and its entry removed all the same. A record whose event id its
+    /// source has since used for other content ([`Admission::Conflict`]) keeps its entry.
     pub async fn replay_quarantined(
         &self,
-        id: i64,
+        entry: &QuarantineEntry,
         outcome: std::result::Result<CanonicalRecord, Vec<FieldError>>,
         identifiers: BTreeMap<String, String>,
     ) -> Result<Option<Admission>> {
+        let id = entry.id;
         let mut tx = self.begin().await?;
         let admission = match outcome {
             Ok(record) => {
-                let arrival = Arrival { identifiers, payload: Payload::Record(record) };
+                let fingerprint = intake::fingerprint(&entry.source, &entry.payload);
+                let arrival = Arrival { identifiers, fingerprint, payload: Payload::Record(record) };
                 let admission = tx.admit(&[&arrival], now_ms()).await?.pop();
-                tx.delete_quarantined(id).await?;
+                if !matches!(admission, Some(Admission::Conflict(_))) {
+                    tx.delete_quarantined(id).await?;
+                }
                 admission
             }
             Err(errors) => {

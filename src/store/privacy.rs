@@ -402,7 +402,7 @@ impl WriteTx {
     }
 
     /// Remove source records with their match keys, term counts, review items and never-merge
-    /// pairs.
+    /// pairs, and the payload digests of their intake rows.
     pub async fn delete_records(&mut self, records: &[i64], removed: &mut Removed) -> Result<()> {
         if records.is_empty() {
             return Ok(());
@@ -418,6 +418,9 @@ impl WriteTx {
         removed.match_keys += self.execute_with_ids(keys, &ids).await?;
         let rows = format!("DELETE FROM source_records WHERE {}", b.in_ids("id", 1));
         removed.records += self.execute_with_ids(rows, &ids).await?;
+        // a record's id is its intake row's: the digest of what it held goes with it
+        let digests = format!("UPDATE intake SET fingerprint = NULL WHERE {}", b.in_ids("id", 1));
+        self.execute_with_ids(digests, &ids).await?;
         Ok(())
     }
 
@@ -502,7 +505,8 @@ impl WriteTx {
             return Ok(true);
         }
         let sql = format!(
-            "UPDATE intake SET state = 'erased', record = NULL WHERE state = 'queued' AND claimed_by IS NULL AND {}",
+            "UPDATE intake SET state = 'erased', record = NULL, fingerprint = NULL
+             WHERE state = 'queued' AND claimed_by IS NULL AND {}",
             self.backend.in_ids("id", 1)
         );
         let dropped = self.execute_with_ids(sql, &json_ids(ids)).await?;

@@ -191,10 +191,16 @@ struct IntakeRow<'a> {
     source_record_id: &'a str,
     received_at_ms: i64,
     record: String,
+    fingerprint: Option<&'a str>,
 }
 
-const INTAKE_COLUMNS: &[(&str, &str)] =
-    &[("source", "text"), ("source_record_id", "text"), ("received_at_ms", "bigint"), ("record", "text")];
+const INTAKE_COLUMNS: &[(&str, &str)] = &[
+    ("source", "text"),
+    ("source_record_id", "text"),
+    ("received_at_ms", "bigint"),
+    ("record", "text"),
+    ("fingerprint", "text"),
+];
 
 /// A record named for its source (unique in the intake queue).
 #[derive(serde::Serialize)]
@@ -214,6 +220,9 @@ pub(super) struct NewQuarantine<'a> {
     pub(super) source: &'a str,
     pub(super) payload: &'a serde_json::Value,
     pub(super) errors: &'a [FieldError],
+    /// The payload's [`super::fingerprint`]: a payload re-sent while its entry is kept is
+    /// that entry, not a new one.
+    pub(super) fingerprint: &'a str,
 }
 
 /// A quarantine row, keyed by column for [`WriteTx::quarantine`].
@@ -223,10 +232,16 @@ struct QuarantineRow<'a> {
     received_at_ms: i64,
     payload: String,
     errors: String,
+    fingerprint: &'a str,
 }
 
-const QUARANTINE_COLUMNS: &[(&str, &str)] =
-    &[("source", "text"), ("received_at_ms", "bigint"), ("payload", "text"), ("errors", "text")];
+const QUARANTINE_COLUMNS: &[(&str, &str)] = &[
+    ("source", "text"),
+    ("received_at_ms", "bigint"),
+    ("payload", "text"),
+    ("errors", "text"),
+    ("fingerprint", "text"),
+];
 
 /// For each key, the position of its first occurrence: a redelivery inside one batch is
 /// absorbed by the earlier copy.
@@ -236,6 +251,20 @@ fn first_occurrences<K: Ord + Copy>(keys: &[K]) -> Vec<usize> {
 }
 
 /// `(source, source_record_id) → id` of rows returning those three columns.
+/// A quarantined payload named for its source.
+#[derive(serde::Serialize)]
+struct QuarantineKey<'a> {
+    source: &'a str,
+    fingerprint: &'a str,
+}
+
+const QUARANTINE_KEY_COLUMNS: &[(&str, &str)] = &[("source", "text"), ("fingerprint", "text")];
+
+/// Quarantine entry ids by source and payload fingerprint.
+fn quarantine_ids(found: Vec<sqlx::any::AnyRow>) -> Result<BTreeMap<(String, String), i64>> {
+    found.iter().map(|r| Ok(((r.try_get("source")?, r.try_get("fingerprint")?), r.try_get("id")?))).collect()
+}
+
 fn keyed_ids(found: Vec<sqlx::any::AnyRow>) -> Result<BTreeMap<(String, String), i64>> {
     found.iter().map(|r| Ok(((r.try_get("source")?, r.try_get("source_record_id")?), r.try_get("id")?))).collect()
 }
@@ -391,20 +420,22 @@ impl WriteTx {
         Ok(out)
     }
 
-    /// Queue records, in order, in multi-row statements. A redelivery (same
-    /// source + record id, already queued or earlier in `records`) is absorbed: reported as a
-    /// duplicate with the id of the copy that was queued.
-    pub(super) async fn enqueue(&mut self, records: &[&CanonicalRecord], now: i64) -> Result<Vec<Enqueued>> {
+    /// Queue records, in order, in multi-row statements, each with the fingerprint of the
+    /// payload it came from (none: unknown). A redelivery (same source + record id, already
+    /// queued or earlier in `records`) is absorbed: reported as a duplicate with the id of the
+    /// copy that was queued, and as a conflict when both fingerprints are known and differ.
+    pub(super) async fn enqueue(&mut self, records: &[(&CanonicalRecord, Option<&str>)], now: i64) -> Result<Vec<Enqueued>> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<(&str, &str)> = records.iter().map(|r| (r.source.as_str(), r.source_record_id.as_str())).collect();
+        let keys: Vec<(&str, &str)> = records.iter().map(|(r, _)| (r.source.as_str(), r.source_record_id.as_str())).collect();
         let first = first_occurrences(&keys);
         let rows = (0..records.len())
             .filter(|&i| first[i] == i)
             .map(|i| {
                 let (source, source_record_id) = keys[i];
-                Ok(IntakeRow { source, source_record_id, received_at_ms: now, record: serde_json::to_string(records[i])? })
+                let (record, fingerprint) = records[i];
+                Ok(IntakeRow { source, source_record_id, received_at_ms: now, record: serde_json::to_string(record)?, fingerprint })
             })
             .collect::<Result<Vec<_>>>()?;
         let insert = Self::insert_sql("intake", INTAKE_COLUMNS);
@@ -416,51 +447,83 @@ impl WriteTx {
             .filter(|r| !inserted.contains_key(&owned_key(r.source, r.source_record_id)))
             .map(|r| IntakeKey { source: r.source, source_record_id: r.source_record_id })
             .collect();
-        let existing = if absorbed.is_empty() {
-            BTreeMap::new()
-        } else {
+        // the id and fingerprint of each absorbed record's first delivery
+        let mut existing: BTreeMap<(String, String), (i64, Option<String>)> = BTreeMap::new();
+        if !absorbed.is_empty() {
             let sql = |x: &str| {
                 format!(
-                    "SELECT i.id, i.source, i.source_record_id FROM {x} JOIN intake i
+                    "SELECT i.id, i.source, i.source_record_id, i.fingerprint FROM {x} JOIN intake i
                      ON i.source = x.source AND i.source_record_id = x.source_record_id"
                 )
             };
-            keyed_ids(self.over_rows(INTAKE_KEY_COLUMNS, &absorbed, sql).await?)?
-        };
+            for row in self.over_rows(INTAKE_KEY_COLUMNS, &absorbed, sql).await? {
+                let key = (row.try_get("source")?, row.try_get("source_record_id")?);
+                existing.insert(key, (row.try_get("id")?, row.try_get("fingerprint")?));
+            }
+        }
         self.queued |= !inserted.is_empty();
         keys.iter()
             .enumerate()
             .map(|(i, &(source, id))| {
                 let key = owned_key(source, id);
+                let fingerprint = records[i].1;
                 // queue rows are never deleted: a key not inserted now was queued before
-                let intake_id = *inserted.get(&key).or_else(|| existing.get(&key)).ok_or(sqlx::Error::RowNotFound)?;
-                Ok(Enqueued { intake_id, duplicate: first[i] != i || !inserted.contains_key(&key) })
+                let (intake_id, first_fingerprint) = match (inserted.get(&key), existing.get(&key)) {
+                    (Some(&intake_id), _) => (intake_id, records[first[i]].1),
+                    (None, Some((intake_id, stored))) => (*intake_id, stored.as_deref()),
+                    (None, None) => return Err(sqlx::Error::RowNotFound.into()),
+                };
+                let duplicate = first[i] != i || !inserted.contains_key(&key);
+                let conflict = duplicate && matches!((fingerprint, first_fingerprint), (Some(a), Some(b)) if a != b);
+                Ok(Enqueued { intake_id, duplicate, conflict })
             })
             .collect()
     }
 
-    /// Keep invalid payloads in quarantine; returns their ids, in order.
+    /// Keep invalid payloads in quarantine; returns their ids, in order. A payload its source
+    /// sent before, whose entry is still kept (or earlier in `entries`), is that entry: the
+    /// same invalid record re-sent is one entry, however often it comes.
     pub(super) async fn quarantine(&mut self, entries: &[NewQuarantine<'_>], now: i64) -> Result<Vec<i64>> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = entries
-            .iter()
-            .map(|e| {
+        let keys: Vec<(&str, &str)> = entries.iter().map(|e| (e.source, e.fingerprint)).collect();
+        let first = first_occurrences(&keys);
+        let rows = (0..entries.len())
+            .filter(|&i| first[i] == i)
+            .map(|i| {
+                let e = &entries[i];
                 Ok(QuarantineRow {
                     source: e.source,
                     received_at_ms: now,
                     payload: e.payload.to_string(),
                     errors: serde_json::to_string(e.errors)?,
+                    fingerprint: e.fingerprint,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let insert = Self::insert_sql("quarantine", QUARANTINE_COLUMNS);
-        let found = self.over_rows(QUARANTINE_COLUMNS, &rows, |x| format!("{} RETURNING id", insert(x))).await?;
-        // ids are handed out in insert order, which is entry order; RETURNING keeps no order
-        let mut ids = found.iter().map(|r| r.try_get("id")).collect::<std::result::Result<Vec<i64>, _>>()?;
-        ids.sort_unstable();
-        Ok(ids)
+        let sql = |x: &str| format!("{} ON CONFLICT (source, fingerprint) DO NOTHING RETURNING id, source, fingerprint", insert(x));
+        let mut ids = quarantine_ids(self.over_rows(QUARANTINE_COLUMNS, &rows, sql).await?)?;
+        let kept: Vec<QuarantineKey> = rows
+            .iter()
+            .filter(|r| !ids.contains_key(&(r.source.to_string(), r.fingerprint.to_string())))
+            .map(|r| QuarantineKey { source: r.source, fingerprint: r.fingerprint })
+            .collect();
+        if !kept.is_empty() {
+            let sql = |x: &str| {
+                format!(
+                    "SELECT q.id, q.source, q.fingerprint FROM {x} JOIN quarantine q
+                     ON q.source = x.source AND q.fingerprint = x.fingerprint"
+                )
+            };
+            ids.extend(quarantine_ids(self.over_rows(QUARANTINE_KEY_COLUMNS, &kept, sql).await?)?);
+        }
+        keys.iter()
+            .map(|&(source, fingerprint)| {
+                ids.get(&(source.to_string(), fingerprint.to_string())).copied().ok_or_else(|| sqlx::Error::RowNotFound.into())
+            })
+            .collect()
     }
 
     pub(super) async fn delete_quarantined(&mut self, id: i64) -> Result<()> {
