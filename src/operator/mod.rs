@@ -5,6 +5,7 @@ pub mod render;
 mod apply;
 mod controller;
 mod feed_status;
+mod source_status;
 pub mod leader;
 mod members;
 mod metrics;

@@ -19,7 +19,7 @@ use kube::{Api, ResourceExt};
 
 use super::apply::{self, SCALER_MANAGER};
 use super::controller::{Context, PAUSED_ANNOTATION};
-use super::feed_status;
+use super::{feed_status, source_status};
 use super::render;
 use crate::crd::platform::{CustomerDataPlatformStatus, ScaledWorkloadStatus, ScalingStatus};
 use crate::crd::scaling::ScalingMode;
@@ -161,7 +161,13 @@ async fn scale_platform(ctx: &Context, platform: &CustomerDataPlatform) -> Resul
     // Delivery figures go to the Feeds whatever the scaling mode.
     let feeds_load = fetch_load(ctx, &namespace, &name, Workload::Feeds).await?;
     feed_status::copy_feed_figures(ctx, &namespace, &name, &feeds_load).await?;
-    let mut fetched = HashMap::from([(Workload::Feeds, feeds_load)]);
+    // And the consumers' figures to the Kafka Sources.
+    let ingest_load = fetch_load(ctx, &namespace, &name, Workload::Ingest).await?;
+    let consumers = source_status::consumer_figures(&ingest_load);
+    let sources = source_status::platform_sources(ctx, &namespace, &name).await?;
+    source_status::copy_consumer_figures(ctx, &sources, &consumers).await?;
+    let kafka_only = !sources.is_empty() && sources.iter().all(|s| s.spec.delivery.kafka.is_some());
+    let mut fetched = HashMap::from([(Workload::Feeds, feeds_load), (Workload::Ingest, ingest_load)]);
     let previous = platform.status.as_ref().and_then(|s| s.scaling.clone()).unwrap_or_default();
     let effective = match effective {
         Ok(effective) => effective,
@@ -194,12 +200,18 @@ async fn scale_platform(ctx: &Context, platform: &CustomerDataPlatform) -> Resul
             Some(reports) => reports,
             None => fetch_load(ctx, &namespace, &name, workload).await?,
         };
+        let mut policy = effective.workload(workload);
+        let partitions = (workload == Workload::Ingest).then(|| source_status::partition_bound(&consumers, kafka_only)).flatten();
+        let bound_by_partitions = partitions.filter(|&p| p < policy.max_replicas);
+        if let Some(partitions) = bound_by_partitions {
+            policy.max_replicas = partitions;
+        }
         let input = DecisionInput {
             workload,
             now,
             current_replicas: current.max(0) as u32,
             load: observe(&reports),
-            policy: effective.workload(workload),
+            policy,
             floor: floor
                 .as_ref()
                 .map(|f| PeakFloor { window: f.name.clone(), replicas: f.floors.get(workload) })
@@ -208,7 +220,12 @@ async fn scale_platform(ctx: &Context, platform: &CustomerDataPlatform) -> Resul
         };
         let key = (namespace.clone(), name.clone(), workload);
         let state = ctx.scaler.memory.lock().unwrap_or_else(PoisonError::into_inner).remove(&key).unwrap_or_default();
-        let (decision, state) = decide(&input, state);
+        let (mut decision, state) = decide(&input, state);
+        if let Some(partitions) = bound_by_partitions.filter(|&p| decision.desired_replicas >= p) {
+            decision.reason.push_str(&format!(
+                "; the Kafka topics have at most {partitions} partitions: more intake replicas would idle"
+            ));
+        }
         ctx.scaler.memory.lock().unwrap_or_else(PoisonError::into_inner).insert(key, state);
         if decision.change != Change::Hold {
             set_replicas(&deployments, &object, decision.desired_replicas).await?;
@@ -293,7 +310,9 @@ pub fn observe(reports: &[LoadReport]) -> Option<LoadObservation> {
         arrival_rate: reports.iter().map(|r| r.arrival_per_second).fold(0.0, f64::max),
         processed_rate: reports.iter().map(|r| r.processed_per_second).sum(),
         busy_fraction: reports.iter().map(|r| r.busy_fraction).sum::<f64>() / n,
-        backlog: reports.iter().map(|r| r.backlog).max().unwrap_or(0),
+        // Kafka lag is each replica's own partitions': it adds up
+        backlog: reports.iter().map(|r| r.backlog).max().unwrap_or(0)
+            + source_status::consumer_figures(reports).values().map(|c| c.lag.max(0) as u64).sum::<u64>(),
         ready_replicas: reports.len() as u32,
     })
 }
