@@ -117,6 +117,7 @@ pub fn load_report(replica: &str, before: &Sample, now: &Sample) -> LoadReport {
         backlog: 0,
         oldest_backlog_seconds: 0.0,
         feeds: Vec::new(),
+        kafka: Vec::new(),
     };
     let mut busy_ms = 0;
     for (name, (counters, backlog)) in &now.feeds {

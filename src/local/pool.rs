@@ -169,6 +169,7 @@ mod tests {
             backlog: 7,
             oldest_backlog_seconds: 1.0,
             feeds: vec![],
+            kafka: vec![],
         };
         let seen = pool_observation(&report, 3).unwrap();
         assert_eq!(seen.observed_at.as_millisecond(), 1_700_000_000_000);

@@ -105,6 +105,7 @@ mod tests {
             backlog: 0,
             oldest_backlog_seconds: 0.0,
             feeds,
+            kafka: vec![],
         }
     }
 

@@ -351,6 +351,7 @@ mod tests {
             backlog,
             oldest_backlog_seconds: 0.0,
             feeds: vec![],
+            kafka: vec![],
         }
     }
 

@@ -31,6 +31,38 @@ pub struct LoadReport {
     /// Per-feed figures (feeds workload only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feeds: Vec<FeedLoad>,
+    /// Per-Source figures of this replica's Kafka consumers (ingest workload only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kafka: Vec<KafkaSourceLoad>,
+}
+
+/// One Kafka Source as one intake replica consumes it, copied by the operator into the
+/// Source's status and read by the scaler (the ingest workload never runs more replicas than
+/// the topic has partitions).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSourceLoad {
+    /// The Source's name.
+    pub source: String,
+    pub topic: String,
+    /// Partitions of the topic (0 while its metadata is unknown).
+    pub partitions: u32,
+    /// The partitions the consumer group gave this replica, with their lag.
+    pub assigned: Vec<PartitionLag>,
+    /// Messages behind the end of the assigned partitions, summed.
+    pub lag: u64,
+    /// Records admitted from the topic per second over the window.
+    pub consumed_per_second: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// How far one assigned partition's committed position is behind its end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionLag {
+    pub partition: i32,
+    pub lag: u64,
 }
 
 /// Delivery figures of one Feed, copied by the operator into the Feed's status.

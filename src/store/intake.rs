@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Enqueued, FieldError, NewQuarantine, Result, Store, StoreError, WriteTx, now_ms};
+use super::{Enqueued, FieldError, MessageOrigin, NewQuarantine, Result, Store, StoreError, WriteTx, now_ms};
 use crate::identity::CanonicalRecord;
 
 /// Records in one group at most (a larger request is a group of its own): bounds the size of a
@@ -35,8 +35,8 @@ pub struct Arrival {
 pub enum Payload {
     /// Valid: queued for the matchers.
     Record(CanonicalRecord),
-    /// Invalid: kept in quarantine with every reason it failed.
-    Invalid { source: String, payload: serde_json::Value, errors: Vec<FieldError> },
+    /// Invalid: kept in quarantine with every reason it failed, and the Kafka message it came in.
+    Invalid { source: String, payload: serde_json::Value, errors: Vec<FieldError>, origin: Option<MessageOrigin> },
 }
 
 /// What became of an arrival.
@@ -163,7 +163,9 @@ impl WriteTx {
             .collect();
         let invalid: Vec<NewQuarantine> = admitted()
             .filter_map(|p| match p {
-                Payload::Invalid { source, payload, errors } => Some(NewQuarantine { source, payload, errors }),
+                Payload::Invalid { source, payload, errors, origin } => {
+                    Some(NewQuarantine { source, payload, errors, origin: origin.as_ref() })
+                }
                 Payload::Record(_) => None,
             })
             .collect();
@@ -201,7 +203,7 @@ mod tests {
     fn request(records: usize) -> Request {
         let arrival = || Arrival {
             identifiers: BTreeMap::new(),
-            payload: Payload::Invalid { source: "s".into(), payload: serde_json::Value::Null, errors: Vec::new() },
+            payload: Payload::Invalid { source: "s".into(), payload: serde_json::Value::Null, errors: Vec::new(), origin: None },
         };
         Request { arrivals: (0..records).map(|_| arrival()).collect(), reply: oneshot::channel().0 }
     }

@@ -214,6 +214,7 @@ pub(super) struct NewQuarantine<'a> {
     pub(super) source: &'a str,
     pub(super) payload: &'a serde_json::Value,
     pub(super) errors: &'a [FieldError],
+    pub(super) origin: Option<&'a super::MessageOrigin>,
 }
 
 /// A quarantine row, keyed by column for [`WriteTx::quarantine`].
@@ -223,10 +224,11 @@ struct QuarantineRow<'a> {
     received_at_ms: i64,
     payload: String,
     errors: String,
+    origin: Option<String>,
 }
 
 const QUARANTINE_COLUMNS: &[(&str, &str)] =
-    &[("source", "text"), ("received_at_ms", "bigint"), ("payload", "text"), ("errors", "text")];
+    &[("source", "text"), ("received_at_ms", "bigint"), ("payload", "text"), ("errors", "text"), ("origin", "text")];
 
 /// For each key, the position of its first occurrence: a redelivery inside one batch is
 /// absorbed by the earlier copy.
@@ -452,6 +454,7 @@ impl WriteTx {
                     received_at_ms: now,
                     payload: e.payload.to_string(),
                     errors: serde_json::to_string(e.errors)?,
+                    origin: e.origin.map(serde_json::to_string).transpose()?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
