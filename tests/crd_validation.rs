@@ -327,3 +327,20 @@ fn every_format_is_one_the_api_server_knows() {
         }
     }
 }
+
+#[test]
+fn kafka_sources_name_a_client_key_with_its_certificate() {
+    let mut source = sample("Source", "pos");
+    let secret = |key: &str| json!({"name": "kafka", "key": key});
+    source["spec"]["delivery"] = json!({"kafka": {"topic": "tills", "bootstrapServersSecretRef": secret("servers"),
+        "tls": {"caSecretRef": secret("ca"), "certSecretRef": secret("crt")},
+        "sasl": {"mechanism": "SCRAM-SHA-256", "usernameSecretRef": secret("u"), "passwordSecretRef": secret("p")}}});
+    assert_refused("Source", &source, "tls: set both certSecretRef and keySecretRef, or neither");
+    source["spec"]["delivery"]["kafka"]["tls"]["keySecretRef"] = secret("key");
+    assert_eq!(problems("Source", &source), Vec::<String>::new());
+    source["spec"]["delivery"]["kafka"]["sasl"]["mechanism"] = json!("GSSAPI");
+    assert!(!problems("Source", &source).is_empty(), "only PLAIN and SCRAM are offered");
+    source["spec"]["delivery"]["kafka"]["sasl"]["mechanism"] = json!("PLAIN");
+    source["spec"]["delivery"]["kafka"]["maxInFlight"] = json!(0);
+    assert!(!problems("Source", &source).is_empty(), "at least one message in flight");
+}

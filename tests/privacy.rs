@@ -57,10 +57,9 @@ fn privacy(store: &Store, config: PipelineConfig) -> Privacy {
 /// What intake through `source` of `config` makes of `payload`, as HTTP intake does it.
 async fn admit(store: &Store, config: PipelineConfig, source: &str, payload: Value) -> Admission {
     let named = config.source(source).unwrap().clone();
-    let flags = cdp_operator::ingest::normalise_flags(&config);
-    let identifiers = privacy(store, config).gate(&named, std::slice::from_ref(&payload)).await.unwrap();
-    let (arrivals, _) = cdp_operator::ingest::mapping::arrivals(&named, flags, vec![payload], identifiers, now_ms());
-    store.admit(arrivals).await.unwrap().remove(0)
+    let admitter = cdp_operator::ingest::Admitter::new(&config, store.clone());
+    let received = [cdp_operator::ingest::mapping::Received::from(payload)];
+    admitter.admit(&named, &received, now_ms()).await.unwrap().remove(0).0
 }
 
 async fn consents_newest_statement_wins_with_history(t: TestStore) {

@@ -236,3 +236,49 @@ fn monitoring_peers_may_scrape_every_workload() {
     let from = find(&objects, "NetworkPolicy", "retail-matcher")["spec"]["ingress"][0]["from"].as_array().unwrap().clone();
     assert_eq!(from.len(), 1);
 }
+
+#[test]
+fn a_kafka_source_gets_its_secrets_mounted_and_its_brokers_reachable() {
+    let manifests = pipeline::load_dir(&samples_dir()).unwrap();
+    let platform = &manifests.platforms[0];
+    let mut members = manifests.members_of(platform);
+    let mut tills: cdp_operator::crd::Source = members.sources[0].clone();
+    tills.metadata.name = Some("tills".into());
+    tills.spec.delivery = serde_json::from_value(serde_json::json!({"kafka": {
+        "topic": "till-sales",
+        "bootstrapServersSecretRef": {"name": "kafka", "key": "servers"},
+        "tls": {"caSecretRef": {"name": "kafka", "key": "ca.crt"}},
+        "sasl": {"mechanism": "SCRAM-SHA-512", "usernameSecretRef": {"name": "kafka-user", "key": "username"},
+                 "passwordSecretRef": {"name": "kafka-user", "key": "password"}},
+        "brokerPorts": [9096],
+    }}))
+    .unwrap();
+    members.sources.push(tills);
+    for (name, key) in [("kafka", "servers"), ("kafka", "ca.crt"), ("kafka-user", "username"), ("kafka-user", "password")] {
+        members.secret_keys.insert(cdp_operator::crd::SecretKeyRef { name: name.into(), key: key.into() });
+    }
+    let compiled = pipeline::compile(platform, &members, default_model());
+    assert!(compiled.verdicts.iter().all(|v| v.accepted()), "{:?}", compiled.verdicts);
+    let objects = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists, &render::Images::default())
+        .unwrap()
+        .objects();
+    let ingest = find(&objects, "Deployment", "retail-ingest");
+    let volumes = ingest["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    let projected = volumes.iter().find(|v| v["name"] == "secrets").unwrap()["projected"]["sources"].as_array().unwrap();
+    let mounted: Vec<String> = projected
+        .iter()
+        .flat_map(|s| s["secret"]["items"].as_array().unwrap().iter().map(|i| i["path"].as_str().unwrap().to_string()))
+        .collect();
+    for path in ["kafka/servers", "kafka/ca.crt", "kafka-user/username", "kafka-user/password"] {
+        assert!(mounted.contains(&path.to_string()), "{path} not mounted: {mounted:?}");
+    }
+    let policy = find(&objects, "NetworkPolicy", "retail-ingest");
+    let egress_ports: Vec<i64> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].as_i64().unwrap()))
+        .collect();
+    assert!(egress_ports.contains(&9096), "the brokers' own port: {egress_ports:?}");
+    assert!(!egress_ports.contains(&9092), "only the ports the Source lists: {egress_ports:?}");
+}

@@ -264,6 +264,8 @@ struct LoadState {
     meter: Arc<WorkMeter>,
     metrics: LoadMetrics,
     replica: Arc<str>,
+    /// Intake's Kafka consumers, reported by the ingest workload only.
+    kafka: Option<crate::ingest::kafka::KafkaStatus>,
 }
 
 /// This replica's name in reports: the pod name in a cluster.
@@ -278,12 +280,16 @@ pub fn router<S>(store: Store, metrics: &Metrics, workload: Workload) -> Router<
         meter: metrics.meters.of(workload).clone(),
         metrics: metrics.meters.metrics.clone(),
         replica: replica_name().into(),
+        kafka: (workload == Workload::Ingest).then(|| metrics.kafka.clone()),
     };
     Router::new().route("/v1/load", get(load)).with_state(state)
 }
 
 async fn load(State(state): State<LoadState>) -> Result<Json<LoadReport>, ApiError> {
-    let report = report(&state.store, &state.meter, &state.replica).await?;
+    let mut report = report(&state.store, &state.meter, &state.replica).await?;
+    if let Some(kafka) = &state.kafka {
+        report.kafka = kafka.report();
+    }
     let l = labels(report.workload);
     state.metrics.arrival.get_or_create(&l).set(report.arrival_per_second);
     state.metrics.backlog.get_or_create(&l).set(report.backlog as i64);

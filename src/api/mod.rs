@@ -28,7 +28,7 @@ use self::ops::{ApiError, BearerAuth, Metrics, Secrets, StartError};
 use crate::identity::normalise::{NormaliseFlags, normalise_with};
 use crate::matcher::{MatchError, MergedBy, Resolver, lookup_key};
 use crate::pipeline::PipelineConfig;
-use crate::store::{self, Admission, FieldError, ProfileRow, Store, key_hash, profile_ref};
+use crate::store::{self, Admission, FieldError, MessageOrigin, ProfileRow, Store, key_hash, profile_ref};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ApiArgs {
@@ -215,6 +215,9 @@ pub struct QuarantineView {
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
     pub errors: Vec<FieldError>,
+    /// The Kafka message it was read from (none for HTTP intake and files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<MessageOrigin>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -641,7 +644,14 @@ async fn quarantine_list(State(s): State<ApiState>, headers: HeaderMap, Query(q)
         .quarantined(q.filter.as_deref(), q.after.unwrap_or(0), limit)
         .await?
         .into_iter()
-        .map(|e| QuarantineView { id: e.id, source: e.source, received_at_ms: e.received_at_ms, payload: e.payload, errors: e.errors })
+        .map(|e| QuarantineView {
+            id: e.id,
+            source: e.source,
+            received_at_ms: e.received_at_ms,
+            payload: e.payload,
+            errors: e.errors,
+            origin: e.origin,
+        })
         .collect();
     let next_after = next_after(entries.len(), limit, entries.last().map(|e| e.id));
     Ok(Json(QuarantineList { entries, next_after }))
@@ -672,7 +682,9 @@ async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(i
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "unknown_source", format!("source {:?} is gone", entry.source)))?;
     // validated again with the Source as it is now (the point of a replay after a fix), and
     // checked against the suppression list as any record arriving now
-    let outcome = crate::ingest::mapping::map_record(source, s.flags, &entry.payload, entry.received_at_ms).map(|m| m.record);
+    let fallback_id = crate::ingest::mapping::fallback_event_id(source, entry.origin.as_ref());
+    let outcome = crate::ingest::mapping::map_record_from(source, s.flags, &entry.payload, fallback_id, entry.received_at_ms)
+        .map(|m| m.record);
     let identifiers = crate::privacy::Privacy::new(s.store.clone(), s.config.clone())
         .gate(source, std::slice::from_ref(&entry.payload))
         .await?

@@ -49,6 +49,8 @@ pub enum StartError {
     Platform(#[from] crate::local::PlatformError),
     #[error(transparent)]
     Feeds(#[from] crate::feeds::FeedsError),
+    #[error("source {name}: kafka consumer: {error}")]
+    Kafka { name: String, error: rdkafka::error::KafkaError },
 }
 
 impl StartError {
@@ -64,6 +66,7 @@ impl StartError {
             Self::Import(e) => e.reason(),
             Self::Platform(e) => e.reason(),
             Self::Feeds(e) => e.reason(),
+            Self::Kafka { .. } => "KafkaConsumer",
         }
     }
 }
@@ -263,6 +266,8 @@ pub struct Metrics {
     /// Work measured per scaled workload, for `/v1/load` and the `cdp_load_*` metrics.
     pub meters: super::load::Meters,
     pub feeds: crate::feeds::status::FeedMetrics,
+    /// This replica's Kafka consumers (intake), for `/v1/load` and the `cdp_kafka_*` metrics.
+    pub kafka: crate::ingest::kafka::KafkaStatus,
 }
 
 impl Metrics {
@@ -286,6 +291,7 @@ impl Metrics {
         registry.register("intake_queued", "Records waiting in the intake queue", intake_queued.clone());
         let meters = super::load::Meters::new(super::load::LoadMetrics::register(&mut registry));
         let feeds = crate::feeds::status::FeedMetrics::register(&mut registry);
+        let kafka = crate::ingest::kafka::KafkaStatus::register(&mut registry);
         Arc::new(Metrics {
             registry,
             intake_records,
@@ -298,6 +304,7 @@ impl Metrics {
             intake_queued,
             meters,
             feeds,
+            kafka,
         })
     }
 }

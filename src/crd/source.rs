@@ -67,11 +67,11 @@ impl SourceSpec {
         let d = &self.delivery;
         [
             d.http.as_ref().map(|h| ("spec.delivery.http.authSecretRef", &h.auth_secret_ref)),
-            d.kafka.as_ref().map(|k| ("spec.delivery.kafka.bootstrapServersSecretRef", &k.bootstrap_servers_secret_ref)),
             d.batch.as_ref().map(|b| ("spec.delivery.batch.authSecretRef", &b.auth_secret_ref)),
         ]
         .into_iter()
         .flatten()
+        .chain(d.kafka.iter().flat_map(KafkaDelivery::secret_refs))
         .collect()
     }
 }
@@ -114,6 +114,9 @@ pub struct HttpDelivery {
     pub auth_secret_ref: SecretKeyRef,
 }
 
+/// A Kafka topic intake consumes: each message is one record (a JSON object) or a JSON array
+/// of records, as the HTTP intake takes them. Offsets are committed only once the records
+/// before them are stored (at least once; redeliveries are absorbed by the event id).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaDelivery {
@@ -121,8 +124,127 @@ pub struct KafkaDelivery {
     pub topic: String,
     /// Secret key holding the comma-separated bootstrap servers.
     pub bootstrap_servers_secret_ref: SecretKeyRef,
+    /// The consumer group intake replicas share the topic's partitions in; `<platform>-<source>`
+    /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249))]
     pub consumer_group: Option<String>,
+    /// Where a consumer group with no committed offset starts: `Earliest`, every message the
+    /// topic still holds, or `Latest`, only messages published from then on. A group resumes
+    /// from its committed offsets whatever this says.
+    #[serde(default)]
+    pub auto_offset_reset: AutoOffsetReset,
+    /// Messages read and not yet stored, at most, per intake replica: reading waits at this
+    /// many until the store has taken them, which bounds memory (a message is at most 16 MiB).
+    #[serde(default = "default_max_in_flight")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_in_flight: u32,
+    /// A record without the Source's `eventIdField`: `Quarantine` it, as the HTTP intake does, or
+    /// take its message's `Coordinates` as its id (`topic/partition/offset`, and `/index` for a
+    /// record of an array): a redelivered message is absorbed, a record published twice is not.
+    #[serde(default)]
+    pub missing_event_id: MissingEventId,
+    /// TLS to the brokers (`{}` for the system's trust store and no client certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication (over TLS when `tls` is set, else in clear text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSasl>,
+    /// Ports the brokers listen on, opened in the intake NetworkPolicy's egress; 9092 and 9093
+    /// when empty. Brokers are reached on the ports they advertise, so list those too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("items" = {"type": "integer", "format": "int32", "minimum": 1, "maximum": 65535}))]
+    pub broker_ports: Vec<u16>,
+}
+
+fn default_max_in_flight() -> u32 {
+    1000
+}
+
+impl KafkaDelivery {
+    /// Every Secret key the consumer reads, with the field that names it.
+    fn secret_refs(&self) -> Vec<(&'static str, &SecretKeyRef)> {
+        let tls = self.tls.iter().flat_map(|t| {
+            [
+                t.ca_secret_ref.as_ref().map(|r| ("spec.delivery.kafka.tls.caSecretRef", r)),
+                t.cert_secret_ref.as_ref().map(|r| ("spec.delivery.kafka.tls.certSecretRef", r)),
+                t.key_secret_ref.as_ref().map(|r| ("spec.delivery.kafka.tls.keySecretRef", r)),
+            ]
+        });
+        let sasl = self.sasl.iter().flat_map(|s| {
+            [
+                Some(("spec.delivery.kafka.sasl.usernameSecretRef", &s.username_secret_ref)),
+                Some(("spec.delivery.kafka.sasl.passwordSecretRef", &s.password_secret_ref)),
+            ]
+        });
+        std::iter::once(Some(("spec.delivery.kafka.bootstrapServersSecretRef", &self.bootstrap_servers_secret_ref)))
+            .chain(tls)
+            .chain(sasl)
+            .flatten()
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum AutoOffsetReset {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum MissingEventId {
+    #[default]
+    Quarantine,
+    Coordinates,
+}
+
+/// TLS to Kafka brokers; every value is PEM from a Secret key.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.certSecretRef) == has(self.keySecretRef)", "message": "tls: set both certSecretRef and keySecretRef, or neither"}
+]))]
+pub struct KafkaTls {
+    /// CA bundle the brokers' certificates are checked against; the system's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Client certificate, for brokers that authenticate clients by TLS (with `keySecretRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<SecretKeyRef>,
+    /// The client certificate's private key (unencrypted PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_ref: Option<SecretKeyRef>,
+}
+
+/// SASL authentication to Kafka brokers.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSasl {
+    pub mechanism: SaslMechanism,
+    pub username_secret_ref: SecretKeyRef,
+    pub password_secret_ref: SecretKeyRef,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The name librdkafka and the brokers use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// Files imported with `cdp import`; the key authenticates the importer.

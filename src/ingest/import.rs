@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::mapping::{arrivals, row_to_json};
-use super::normalise_flags;
+use super::Admitter;
+use super::mapping::{Received, row_to_json};
 use crate::api::ops::StartError;
 use crate::local::{PlatformArgs, StoreArgs};
 use crate::pipeline::PipelineConfig;
@@ -112,8 +112,7 @@ pub async fn import_file(
     mut progress: impl FnMut(usize, u64, u64),
 ) -> Result<ImportSummary, ImportError> {
     let named = config.source(source).ok_or_else(|| ImportError::UnknownSource(source.into()))?;
-    let flags = normalise_flags(config);
-    let privacy = crate::privacy::Privacy::new(store.clone(), std::sync::Arc::new(config.clone()));
+    let admitter = Admitter::new(config, store.clone());
     let read_err = |source| ImportError::Read { path: path.into(), source };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let total = file.metadata().map_err(read_err)?.len();
@@ -152,9 +151,8 @@ pub async fn import_file(
         }
         let now = crate::store::now_ms();
         let size = chunk.len();
-        let identifiers = privacy.gate(named, &chunk).await?;
-        let (arrivals, notes) = arrivals(named, flags, chunk, identifiers, now);
-        for (admission, notes) in store.admit(arrivals).await?.into_iter().zip(notes) {
+        let received: Vec<Received> = chunk.into_iter().map(Received::from).collect();
+        for (admission, notes) in admitter.admit(named, &received, now).await? {
             match admission {
                 Admission::Queued(e) => {
                     if e.duplicate {

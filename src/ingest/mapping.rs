@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::crd::source::{InvalidValuePolicy, MAX_VALUE_CHARS};
+use crate::crd::source::{InvalidValuePolicy, MAX_VALUE_CHARS, MissingEventId};
 use crate::identity::limits::{LengthLimits, MAX_RECORD_ID_CHARS, longer_than};
 use crate::identity::normalise::{NormaliseFlags, date_in, normalise_with};
 use crate::identity::CanonicalRecord;
 use crate::pipeline::NamedSource;
-use crate::store::{Arrival, FieldError, Payload, fingerprint};
+use crate::store::{Arrival, FieldError, MessageOrigin, Payload, fingerprint};
 
 /// The attribute whose slash and dot dates a Source's `dateOrder` reads.
 const BIRTH_DATE: &str = "birthDate";
@@ -96,12 +96,32 @@ pub fn map_record(
     payload: &Value,
     received_at_ms: i64,
 ) -> Result<Mapped, Vec<FieldError>> {
+    map_record_from(source, flags, payload, None, received_at_ms)
+}
+
+/// The id a record without its `eventIdField` takes from the Kafka message it came in, when its
+/// Source says so (`missingEventId: Coordinates`).
+pub fn fallback_event_id(source: &NamedSource, origin: Option<&MessageOrigin>) -> Option<String> {
+    let kafka = source.spec.delivery.kafka.as_ref()?;
+    (kafka.missing_event_id == MissingEventId::Coordinates).then(|| origin.map(MessageOrigin::event_id)).flatten()
+}
+
+/// [`map_record`], with the id a record without its `eventIdField` takes (see
+/// [`fallback_event_id`]).
+pub fn map_record_from(
+    source: &NamedSource,
+    flags: NormaliseFlags,
+    payload: &Value,
+    fallback_id: Option<String>,
+    received_at_ms: i64,
+) -> Result<Mapped, Vec<FieldError>> {
     let spec = &source.spec;
     if !payload.is_object() {
         return Err(vec![error("$", "notAnObject", "a record must be a JSON object")]);
     }
     let mut errors = Vec::new();
-    let source_record_id = match at_path(payload, &spec.event_id_field).map(scalar) {
+    let id = at_path(payload, &spec.event_id_field).map(scalar).or_else(|| fallback_id.map(Some));
+    let source_record_id = match id {
         Some(Some(id)) if longer_than(&id, MAX_RECORD_ID_CHARS) => {
             errors.push(too_long(&spec.event_id_field, "the record's id", &id, MAX_RECORD_ID_CHARS));
             String::new()
@@ -198,25 +218,48 @@ pub fn map_record(
     Ok(Mapped { record: CanonicalRecord { source: source.name.clone(), source_record_id, observed_at_ms, attributes }, warnings })
 }
 
+/// A payload as it reached intake, with what intake knows of it besides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Received {
+    pub payload: Value,
+    /// The Kafka message it was read from: kept with it in quarantine, and its id when the
+    /// Source takes ids from there.
+    pub origin: Option<MessageOrigin>,
+    /// Why it is no record at all, before any mapping (a Kafka message that is not JSON, or too
+    /// large): quarantined as it is.
+    pub unreadable: Option<FieldError>,
+}
+
+impl From<Value> for Received {
+    fn from(payload: Value) -> Received {
+        Received { payload, origin: None, unreadable: None }
+    }
+}
+
 /// Payloads of `source` as the store takes them ([`crate::store::Store::admit`]), each with the
 /// identifiers the privacy gate named in it, and per payload what to report on it: the field
 /// errors of an invalid one, the kept invalid values of a valid one.
 pub fn arrivals(
     source: &NamedSource,
     flags: NormaliseFlags,
-    payloads: Vec<Value>,
+    received: &[Received],
     identifiers: Vec<BTreeMap<String, String>>,
     received_at_ms: i64,
 ) -> (Vec<Arrival>, Vec<Vec<FieldError>>) {
-    payloads
-        .into_iter()
+    received
+        .iter()
         .zip(identifiers)
-        .map(|(payload, identifiers)| {
-            let fingerprint = fingerprint(&source.name, &payload);
-            match map_record(source, flags, &payload, received_at_ms) {
+        .map(|(Received { payload, origin, unreadable }, identifiers)| {
+            let fingerprint = fingerprint(&source.name, payload);
+            let mapped = match unreadable {
+                Some(error) => Err(vec![error.clone()]),
+                None => map_record_from(source, flags, payload, fallback_event_id(source, origin.as_ref()), received_at_ms),
+            };
+            match mapped {
                 Ok(mapped) => (Arrival { identifiers, fingerprint, payload: Payload::Record(mapped.record) }, mapped.warnings),
                 Err(errors) => {
-                    let invalid = Payload::Invalid { source: source.name.clone(), payload, errors: errors.clone() };
+                    let (payload, origin) = (payload.clone(), origin.clone());
+                    let invalid = Payload::Invalid { source: source.name.clone(), payload, errors: errors.clone(), origin };
                     (Arrival { identifiers, fingerprint, payload: invalid }, errors)
                 }
             }
@@ -430,6 +473,39 @@ mod tests {
         let payload = serde_json::json!({"id": 1, "card": 1234, "c": {"email": "ann@example.com"}});
         let errors = map_record(&keeping, NormaliseFlags::default(), &payload, RECEIVED).unwrap_err();
         assert_eq!(fields_and_codes(&errors), [("identifiers.loyaltyId", "tooLong")]);
+    }
+
+    #[test]
+    fn a_kafka_source_may_take_a_missing_id_from_the_messages_coordinates() {
+        use crate::crd::source::{KafkaDelivery, MissingEventId};
+        let mut tills = source();
+        tills.spec.delivery.kafka = Some(KafkaDelivery {
+            topic: "tills".into(),
+            bootstrap_servers_secret_ref: Default::default(),
+            consumer_group: None,
+            auto_offset_reset: Default::default(),
+            max_in_flight: 10,
+            missing_event_id: MissingEventId::Coordinates,
+            tls: None,
+            sasl: None,
+            broker_ports: Vec::new(),
+        });
+        let origin = MessageOrigin { topic: "tills".into(), partition: 1, offset: 7, index: Some(2) };
+        let received = |payload: Value| Received { payload, origin: Some(origin.clone()), unreadable: None };
+        let id_of = |source: &NamedSource, payload: Value| {
+            let (arrivals, _) = arrivals(source, NormaliseFlags::default(), &[received(payload)], vec![BTreeMap::new()], RECEIVED);
+            match arrivals.into_iter().next().unwrap().payload {
+                Payload::Record(r) => Ok(r.source_record_id),
+                Payload::Invalid { errors, origin, .. } => Err((errors[0].code.clone(), origin)),
+            }
+        };
+        let without_id = serde_json::json!({"card": 7, "c": {"email": "ann@example.com"}});
+        assert_eq!(id_of(&tills, without_id.clone()), Ok("tills/1/7/2".to_string()));
+        let mut with_id = without_id.clone();
+        with_id["id"] = "r-9".into();
+        assert_eq!(id_of(&tills, with_id), Ok("r-9".to_string()), "the record's own id first");
+        tills.spec.delivery.kafka.as_mut().unwrap().missing_event_id = MissingEventId::Quarantine;
+        assert_eq!(id_of(&tills, without_id), Err(("required".to_string(), Some(origin.clone()))), "quarantined where it was read");
     }
 
     #[test]

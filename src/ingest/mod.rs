@@ -3,6 +3,7 @@
 //! quarantine; a redelivery (same source + record id) is absorbed.
 
 pub mod import;
+pub mod kafka;
 pub mod mapping;
 
 use std::collections::BTreeMap;
@@ -26,7 +27,8 @@ use crate::identity::normalise::NormaliseFlags;
 use crate::crd::matching::EmailProviderRule;
 use crate::pipeline::{NamedSource, PipelineConfig};
 use crate::privacy::Privacy;
-use crate::store::{Admission, Enqueued, FieldError, Store};
+use crate::store::{Admission, Enqueued, FieldError, Store, StoreError};
+use mapping::Received;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct IngestArgs {
@@ -52,14 +54,87 @@ struct Intake {
     key_digest: Option<[u8; 32]>,
 }
 
+/// What every way into the store shares (HTTP intake, file imports, Kafka consumers): the
+/// Source's mapping and validation, quarantine, the erasure gate and duplicate absorption.
 #[derive(Clone)]
-pub struct IngestState {
+pub struct Admitter {
     store: Store,
-    metrics: Arc<Metrics>,
     flags: NormaliseFlags,
-    sources: Arc<BTreeMap<String, Intake>>,
     /// Refuses records of erased people (see the Source's `privacy.afterErasure`).
     privacy: Privacy,
+}
+
+impl Admitter {
+    pub fn new(config: &PipelineConfig, store: Store) -> Admitter {
+        let privacy = Privacy::new(store.clone(), Arc::new(config.clone()));
+        Admitter { store, flags: normalise_flags(config), privacy }
+    }
+
+    /// Map and validate payloads of `source`, and durably store them, in order: queued (a
+    /// redelivery absorbed), quarantined, or refused as an erased person's. With each, what to
+    /// report on it: the field errors of an invalid one, the kept invalid values of a valid one.
+    pub async fn admit(
+        &self,
+        source: &NamedSource,
+        received: &[Received],
+        received_at_ms: i64,
+    ) -> Result<Vec<(Admission, Vec<FieldError>)>, StoreError> {
+        let identifiers = self.privacy.gate(source, received.iter().map(|r| &r.payload)).await?;
+        let (arrivals, notes) = mapping::arrivals(source, self.flags, received, identifiers, received_at_ms);
+        Ok(self.store.admit(arrivals).await?.into_iter().zip(notes).collect())
+    }
+}
+
+/// How a batch of admissions ended, as the `intake_records` metric counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Queued for the first time.
+    pub accepted: usize,
+    /// Queued before: absorbed.
+    pub duplicates: usize,
+    /// Invalid, kept in quarantine.
+    pub quarantined: usize,
+    /// An erased person's: not stored.
+    pub refused: usize,
+    /// Its event id delivered before with other content: not stored.
+    pub conflicts: usize,
+}
+
+impl Tally {
+    pub fn of<'a>(admissions: impl IntoIterator<Item = &'a Admission>) -> Tally {
+        admissions.into_iter().fold(Tally::default(), |mut tally, admission| {
+            match admission {
+                Admission::Queued(e) if e.duplicate => tally.duplicates += 1,
+                Admission::Queued(_) => tally.accepted += 1,
+                Admission::Quarantined(_) => tally.quarantined += 1,
+                Admission::Refused(_) => tally.refused += 1,
+                Admission::Conflict(_) => tally.conflicts += 1,
+            }
+            tally
+        })
+    }
+
+    /// Add the tally to `source`'s `intake_records`.
+    pub fn count(&self, metrics: &Metrics, source: &str) {
+        let outcomes = [
+            ("accepted", self.accepted),
+            ("duplicate", self.duplicates),
+            ("refused", self.refused),
+            ("conflict", self.conflicts),
+            ("rejected", self.quarantined),
+        ];
+        for (outcome, n) in outcomes.into_iter().filter(|(_, n)| *n > 0) {
+            let labels = vec![("source", source.to_string()), ("outcome", outcome.to_string())];
+            metrics.intake_records.get_or_create(&labels).inc_by(n as u64);
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct IngestState {
+    pub admitter: Admitter,
+    metrics: Arc<Metrics>,
+    sources: Arc<BTreeMap<String, Intake>>,
 }
 
 impl IngestState {
@@ -73,8 +148,7 @@ impl IngestState {
             };
             sources.insert(source.name.clone(), Intake { source: source.clone(), key_digest });
         }
-        let privacy = Privacy::new(store.clone(), Arc::new(config.clone()));
-        Ok(IngestState { store, metrics, flags: normalise_flags(config), sources: Arc::new(sources), privacy })
+        Ok(IngestState { admitter: Admitter::new(config, store), metrics, sources: Arc::new(sources) })
     }
 }
 
@@ -227,19 +301,17 @@ async fn receive(
     let work = state.metrics.meters.ingest.start();
     let received = crate::store::now_ms();
     let total = payloads.len();
-    let identifiers = state.privacy.gate(&intake.source, &payloads).await?;
-    let (arrivals, notes) = mapping::arrivals(&intake.source, state.flags, payloads, identifiers, received);
+    let received_payloads: Vec<Received> = payloads.into_iter().map(Received::from).collect();
+    let admissions = state.admitter.admit(&intake.source, &received_payloads, received).await?;
+    let tally = Tally::of(admissions.iter().map(|(a, _)| a));
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
-    let mut refused = 0;
-    let mut conflicts = 0;
-    for (index, (admission, notes)) in state.store.admit(arrivals).await?.into_iter().zip(notes).enumerate() {
+    for (index, (admission, notes)) in admissions.into_iter().enumerate() {
         match admission {
             Admission::Queued(enqueued) => accepted.push(AcceptedRecord { index, enqueued, warnings: notes }),
             Admission::Quarantined(id) => rejected.push(RejectedRecord { index, quarantine_id: Some(id), errors: notes }),
             Admission::Refused(attributes) => {
                 // an erased person's data: neither queued nor quarantined
-                refused += 1;
                 let errors = attributes
                     .into_iter()
                     .map(|field| FieldError {
@@ -252,7 +324,6 @@ async fn receive(
             }
             Admission::Conflict(first) => {
                 // the first delivery stands; taking this one silently would lose it
-                conflicts += 1;
                 let field = intake.source.spec.event_id_field.clone();
                 let message = format!(
                     "this event id was delivered before with other content (intake id {first}), which stands; \
@@ -262,19 +333,9 @@ async fn receive(
             }
         }
     }
-    let count = |outcome: &str, n: usize| {
-        if n > 0 {
-            let labels = vec![("source", source.clone()), ("outcome", outcome.to_string())];
-            state.metrics.intake_records.get_or_create(&labels).inc_by(n as u64);
-        }
-    };
     work.finished(total as u64);
-    let duplicates = accepted.iter().filter(|a| a.enqueued.duplicate).count();
-    count("accepted", accepted.len() - duplicates);
-    count("duplicate", duplicates);
-    count("refused", refused);
-    count("conflict", conflicts);
-    count("rejected", rejected.len() - refused - conflicts);
+    tally.count(&state.metrics, &source);
+    let duplicates = tally.duplicates;
     tracing::debug!(%source, accepted = accepted.len(), duplicates, rejected = rejected.len(), "intake");
     if rejected.is_empty() {
         return Ok((StatusCode::ACCEPTED, Json(Accepted { accepted, duplicates })).into_response());
@@ -282,7 +343,7 @@ async fn receive(
     // valid records of a mixed batch are queued all the same: resending the whole batch is
     // safe, the queued ones are absorbed as duplicates
     let details = rejected.iter().map(|r| serde_json::to_value(r).expect("serialises")).collect();
-    let quarantined = rejected.len() - refused - conflicts;
+    let Tally { quarantined, refused, conflicts, .. } = tally;
     let (status, code, message) = if conflicts == rejected.len() {
         let message = format!("{conflicts} of {total} records reuse an event id delivered before with other content and were not taken");
         (StatusCode::CONFLICT, EVENT_ID_CONFLICT_ERROR, message)
@@ -309,13 +370,18 @@ pub async fn run(args: IngestArgs) -> Result<(), StartError> {
     let config = ops::load_config(&args.config)?;
     let store = ops::open_store_from_env().await?;
     let metrics = Metrics::new();
-    let state = IngestState::new(&config, &Secrets::from_env(), store.clone(), metrics.clone())?;
+    let secrets = Secrets::from_env();
+    let state = IngestState::new(&config, &secrets, store.clone(), metrics.clone())?;
     let (trigger, shutdown) = ops::shutdown_channel();
     ops::on_signal(trigger, ops::DRAIN_DELAY);
     let listener = ops::bind(args.listen).await?;
-    tracing::info!(platform = %config.platform, listen = %args.listen, "ingest started");
+    let consumers = kafka::spawn_all(&config, &secrets, &state.admitter, &metrics, &shutdown)?;
+    tracing::info!(platform = %config.platform, listen = %args.listen, kafka_sources = consumers.len(), "ingest started");
     let load = crate::api::load::router(store.clone(), &metrics, crate::scaling::Workload::Ingest);
     ops::serve_with_ops(listener, router(state).merge(load), store.clone(), metrics, shutdown).await;
+    for consumer in consumers {
+        let _ = consumer.await;
+    }
     store.close().await;
     Ok(())
 }

@@ -268,6 +268,7 @@ pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> p
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
     let feeds = crate::feeds::FeedsContext::new(store.with_own_pool().await?, &metrics, crate::feeds::WorkerOptions::default());
     let (feed_tasks, _load) = feeds.spawn(feeds.workers(&config, &secrets, args.feeds_to.as_ref())?, &shutdown);
+    let consumers = crate::ingest::kafka::spawn_all(&config, &secrets, &ingest.admitter, &metrics, &shutdown)?;
 
     println!("{}", banner(&config, &secrets, &args, &token_lines));
 
@@ -294,7 +295,7 @@ pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> p
         let summary = import_file(&store, &config, source, file, Format::of(file), progress_bar(label)).await?;
         println!("import {source} {}:\n{summary}", file.display());
     }
-    for task in servers.into_iter().chain([matchers]).chain(feed_tasks) {
+    for task in servers.into_iter().chain([matchers]).chain(feed_tasks).chain(consumers) {
         let _ = task.await;
     }
     store.close().await;

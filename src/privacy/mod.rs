@@ -242,8 +242,13 @@ impl Privacy {
     /// the store to refuse the payloads carrying one of an erased person, in the transaction
     /// that stores them ([`crate::store::Arrival`]). None when the source may start a new
     /// profile for an erased person.
-    pub async fn gate(&self, source: &NamedSource, payloads: &[Value]) -> Result<Vec<BTreeMap<String, String>>, StoreError> {
+    pub async fn gate<'a>(
+        &self,
+        source: &NamedSource,
+        payloads: impl IntoIterator<Item = &'a Value>,
+    ) -> Result<Vec<BTreeMap<String, String>>, StoreError> {
         use crate::crd::source::AfterErasure;
+        let payloads: Vec<&Value> = payloads.into_iter().collect();
         if source.spec.privacy.after_erasure == AfterErasure::NewProfile {
             return Ok(vec![BTreeMap::new(); payloads.len()]);
         }

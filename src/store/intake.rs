@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Enqueued, FieldError, NewQuarantine, Result, Store, StoreError, WriteTx, now_ms};
+use super::{Enqueued, FieldError, MessageOrigin, NewQuarantine, Result, Store, StoreError, WriteTx, now_ms};
 use crate::identity::CanonicalRecord;
 
 /// Records in one group at most (a larger request is a group of its own): bounds the size of a
@@ -48,8 +48,8 @@ pub fn fingerprint(source: &str, payload: &serde_json::Value) -> String {
 pub enum Payload {
     /// Valid: queued for the matchers.
     Record(CanonicalRecord),
-    /// Invalid: kept in quarantine with every reason it failed.
-    Invalid { source: String, payload: serde_json::Value, errors: Vec<FieldError> },
+    /// Invalid: kept in quarantine with every reason it failed, and the Kafka message it came in.
+    Invalid { source: String, payload: serde_json::Value, errors: Vec<FieldError>, origin: Option<MessageOrigin> },
 }
 
 /// What became of an arrival.
@@ -179,8 +179,8 @@ impl WriteTx {
             .collect();
         let invalid: Vec<NewQuarantine> = admitted()
             .filter_map(|a| match &a.payload {
-                Payload::Invalid { source, payload, errors } => {
-                    Some(NewQuarantine { source, payload, errors, fingerprint: &a.fingerprint })
+                Payload::Invalid { source, payload, errors, origin } => {
+                    Some(NewQuarantine { source, payload, errors, fingerprint: &a.fingerprint, origin: origin.as_ref() })
                 }
                 Payload::Record(_) => None,
             })
@@ -224,7 +224,7 @@ mod tests {
         let arrival = || Arrival {
             identifiers: BTreeMap::new(),
             fingerprint: String::new(),
-            payload: Payload::Invalid { source: "s".into(), payload: serde_json::Value::Null, errors: Vec::new() },
+            payload: Payload::Invalid { source: "s".into(), payload: serde_json::Value::Null, errors: Vec::new(), origin: None },
         };
         Request { arrivals: (0..records).map(|_| arrival()).collect(), reply: oneshot::channel().0 }
     }

@@ -236,7 +236,37 @@ pub struct QuarantineEntry {
     pub received_at_ms: i64,
     pub payload: serde_json::Value,
     pub errors: Vec<FieldError>,
+    /// The Kafka message it was read from; none for HTTP intake and files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<MessageOrigin>,
 }
+
+/// Where in Kafka a payload was read: enough to find the message again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageOrigin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's position in the message, when the message is an array of records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+}
+
+impl MessageOrigin {
+    /// `topic/partition/offset`, and `/index` for a record of an array: unique per record of a
+    /// topic, and the same when the message is read again.
+    pub fn event_id(&self) -> String {
+        let MessageOrigin { topic, partition, offset, index } = self;
+        match index {
+            Some(index) => format!("{topic}/{partition}/{offset}/{index}"),
+            None => format!("{topic}/{partition}/{offset}"),
+        }
+    }
+}
+
+/// The columns a [`QuarantineEntry`] is read from.
+const QUARANTINE_SELECT: &str = "SELECT id, source, received_at_ms, payload, errors, origin FROM quarantine";
 
 /// Queue and table sizes, for metrics and the benchmark.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -514,17 +544,17 @@ impl Store {
     pub async fn quarantine(&self, source: &str, payload: &serde_json::Value, errors: &[FieldError]) -> Result<i64> {
         let mut tx = self.begin().await?;
         let fingerprint = intake::fingerprint(source, payload);
-        let ids = tx.quarantine(&[NewQuarantine { source, payload, errors, fingerprint: &fingerprint }], now_ms()).await?;
+        let ids =
+            tx.quarantine(&[NewQuarantine { source, payload, errors, fingerprint: &fingerprint, origin: None }], now_ms()).await?;
         tx.commit().await?;
         Ok(ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)?)
     }
 
     /// Quarantined entries, oldest first, after `after_id`, optionally for one source.
     pub async fn quarantined(&self, source: Option<&str>, after_id: i64, limit: i64) -> Result<Vec<QuarantineEntry>> {
-        let rows = sqlx::query(
-            "SELECT id, source, received_at_ms, payload, errors FROM quarantine
-             WHERE id > $1 AND ($2 IS NULL OR source = $2) ORDER BY id LIMIT $3",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{QUARANTINE_SELECT} WHERE id > $1 AND ($2 IS NULL OR source = $2) ORDER BY id LIMIT $3"
+        )))
         .bind(after_id)
         .bind(source)
         .bind(limit)
@@ -540,7 +570,7 @@ impl Store {
     }
 
     pub async fn quarantine_entry(&self, id: i64) -> Result<Option<QuarantineEntry>> {
-        let row = sqlx::query("SELECT id, source, received_at_ms, payload, errors FROM quarantine WHERE id = $1")
+        let row = sqlx::query(AssertSqlSafe(format!("{QUARANTINE_SELECT} WHERE id = $1")))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -840,5 +870,6 @@ fn quarantine_of(row: &AnyRow) -> Result<QuarantineEntry> {
         received_at_ms: row.try_get("received_at_ms")?,
         payload: json_col(row, "payload")?,
         errors: json_col(row, "errors")?,
+        origin: row.try_get::<Option<String>, _>("origin")?.map(|o| serde_json::from_str(&o)).transpose()?,
     })
 }

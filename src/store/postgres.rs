@@ -116,6 +116,7 @@ pub(super) fn migrator() -> Migrator {
         (11, "privacy_key_check_and_lifts", include_str!("../../migrations/postgres/0011_privacy_key_check_and_lifts.sql")),
         (12, "merged_records", include_str!("../../migrations/postgres/0012_merged_records.sql")),
         (13, "payload_fingerprints", include_str!("../../migrations/postgres/0013_payload_fingerprints.sql")),
+        (14, "quarantine_origin", include_str!("../../migrations/postgres/0014_quarantine_origin.sql")),
     ])
 }
 

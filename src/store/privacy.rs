@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{
     Backend, QuarantineEntry, REVIEW_COLUMNS, Result, ReviewRow, Store, StoreError, WriteTx, json_col, json_ids, now_ms,
-    quarantine_of, review_of,
+    QUARANTINE_SELECT, quarantine_of, review_of,
 };
 use crate::identity::CanonicalRecord;
 use crate::privacy::{PRIVACY_KEY_ENV, PrivacyKeyError};
@@ -463,7 +463,7 @@ impl WriteTx {
 
     /// Every quarantined entry, oldest first, `limit` after `after_id` (for an erasure's scan).
     pub async fn quarantine_page(&mut self, after_id: i64, limit: i64) -> Result<Vec<QuarantineEntry>> {
-        let rows = sqlx::query("SELECT id, source, received_at_ms, payload, errors FROM quarantine WHERE id > $1 ORDER BY id LIMIT $2")
+        let rows = sqlx::query(AssertSqlSafe(format!("{QUARANTINE_SELECT} WHERE id > $1 ORDER BY id LIMIT $2")))
             .bind(after_id)
             .bind(limit)
             .fetch_all(self.conn())

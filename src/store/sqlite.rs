@@ -109,5 +109,6 @@ pub(super) fn migrator() -> Migrator {
         (11, "privacy_key_check_and_lifts", include_str!("../../migrations/sqlite/0011_privacy_key_check_and_lifts.sql")),
         (12, "merged_records", include_str!("../../migrations/sqlite/0012_merged_records.sql")),
         (13, "payload_fingerprints", include_str!("../../migrations/sqlite/0013_payload_fingerprints.sql")),
+        (14, "quarantine_origin", include_str!("../../migrations/sqlite/0014_quarantine_origin.sql")),
     ])
 }

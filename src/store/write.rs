@@ -223,6 +223,7 @@ pub(super) struct NewQuarantine<'a> {
     /// The payload's [`super::fingerprint`]: a payload re-sent while its entry is kept is
     /// that entry, not a new one.
     pub(super) fingerprint: &'a str,
+    pub(super) origin: Option<&'a super::MessageOrigin>,
 }
 
 /// A quarantine row, keyed by column for [`WriteTx::quarantine`].
@@ -233,6 +234,7 @@ struct QuarantineRow<'a> {
     payload: String,
     errors: String,
     fingerprint: &'a str,
+    origin: Option<String>,
 }
 
 const QUARANTINE_COLUMNS: &[(&str, &str)] = &[
@@ -241,6 +243,7 @@ const QUARANTINE_COLUMNS: &[(&str, &str)] = &[
     ("payload", "text"),
     ("errors", "text"),
     ("fingerprint", "text"),
+    ("origin", "text"),
 ];
 
 /// For each key, the position of its first occurrence: a redelivery inside one batch is
@@ -499,6 +502,7 @@ impl WriteTx {
                     payload: e.payload.to_string(),
                     errors: serde_json::to_string(e.errors)?,
                     fingerprint: e.fingerprint,
+                    origin: e.origin.map(serde_json::to_string).transpose()?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -70,7 +70,14 @@ fn egress(ctx: &Context, config: &PipelineConfig, workload: Workload) -> Value {
     let mut rules = vec![dns, store];
     let mut ports = BTreeSet::new();
     match workload {
-        Workload::Ingest if config.sources.iter().any(|s| s.spec.delivery.kafka.is_some()) => ports.extend(KAFKA_PORTS),
+        Workload::Ingest => {
+            for kafka in config.sources.iter().filter_map(|s| s.spec.delivery.kafka.as_ref()) {
+                match kafka.broker_ports.as_slice() {
+                    [] => ports.extend(KAFKA_PORTS),
+                    listed => ports.extend(listed.iter().map(|p| i32::from(*p))),
+                }
+            }
+        }
         Workload::Feeds => {
             for feed in &config.feeds {
                 if let Some(webhook) = &feed.spec.destination.webhook {
