@@ -80,6 +80,68 @@ fn bounds_peak_windows_and_intake_lag_become_keda_settings() {
     assert_eq!(trigger(named("retail-ingest"), "cpu")["metadata"]["value"], "70", "the ingest policy's target utilisation");
 }
 
+/// What the samples' platform renders with the `pos` tills delivering through Kafka over SCRAM
+/// and TLS, their Secrets present, in `mode`.
+fn render_kafka_tills(mode: ScalingMode) -> render::Bundle {
+    let mut manifests = samples_in_keda_mode();
+    manifests.scaling_policies.iter_mut().for_each(|p| p.spec.mode = mode);
+    let platform = &manifests.platforms[0];
+    let mut members = manifests.members_of(platform);
+    let tills = members.sources.iter_mut().find(|s| s.metadata.name.as_deref() == Some("pos")).unwrap();
+    tills.spec.delivery = serde_json::from_value(serde_json::json!({"kafka": {
+        "topic": "till-receipts",
+        "bootstrapServersSecretRef": {"name": "kafka", "key": "servers"},
+        "autoOffsetReset": "Latest",
+        "tls": {"caSecretRef": {"name": "kafka", "key": "ca.crt"}},
+        "sasl": {"mechanism": "SCRAM-SHA-512", "usernameSecretRef": {"name": "kafka-user", "key": "username"},
+                 "passwordSecretRef": {"name": "kafka-user", "key": "password"}},
+    }}))
+    .unwrap();
+    for (name, key) in [("kafka", "servers"), ("kafka", "ca.crt"), ("kafka-user", "username"), ("kafka-user", "password")] {
+        members.secret_keys.insert(cdp_operator::crd::SecretKeyRef { name: name.into(), key: key.into() });
+    }
+    let compiled = pipeline::compile(platform, &members, cdp_operator::identity::default_model());
+    assert!(compiled.verdicts.iter().all(|v| v.accepted()), "{:?}", compiled.verdicts);
+    render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists, &render::Images::default()).unwrap()
+}
+
+#[test]
+fn a_kafka_source_scales_intake_by_its_consumer_lag() {
+    let bundle = render_kafka_tills(ScalingMode::Keda);
+    let ingest = bundle.scaled_objects.iter().map(|o| serde_json::to_value(o).unwrap()).find(|o| o["metadata"]["name"] == "retail-ingest").unwrap();
+    let problems: Vec<String> = keda_schema().iter_errors(&ingest).map(|e| e.to_string()).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    let kafka = trigger(&ingest, "kafka-pos");
+    assert_eq!(kafka["type"], "kafka");
+    let metadata = &kafka["metadata"];
+    assert_eq!(metadata["topic"], "till-receipts");
+    assert_eq!(metadata["consumerGroup"], "retail-pos", "the group the intake replicas consume in");
+    assert_eq!(metadata["offsetResetPolicy"], "latest");
+    assert_eq!((metadata["sasl"].as_str(), metadata["tls"].as_str()), (Some("scram_sha512"), Some("enable")));
+    assert!(metadata.get("bootstrapServers").is_none(), "the servers stay in their Secret");
+    let env = metadata["bootstrapServersFromEnv"].as_str().unwrap();
+    assert_eq!(env, "CDP_KAFKA_BOOTSTRAP_POS");
+    // that variable is the ingest container's, from the Secret
+    let deployment = bundle.deployments.iter().map(|d| serde_json::to_value(d).unwrap()).find(|d| d["metadata"]["name"] == "retail-ingest").unwrap();
+    let variable = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().iter().find(|e| e["name"] == env).cloned();
+    assert_eq!(variable.unwrap()["valueFrom"]["secretKeyRef"], serde_json::json!({"name": "kafka", "key": "servers"}));
+    // the credentials, by reference, in the TriggerAuthentication the trigger names
+    let authentications: Vec<Value> = bundle.trigger_authentications.iter().map(|o| serde_json::to_value(o).unwrap()).collect();
+    assert_eq!(authentications.len(), 1);
+    assert_eq!(authentications[0]["metadata"]["name"], kafka["authenticationRef"]["name"]);
+    let refs: Vec<(&str, &str, &str)> = authentications[0]["spec"]["secretTargetRef"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["parameter"].as_str().unwrap(), r["name"].as_str().unwrap(), r["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(refs, [("username", "kafka-user", "username"), ("password", "kafka-user", "password"), ("ca", "kafka", "ca.crt")]);
+    // built-in mode: no trigger credentials, and the servers stay out of the environment
+    let builtin = render_kafka_tills(ScalingMode::Builtin);
+    assert!(builtin.scaled_objects.is_empty() && builtin.trigger_authentications.is_empty());
+    assert!(!serde_json::to_string(&builtin.deployments).unwrap().contains("CDP_KAFKA_BOOTSTRAP"));
+}
+
 #[test]
 fn builtin_mode_renders_no_scaled_object() {
     let manifests = pipeline::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples")).unwrap();

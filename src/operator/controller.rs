@@ -488,6 +488,14 @@ async fn apply_bundle(
         apply::apply(client, policy).await?;
     }
     apply::apply(client, &bundle.api_autoscaler).await?;
+    // the credentials before the triggers that name them
+    let authentication = render::keda::trigger_authentication_resource();
+    for trigger_authentication in &bundle.trigger_authentications {
+        apply::apply_dynamic(client, &authentication, trigger_authentication).await?;
+    }
+    remove_stale_trigger_authentications(client, platform, &bundle.trigger_authentications)
+        .await
+        .map_err(|source| apply::ApplyError { object: "TriggerAuthentications of removed Kafka Sources".to_string(), source })?;
     let keda = render::keda::api_resource();
     for scaled_object in &bundle.scaled_objects {
         apply::apply_dynamic(client, &keda, scaled_object).await?;
@@ -519,6 +527,32 @@ async fn remove_scaled_objects(client: &Client, platform: &CustomerDataPlatform)
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error),
         }
+    }
+    Ok(())
+}
+
+/// The platform's TriggerAuthentications that are not in `kept` (a Kafka Source removed, its
+/// credentials dropped, or KEDA mode left). A cluster without KEDA has none.
+async fn remove_stale_trigger_authentications(
+    client: &Client,
+    platform: &CustomerDataPlatform,
+    kept: &[kube::api::DynamicObject],
+) -> Result<(), kube::Error> {
+    let namespace = platform.namespace().unwrap_or_default();
+    let resource = render::keda::trigger_authentication_resource();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    let selector = render::selector_labels(&platform.name_any(), Workload::Ingest.name())
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let found = match api.list(&kube::api::ListParams::default().labels(&selector)).await {
+        Ok(found) => found.items,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    for stale in found.iter().filter(|o| !kept.iter().any(|k| k.metadata.name == o.metadata.name)) {
+        api.delete(&stale.name_any(), &Default::default()).await?;
     }
     Ok(())
 }

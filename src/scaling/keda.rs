@@ -19,6 +19,11 @@ use crate::crd::scaling::PeakWindow;
 /// Queued records per matcher replica the PostgreSQL trigger aims for.
 pub const LAG_PER_REPLICA: u32 = 250;
 
+/// Messages behind per intake replica a Kafka Source's trigger aims for: taken from the
+/// topic and admitted at intake's pace (thousands a second per replica), a few hundred
+/// milliseconds of work.
+pub const KAFKA_LAG_PER_REPLICA: u32 = 1000;
+
 /// The query of the intake-lag trigger.
 pub const INTAKE_LAG_QUERY: &str = "SELECT COUNT(*) FROM intake WHERE state = 'queued'";
 

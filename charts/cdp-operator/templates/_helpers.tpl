@@ -121,6 +121,10 @@ compares the two).
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
   verbs: ["get", "create", "patch", "delete"]
+# KEDA mode: the credentials of Kafka Sources' triggers; those no longer needed are deleted.
+- apiGroups: ["keda.sh"]
+  resources: ["triggerauthentications"]
+  verbs: ["list", "create", "patch", "delete"]
 # The scaler finds the ready pods of the scaled workloads and reads their load (GET /v1/load).
 - apiGroups: [""]
   resources: ["pods"]

@@ -65,7 +65,7 @@ pub fn deployment(ctx: &Context, config: &PipelineConfig, workload: Workload) ->
                         "image": ctx.platform.spec.image.as_ref().unwrap_or(&ctx.images.cdp),
                         "imagePullPolicy": ctx.platform.spec.image_pull_policy,
                         "args": [component, "--config", format!("{CONFIG_DIR}/{CONFIG_FILE}"), "--listen", format!("0.0.0.0:{PORT}")],
-                        "env": env(ctx),
+                        "env": env(ctx, config, workload),
                         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
                         "livenessProbe": probe("/healthz", 10),
                         "readinessProbe": probe("/readyz", 5),
@@ -83,7 +83,7 @@ pub fn deployment(ctx: &Context, config: &PipelineConfig, workload: Workload) ->
 
 /// Store location: the in-cluster Service with the generated password, or the external URL
 /// Secret; and the key of the identifier hashes, which every workload computes.
-fn env(ctx: &Context) -> Value {
+fn env(ctx: &Context, config: &PipelineConfig, workload: Workload) -> Value {
     let mut env = vec![
         json!({"name": "RUST_LOG", "value": "info"}),
         json!({"name": "CDP_SECRETS_DIR", "value": SECRETS_DIR}),
@@ -96,6 +96,16 @@ fn env(ctx: &Context) -> Value {
             env.push(json!({"name": "CDP_STORE_PASSWORD", "valueFrom": {"secretKeyRef": {
                 "name": postgres::store_secret_name(&ctx.name), "key": postgres::STORE_PASSWORD_KEY}}}));
             env.push(json!({"name": "CDP_STORE_URL", "value": postgres::url_without_password(ctx)}));
+        }
+    }
+    // KEDA's Kafka triggers read the bootstrap servers of the container they scale
+    if workload == Workload::Ingest && super::keda::keda_mode(ctx, config) {
+        for source in &config.sources {
+            if let Some(kafka) = &source.spec.delivery.kafka {
+                let secret = &kafka.bootstrap_servers_secret_ref;
+                env.push(json!({"name": super::keda::bootstrap_servers_env(&source.name), "valueFrom": {"secretKeyRef": {
+                    "name": secret.name, "key": secret.key}}}));
+            }
         }
     }
     json!(env)

@@ -94,6 +94,8 @@ pub struct Bundle {
     pub api_autoscaler: HorizontalPodAutoscaler,
     /// KEDA ScaledObjects, in KEDA mode only.
     pub scaled_objects: Vec<kube::api::DynamicObject>,
+    /// KEDA mode: the credentials of the Kafka Sources' triggers.
+    pub trigger_authentications: Vec<kube::api::DynamicObject>,
 }
 
 impl Bundle {
@@ -113,6 +115,7 @@ impl Bundle {
         self.disruption_budgets.iter().for_each(|o| push(&mut out, o));
         self.network_policies.iter().for_each(|o| push(&mut out, o));
         push(&mut out, &self.api_autoscaler);
+        self.trigger_authentications.iter().for_each(|o| push(&mut out, o));
         self.scaled_objects.iter().for_each(|o| push(&mut out, o));
         out
     }
@@ -157,6 +160,10 @@ pub fn render(
         scaled_objects: keda::scaled_objects(&ctx, config)
             .into_iter()
             .map(|o| ctx.typed("ScaledObject", o))
+            .collect::<Result<_, _>>()?,
+        trigger_authentications: keda::trigger_authentications(&ctx, config)
+            .into_iter()
+            .map(|o| ctx.typed("TriggerAuthentication", o))
             .collect::<Result<_, _>>()?,
     })
 }
