@@ -115,6 +115,7 @@ pub(super) fn migrator() -> Migrator {
         (9, "key_rows_unchecked", include_str!("../../migrations/postgres/0009_key_rows_unchecked.sql")),
         (11, "privacy_key_check_and_lifts", include_str!("../../migrations/postgres/0011_privacy_key_check_and_lifts.sql")),
         (12, "merged_records", include_str!("../../migrations/postgres/0012_merged_records.sql")),
+        (13, "quarantine_origin", include_str!("../../migrations/postgres/0013_quarantine_origin.sql")),
     ])
 }
 

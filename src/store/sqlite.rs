@@ -108,5 +108,6 @@ pub(super) fn migrator() -> Migrator {
         (8, "term_counts", include_str!("../../migrations/sqlite/0008_term_counts.sql")),
         (11, "privacy_key_check_and_lifts", include_str!("../../migrations/sqlite/0011_privacy_key_check_and_lifts.sql")),
         (12, "merged_records", include_str!("../../migrations/sqlite/0012_merged_records.sql")),
+        (13, "quarantine_origin", include_str!("../../migrations/sqlite/0013_quarantine_origin.sql")),
     ])
 }
