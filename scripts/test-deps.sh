@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Install what the data-plane tests need on a Debian/Ubuntu machine: PostgreSQL (its server
-# binaries, started throw-away by scripts/with-postgres.sh) and sudo (to run it as the
-# postgres user when the tests run as root).
+# Install what the build and the data-plane tests need on a Debian/Ubuntu machine: OpenSSL's
+# headers and pkg-config (librdkafka is built with TLS and SASL/SCRAM against the system's
+# OpenSSL), PostgreSQL (its server binaries, started throw-away by scripts/with-postgres.sh)
+# and sudo (to run it as the postgres user when the tests run as root).
 set -euo pipefail
 need=()
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
 if [ ${#need[@]} -gt 0 ]; then
