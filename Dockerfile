@@ -5,10 +5,11 @@
 #   docker build -t ghcr.io/cdp-operator/cdp:0.1.0 .
 #
 # Build arguments:
-#   RUNTIME_BASE  the image the binary runs on: distroless's cc (glibc and libgcc for the Rust
-#                 binary; no shell, no package manager). Any glibc at least as new as the
-#                 builder's (Debian 12) will do; e2e/images/ uses a minimal Debian where no
-#                 registry is reachable.
+#   RUNTIME_BASE  the image the binary runs on: distroless's cc (glibc, libgcc and OpenSSL's
+#                 libssl3, which librdkafka uses for TLS to Kafka brokers; no shell, no package
+#                 manager). Any glibc and libssl3 at least as new as the builder's (Debian 12)
+#                 will do; e2e/images/ uses a minimal Debian where no registry is reachable
+#                 (its CA bundle brings libssl3).
 #   BINARY        `build` compiles the release binary here; `prebuilt` takes a `cdp` binary from
 #                 the root of the build context instead (a one-file context: e2e/images/cdp.sh).
 #

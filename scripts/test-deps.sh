@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Install what the data-plane tests need on a Debian/Ubuntu machine: PostgreSQL (its server
-# binaries, started throw-away by scripts/with-postgres.sh), sudo (to run it as the
-# postgres user when the tests run as root) and curl (the README walkthrough test runs its commands).
+# Install what the build and the data-plane tests need on a Debian/Ubuntu machine: OpenSSL's
+# headers and pkg-config (librdkafka is built with TLS and SASL/SCRAM against the system's
+# OpenSSL), PostgreSQL (its server binaries, started throw-away by scripts/with-postgres.sh),
+# sudo (to run it as the postgres user when the tests run as root) and curl (the README
+# walkthrough test runs its commands).
 set -euo pipefail
 need=()
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
 command -v curl >/dev/null 2>&1 || need+=(curl)

@@ -170,12 +170,11 @@ pub async fn intake(args: &IntakeArgs) -> Result<IntakeReport, IntakeBenchError>
     let seconds = started.elapsed().as_secs_f64();
     let mut latencies = std::mem::take(&mut *latencies.lock().await);
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0.0);
     let mut report = std::mem::take(&mut *report.lock().await);
     report.seconds = seconds;
     report.records_per_second = args.records as f64 / seconds.max(1e-9);
-    report.p50_ms = pct(0.50);
-    report.p99_ms = pct(0.99);
+    report.p50_ms = super::percentile(&latencies, 0.50);
+    report.p99_ms = super::percentile(&latencies, 0.99);
     report.max_ms = latencies.last().copied().unwrap_or(0.0);
     Ok(report)
 }

@@ -4,6 +4,7 @@
 pub mod accuracy;
 pub mod generate;
 pub mod intake;
+pub mod kafka;
 pub mod reaction;
 pub mod stall;
 
@@ -44,6 +45,9 @@ pub enum BenchKind {
     Intake(intake::IntakeArgs),
     /// Intake's answer times while the matcher drains a heavy backlog, against an idle matcher.
     Stall(stall::StallArgs),
+    /// Kafka intake on librdkafka's mock cluster: topic to queued and to profiles, and p50/p99
+    /// from produce to profile under a steady rate.
+    Kafka(kafka::KafkaArgs),
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -423,17 +427,21 @@ pub async fn latency(args: &LatencyArgs) -> Result<LatencyReport, StartError> {
     store.close().await;
     remove_sqlite(file);
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0.0);
     Ok(LatencyReport {
         target_rate: args.rate,
         achieved_rate: total as f64 / send_seconds,
         seconds: args.seconds,
         measured: latencies.len(),
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
         intake_errors: errors,
     })
+}
+
+/// The value below which a fraction `p` of `sorted` lies (0 for none).
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or(0.0)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -454,6 +462,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         BenchKind::Reaction(a) => serde_json::to_value(reaction::reaction(a).await?),
         BenchKind::Intake(a) => serde_json::to_value(intake::intake(a).await?),
         BenchKind::Stall(a) => serde_json::to_value(stall::stall(a).await?),
+        BenchKind::Kafka(a) => serde_json::to_value(kafka::kafka(a).await?),
         BenchKind::Accuracy(a) => {
             let (rows, stored) = accuracy::run(a).await?;
             print!("{}", accuracy::table(&rows, &stored));

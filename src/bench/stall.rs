@@ -141,6 +141,5 @@ async fn answers(
         errors += usize::from(!answered);
     }
     times.sort_by(f64::total_cmp);
-    let pct = |p: f64| times.get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1))).copied().unwrap_or(0.0);
-    Answers { requests: times.len(), p50_ms: pct(0.5), p99_ms: pct(0.99), max_ms: times.last().copied().unwrap_or(0.0), errors }
+    Answers { requests: times.len(), p50_ms: super::percentile(&times, 0.5), p99_ms: super::percentile(&times, 0.99), max_ms: times.last().copied().unwrap_or(0.0), errors }
 }

@@ -8,7 +8,8 @@
 //! takes it, so committing a batch's offsets never passes a message that is not stored. A crash
 //! between storing and committing reads the messages again, and their event ids absorb them.
 //! While one batch is being stored the next gathers what arrives, up to the Source's
-//! `maxInFlight` messages in all.
+//! `maxInFlight` messages in all; then the partitions are paused, and the consumer keeps
+//! polling so that it stays in its group.
 
 mod message;
 mod settings;
@@ -160,10 +161,10 @@ impl KafkaIntake {
         let mut gathering = Batch::default();
         let mut storing: Option<std::pin::Pin<Box<dyn Future<Output = Batch> + Send>>> = None;
         let mut storing_messages = 0;
+        let mut paused = false;
         let stop = shutdown.wait();
         tokio::pin!(stop);
         loop {
-            let room = gathering.messages.len() + storing_messages < self.max_in_flight;
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
@@ -172,11 +173,15 @@ impl KafkaIntake {
                     storing_messages = 0;
                     self.commit(&mut points, &stored.messages);
                 }
-                read = self.consumer.recv(), if room => match read {
+                // always polled, even when full: rebalances and the group's heartbeat are served
+                // here; a full consumer pauses its partitions instead (below)
+                read = self.consumer.recv() => match read {
                     Ok(m) => {
                         let at = Coordinates { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset() };
                         gathering.received.extend(payloads(m.payload(), &at));
                         gathering.messages.push(at);
+                        // a partition assigned since the pause is not paused: pause again
+                        paused &= gathering.messages.len() + storing_messages <= self.max_in_flight;
                     }
                     Err(error) => {
                         tracing::warn!(source = %self.source.name, %error, "kafka consumer error");
@@ -190,8 +195,28 @@ impl KafkaIntake {
                 storing_messages = batch.messages.len();
                 storing = Some(Box::pin(store(self.admitter.clone(), self.source.clone(), self.metrics.clone(), batch)));
             }
+            let in_flight = gathering.messages.len() + storing_messages;
+            self.metrics.kafka.in_flight(&self.source.name, in_flight);
+            let full = in_flight >= self.max_in_flight;
+            if full != paused {
+                self.pause(full);
+                paused = full;
+            }
         }
         tracing::info!(source = %self.source.name, "kafka intake stopped");
+    }
+
+    /// Stop fetching the assigned partitions (`true`), or fetch them again. A message already
+    /// read is kept; one fetched and not yet read is fetched again after the pause.
+    fn pause(&self, pause: bool) {
+        let result = self.consumer.assignment().and_then(|assigned| match pause {
+            true => self.consumer.pause(&assigned),
+            false => self.consumer.resume(&assigned),
+        });
+        if let Err(error) = result {
+            tracing::warn!(source = %self.source.name, %error, pause, "cannot pause or resume the partitions");
+            self.metrics.kafka.error(&self.source.name, "consume", error.to_string());
+        }
     }
 
     /// Commit past `stored` messages, on the partitions this replica still holds (another

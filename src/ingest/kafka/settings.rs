@@ -42,6 +42,11 @@ pub fn consumer_config(group: &str, kafka: &KafkaDelivery, secrets: &Secrets) ->
             },
         )
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string())
+        // a fetch the broker holds for want of new messages returns within this: it bounds the
+        // wait of a message published meanwhile on a broker that does not answer at once
+        .set("fetch.wait.max.ms", "100")
+        // a replica that died gives up its partitions after this (librdkafka's default is 45 s)
+        .set("session.timeout.ms", "10000")
         .set("security.protocol", security_protocol(kafka));
     if let Some(tls) = &kafka.tls {
         for (setting, secret) in [

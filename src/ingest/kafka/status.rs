@@ -30,6 +30,8 @@ struct KafkaMetrics {
     errors: Family<Labels, Counter>,
     /// Partitions the group gave this replica, by source.
     assigned: Family<Labels, Gauge>,
+    /// Messages read and not yet stored (at most the Source's `maxInFlight`), by source.
+    in_flight: Family<Labels, Gauge>,
 }
 
 /// One partition's figures from librdkafka's statistics.
@@ -110,6 +112,7 @@ impl KafkaStatus {
         registry.register("kafka_messages", "Kafka messages read and stored, by source", m.messages.clone());
         registry.register("kafka_errors", "Kafka consumer, store and commit errors, by source and kind", m.errors.clone());
         registry.register("kafka_assigned_partitions", "Partitions assigned to this replica, by source", m.assigned.clone());
+        registry.register("kafka_in_flight", "Kafka messages read and not yet stored, by source", m.in_flight.clone());
         status
     }
 
@@ -167,6 +170,11 @@ impl KafkaStatus {
             let labels = vec![("source", source.to_string()), ("partition", partition.to_string())];
             self.metrics.lag.get_or_create(&labels).set(lag.map_or(0, |l| l as i64));
         }
+    }
+
+    /// `messages` are read and not yet stored.
+    pub fn in_flight(&self, source: &str, messages: usize) {
+        self.metrics.in_flight.get_or_create(&source_label(source)).set(messages as i64);
     }
 
     /// `messages` holding `records` are stored.

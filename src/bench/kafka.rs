@@ -1,0 +1,337 @@
+//! `cdp bench kafka`: Kafka intake on librdkafka's mock cluster, through the real consumers
+//! (one per Source, each on a topic of its name). Three runs, each on a fresh store and cluster:
+//! records per second from a full topic to the intake queue, then to resolved profiles (the
+//! matcher running beside), and the latency from a record's produce call to its profile being
+//! readable in the store the API reads, under a steady rate.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+
+use super::generate::{Generator, Population};
+use super::{bench_config, open_scratch, payload, percentile, remove_sqlite, resolved_count};
+use crate::api::ops::{self, Metrics, Secrets, StartError};
+use crate::crd::SecretKeyRef;
+use crate::crd::source::{Delivery, KafkaDelivery};
+use crate::identity::CanonicalRecord;
+use crate::ingest::Admitter;
+use crate::ingest::mapping::map_record;
+use crate::matcher::{Resolver, WorkerOptions, spawn_workers};
+use crate::pipeline::PipelineConfig;
+use crate::store::{Store, now_ms};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct KafkaArgs {
+    /// PostgreSQL server URL (a scratch database is created on it); SQLite in a temporary file by default.
+    #[arg(long)]
+    pub postgres: Option<String>,
+    /// Records published before the consumers start, for the two throughput runs.
+    #[arg(long, default_value_t = 50_000)]
+    pub records: usize,
+    /// Partitions of each Source's topic.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// Records per message: 1 publishes JSON objects, more JSON arrays of records.
+    #[arg(long, default_value_t = 1)]
+    pub per_message: usize,
+    /// Records per second published in the latency run.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Measure one record in N of the latency run.
+    #[arg(long, default_value_t = 10)]
+    pub sample: u64,
+    /// Matcher workers of the runs to profiles.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t)]
+    pub population: Population,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaReport {
+    pub store: &'static str,
+    pub records: usize,
+    pub partitions: i32,
+    pub per_message: usize,
+    /// Records quarantined (invalid values), stored all the same.
+    pub quarantined: usize,
+    /// From a full topic to every record durably stored (no matcher running).
+    pub topic_to_queued: Run,
+    /// From a full topic to every valid record resolved into a profile.
+    pub topic_to_profile: Run,
+    pub latency: Latency,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub seconds: f64,
+    pub records_per_second: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    pub target_rate: u32,
+    pub achieved_rate: f64,
+    pub seconds: u64,
+    pub measured: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The Secret key the bootstrap servers are read from.
+fn servers_ref() -> SecretKeyRef {
+    SecretKeyRef { name: "kafka".into(), key: "servers".into() }
+}
+
+/// The benchmark's platform ([`bench_config`]) with every Source delivered by Kafka, on a topic
+/// named after it.
+pub fn kafka_config() -> PipelineConfig {
+    let mut config = bench_config();
+    for source in &mut config.sources {
+        let kafka = KafkaDelivery {
+            topic: source.name.clone(),
+            bootstrap_servers_secret_ref: servers_ref(),
+            consumer_group: None,
+            auto_offset_reset: Default::default(),
+            max_in_flight: 1000,
+            missing_event_id: Default::default(),
+            tls: None,
+            sasl: None,
+            broker_ports: Vec::new(),
+        };
+        source.spec.delivery = Delivery { kafka: Some(kafka), ..Delivery::default() };
+    }
+    config
+}
+
+/// The secrets of [`kafka_config`] for brokers at `bootstrap_servers`.
+pub fn kafka_secrets(bootstrap_servers: &str) -> Secrets {
+    Secrets::Values([(servers_ref(), bootstrap_servers.to_string())].into())
+}
+
+/// A producer that queues as much as a run publishes at once.
+pub fn producer(bootstrap_servers: &str) -> Result<FutureProducer, StartError> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("queue.buffering.max.messages", "2000000")
+        .set("linger.ms", "1")
+        .create()
+        .map_err(|error| StartError::Kafka { name: "bench producer".into(), error })
+}
+
+/// One cluster with a topic per Source, a store, and the Sources' consumers running on them.
+struct Platform {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    store: Store,
+    file: Option<std::path::PathBuf>,
+    metrics: Arc<Metrics>,
+    config: PipelineConfig,
+    trigger: ops::ShutdownTrigger,
+    shutdown: ops::Shutdown,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Platform {
+    async fn new(args: &KafkaArgs) -> Result<Platform, StartError> {
+        let kafka = |error| StartError::Kafka { name: "mock cluster".into(), error };
+        let cluster = MockCluster::new(1).map_err(kafka)?;
+        let config = kafka_config();
+        for source in &config.sources {
+            cluster.create_topic(&source.name, args.partitions, 1).map_err(kafka)?;
+        }
+        let (store, file) = open_scratch(args.postgres.as_deref()).await?;
+        let (trigger, shutdown) = ops::shutdown_channel();
+        Ok(Platform { cluster, store, file, metrics: Metrics::new(), config, trigger, shutdown, tasks: Vec::new() })
+    }
+
+    /// Start the Sources' consumers and wait until their group gave each its partitions (a new
+    /// group waits a few seconds for more members first: not intake's time).
+    async fn start_consumers(&mut self) -> Result<(), StartError> {
+        let secrets = kafka_secrets(&self.cluster.bootstrap_servers());
+        let admitter = Admitter::new(&self.config, self.store.clone());
+        self.tasks.extend(crate::ingest::kafka::spawn_all(&self.config, &secrets, &admitter, &self.metrics, &self.shutdown)?);
+        let assigned = || self.config.sources.iter().all(|s| !self.metrics.kafka.assigned(&s.name).is_empty());
+        until(Instant::now(), assigned).await;
+        Ok(())
+    }
+
+    fn start_matchers(&mut self, workers: usize) -> Result<(), StartError> {
+        let resolver = Arc::new(Resolver::new(&self.config)?);
+        let options = WorkerOptions::default();
+        self.tasks.extend(spawn_workers(&self.store, resolver, self.metrics.clone(), workers, options, &self.shutdown));
+        Ok(())
+    }
+
+    /// Records stored with `outcome` (`accepted`: queued; `rejected`: quarantined), by the
+    /// intake metrics.
+    fn stored(&self, outcome: &str) -> usize {
+        let count = |source: &str| {
+            let labels = vec![("source", source.to_string()), ("outcome", outcome.to_string())];
+            self.metrics.intake_records.get_or_create(&labels).get()
+        };
+        self.config.sources.iter().map(|s| count(&s.name)).sum::<u64>() as usize
+    }
+
+    /// Every record of a run is stored: queued or quarantined (the generator's typos make a
+    /// few values invalid).
+    fn all_stored(&self, records: usize) -> bool {
+        self.stored("accepted") + self.stored("rejected") >= records
+    }
+
+    async fn stop(self) {
+        self.trigger.trigger();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.store.close().await;
+        remove_sqlite(self.file);
+    }
+}
+
+/// Publish `records`, `per_message` to a message, on the topic of each one's Source (spread
+/// over its partitions by key), and wait until the cluster has them all.
+async fn publish(producer: &FutureProducer, records: &[CanonicalRecord], per_message: usize) -> Result<(), StartError> {
+    let failed = |error| StartError::Kafka { name: "bench producer".into(), error };
+    let mut by_source: std::collections::BTreeMap<&str, Vec<serde_json::Value>> = Default::default();
+    for record in records {
+        by_source.entry(&record.source).or_default().push(payload(record));
+    }
+    let mut deliveries = Vec::new();
+    for (source, payloads) in &by_source {
+        for (n, chunk) in payloads.chunks(per_message.max(1)).enumerate() {
+            let body = match chunk {
+                [one] => one.to_string(),
+                many => serde_json::Value::from(many.to_vec()).to_string(),
+            };
+            let key = n.to_string();
+            // librdkafka copies the message: the future does not hold it
+            let queued = producer.send_result(FutureRecord::to(source).key(&key).payload(&body));
+            deliveries.push(queued.map_err(|(error, _)| failed(error))?);
+        }
+    }
+    for delivery in futures::future::join_all(deliveries).await {
+        match delivery {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => return Err(failed(error)),
+            Err(_) => return Err(failed(rdkafka::error::KafkaError::Canceled)),
+        }
+    }
+    Ok(())
+}
+
+/// Seconds until `done` holds, checked every 20 ms.
+async fn until(started: Instant, done: impl Fn() -> bool) -> f64 {
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed().as_secs_f64()
+}
+
+pub async fn kafka(args: &KafkaArgs) -> Result<KafkaReport, StartError> {
+    let mut generator = Generator::new(args.seed, args.records, 3.0, args.population);
+    let records: Vec<CanonicalRecord> = (0..args.records).map(|_| generator.next_record().record).collect();
+
+    // a full topic to the intake queue
+    let mut platform = Platform::new(args).await?;
+    publish(&producer(&platform.cluster.bootstrap_servers())?, &records, args.per_message).await?;
+    platform.start_consumers().await?;
+    let started = Instant::now();
+    let seconds = until(started, || platform.all_stored(args.records)).await;
+    let quarantined = platform.stored("rejected");
+    let topic_to_queued = Run { seconds, records_per_second: args.records as f64 / seconds };
+    eprintln!("topic to queued: {topic_to_queued:?}");
+    platform.stop().await;
+
+    // a full topic to profiles
+    let mut platform = Platform::new(args).await?;
+    publish(&producer(&platform.cluster.bootstrap_servers())?, &records, args.per_message).await?;
+    platform.start_consumers().await?;
+    platform.start_matchers(args.workers)?;
+    let started = Instant::now();
+    let seconds =
+        until(started, || platform.all_stored(args.records) && resolved_count(&platform.metrics) >= platform.stored("accepted")).await;
+    let topic_to_profile = Run { seconds, records_per_second: args.records as f64 / seconds };
+    eprintln!("topic to profile: {topic_to_profile:?}");
+    platform.stop().await;
+
+    let latency = steady(args).await?;
+    Ok(KafkaReport {
+        store: if args.postgres.is_some() { "postgres" } else { "sqlite" },
+        records: args.records,
+        partitions: args.partitions,
+        per_message: args.per_message,
+        quarantined,
+        topic_to_queued,
+        topic_to_profile,
+        latency,
+    })
+}
+
+/// Publish at `args.rate` for `args.seconds`, one record a message; for one in `args.sample`,
+/// the time from the produce call to its record being in a profile.
+async fn steady(args: &KafkaArgs) -> Result<Latency, StartError> {
+    let mut platform = Platform::new(args).await?;
+    platform.start_consumers().await?;
+    platform.start_matchers(args.workers)?;
+    let flags = crate::ingest::normalise_flags(&platform.config);
+    let producer = producer(&platform.cluster.bootstrap_servers())?;
+    let total = args.rate as u64 * args.seconds;
+    let mut generator = Generator::new(args.seed, total as usize, 3.0, args.population);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = (args.rate / 100).max(1) as u64;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        tick.tick().await;
+        for _ in 0..per_tick.min(total - sent) {
+            let record = generator.next_record().record;
+            let body = payload(&record);
+            // an invalid record (a generated typo) is quarantined: no profile to wait for
+            let valid = platform.config.source(&record.source).is_some_and(|s| map_record(s, flags, &body, now_ms()).is_ok());
+            let measured = sent % args.sample == 0 && valid;
+            sent += 1;
+            let (producer, store, tx) = (producer.clone(), platform.store.clone(), tx.clone());
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let body = body.to_string();
+                let message = FutureRecord::to(&record.source).key(&record.source_record_id).payload(&body);
+                if producer.send(message, Duration::from_secs(30)).await.is_err() || !measured {
+                    return;
+                }
+                while !matches!(store.record_by_source_id(&record.source, &record.source_record_id).await, Ok(Some(_))) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let _ = tx.send(t0.elapsed());
+            });
+        }
+    }
+    let send_seconds = started.elapsed().as_secs_f64();
+    drop(tx);
+    let mut latencies = Vec::new();
+    while let Some(latency) = rx.recv().await {
+        latencies.push(latency.as_secs_f64() * 1000.0);
+    }
+    platform.stop().await;
+    latencies.sort_by(f64::total_cmp);
+    Ok(Latency {
+        target_rate: args.rate,
+        achieved_rate: total as f64 / send_seconds,
+        seconds: args.seconds,
+        measured: latencies.len(),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+    })
+}
