@@ -42,6 +42,7 @@ fn matcher_load(backlog: u64) -> Served {
         backlog,
         oldest_backlog_seconds: 12.0,
         feeds: vec![],
+        kafka: vec![],
     };
     Served { report, age: Duration::ZERO }
 }

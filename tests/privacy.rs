@@ -59,7 +59,7 @@ async fn admit(store: &Store, config: PipelineConfig, source: &str, payload: Val
     let named = config.source(source).unwrap().clone();
     let flags = cdp_operator::ingest::normalise_flags(&config);
     let identifiers = privacy(store, config).gate(&named, std::slice::from_ref(&payload)).await.unwrap();
-    let (arrivals, _) = cdp_operator::ingest::mapping::arrivals(&named, flags, vec![payload], identifiers, now_ms());
+    let (arrivals, _) = cdp_operator::ingest::mapping::arrivals(&named, flags, &[payload.into()], identifiers, now_ms());
     store.admit(arrivals).await.unwrap().remove(0)
 }
 

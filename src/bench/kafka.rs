@@ -289,7 +289,7 @@ async fn steady(args: &KafkaArgs) -> Result<Latency, StartError> {
             let body = payload(&record);
             // an invalid record (a generated typo) is quarantined: no profile to wait for
             let valid = platform.config.source(&record.source).is_some_and(|s| map_record(s, flags, &body, now_ms()).is_ok());
-            let measured = sent % args.steady.sample == 0 && valid;
+            let measured = sent.is_multiple_of(args.steady.sample) && valid;
             sent += 1;
             let (producer, store, tx) = (producer.clone(), platform.store.clone(), tx.clone());
             tokio::spawn(async move {
