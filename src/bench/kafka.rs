@@ -11,8 +11,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
-use super::generate::{Generator, Population};
-use super::{bench_config, open_scratch, payload, percentile, remove_sqlite, resolved_count};
+use super::generate::Generator;
+use super::{LatencyArgs, bench_config, open_scratch, payload, percentile, remove_sqlite, resolved_count};
 use crate::api::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::source::{Delivery, KafkaDelivery};
@@ -37,21 +37,10 @@ pub struct KafkaArgs {
     /// Records per message: 1 publishes JSON objects, more JSON arrays of records.
     #[arg(long, default_value_t = 1)]
     pub per_message: usize,
-    /// Records per second published in the latency run.
-    #[arg(long, default_value_t = 2000)]
-    pub rate: u32,
-    #[arg(long, default_value_t = 20)]
-    pub seconds: u64,
-    /// Measure one record in N of the latency run.
-    #[arg(long, default_value_t = 10)]
-    pub sample: u64,
-    /// Matcher workers of the runs to profiles.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    #[arg(long, value_enum, default_value_t)]
-    pub population: Population,
+    /// The latency run (records published per second, one per message; measured ones are
+    /// polled in the store), and the matcher workers and records of every run.
+    #[command(flatten)]
+    pub steady: LatencyArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -239,7 +228,7 @@ async fn until(started: Instant, done: impl Fn() -> bool) -> f64 {
 }
 
 pub async fn kafka(args: &KafkaArgs) -> Result<KafkaReport, StartError> {
-    let mut generator = Generator::new(args.seed, args.records, 3.0, args.population);
+    let mut generator = Generator::new(args.steady.seed, args.records, 3.0, args.steady.population);
     let records: Vec<CanonicalRecord> = (0..args.records).map(|_| generator.next_record().record).collect();
 
     // a full topic to the intake queue
@@ -257,7 +246,7 @@ pub async fn kafka(args: &KafkaArgs) -> Result<KafkaReport, StartError> {
     let mut platform = Platform::new(args).await?;
     publish(&producer(&platform.cluster.bootstrap_servers())?, &records, args.per_message).await?;
     platform.start_consumers().await?;
-    platform.start_matchers(args.workers)?;
+    platform.start_matchers(args.steady.workers)?;
     let started = Instant::now();
     let seconds =
         until(started, || platform.all_stored(args.records) && resolved_count(&platform.metrics) >= platform.stored("accepted")).await;
@@ -278,19 +267,19 @@ pub async fn kafka(args: &KafkaArgs) -> Result<KafkaReport, StartError> {
     })
 }
 
-/// Publish at `args.rate` for `args.seconds`, one record a message; for one in `args.sample`,
+/// Publish at the steady rate for its seconds, one record a message; for one in its sample,
 /// the time from the produce call to its record being in a profile.
 async fn steady(args: &KafkaArgs) -> Result<Latency, StartError> {
     let mut platform = Platform::new(args).await?;
     platform.start_consumers().await?;
-    platform.start_matchers(args.workers)?;
+    platform.start_matchers(args.steady.workers)?;
     let flags = crate::ingest::normalise_flags(&platform.config);
     let producer = producer(&platform.cluster.bootstrap_servers())?;
-    let total = args.rate as u64 * args.seconds;
-    let mut generator = Generator::new(args.seed, total as usize, 3.0, args.population);
+    let total = args.steady.rate as u64 * args.steady.seconds;
+    let mut generator = Generator::new(args.steady.seed, total as usize, 3.0, args.steady.population);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let per_tick = (args.rate / 100).max(1) as u64;
+    let per_tick = (args.steady.rate / 100).max(1) as u64;
     let started = Instant::now();
     let mut sent = 0u64;
     while sent < total {
@@ -300,7 +289,7 @@ async fn steady(args: &KafkaArgs) -> Result<Latency, StartError> {
             let body = payload(&record);
             // an invalid record (a generated typo) is quarantined: no profile to wait for
             let valid = platform.config.source(&record.source).is_some_and(|s| map_record(s, flags, &body, now_ms()).is_ok());
-            let measured = sent % args.sample == 0 && valid;
+            let measured = sent.is_multiple_of(args.steady.sample) && valid;
             sent += 1;
             let (producer, store, tx) = (producer.clone(), platform.store.clone(), tx.clone());
             tokio::spawn(async move {
@@ -326,9 +315,9 @@ async fn steady(args: &KafkaArgs) -> Result<Latency, StartError> {
     platform.stop().await;
     latencies.sort_by(f64::total_cmp);
     Ok(Latency {
-        target_rate: args.rate,
+        target_rate: args.steady.rate,
         achieved_rate: total as f64 / send_seconds,
-        seconds: args.seconds,
+        seconds: args.steady.seconds,
         measured: latencies.len(),
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),

@@ -181,7 +181,7 @@ impl KafkaIntake {
                         gathering.received.extend(payloads(m.payload(), &at));
                         gathering.messages.push(at);
                         // a partition assigned since the pause is not paused: pause again
-                        paused &= gathering.messages.len() + storing_messages <= self.max_in_flight;
+                        paused &= gathering.messages.len() + storing_messages < self.max_in_flight;
                     }
                     Err(error) => {
                         tracing::warn!(source = %self.source.name, %error, "kafka consumer error");
@@ -197,10 +197,14 @@ impl KafkaIntake {
             }
             let in_flight = gathering.messages.len() + storing_messages;
             self.metrics.kafka.in_flight(&self.source.name, in_flight);
-            let full = in_flight >= self.max_in_flight;
-            if full != paused {
-                self.pause(full);
-                paused = full;
+            // resumed only once half is stored: a pause drops what librdkafka fetched ahead,
+            // so pausing at every batch would fetch most messages twice
+            if !paused && in_flight >= self.max_in_flight {
+                self.pause(true);
+                paused = true;
+            } else if paused && in_flight <= self.max_in_flight / 2 {
+                self.pause(false);
+                paused = false;
             }
         }
         tracing::info!(source = %self.source.name, "kafka intake stopped");
