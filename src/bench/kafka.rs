@@ -12,7 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
 use super::generate::Generator;
-use super::{LatencyArgs, bench_config, open_scratch, payload, percentile, remove_sqlite, resolved_count};
+use super::{LatencyArgs, LatencyReport, bench_config, open_scratch, payload, percentile, remove_sqlite, resolved_count};
 use crate::api::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::source::{Delivery, KafkaDelivery};
@@ -56,7 +56,7 @@ pub struct KafkaReport {
     pub topic_to_queued: Run,
     /// From a full topic to every valid record resolved into a profile.
     pub topic_to_profile: Run,
-    pub latency: Latency,
+    pub latency: LatencyReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,18 +64,6 @@ pub struct KafkaReport {
 pub struct Run {
     pub seconds: f64,
     pub records_per_second: f64,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Latency {
-    pub target_rate: u32,
-    pub achieved_rate: f64,
-    pub seconds: u64,
-    pub measured: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
 }
 
 /// The Secret key the bootstrap servers are read from.
@@ -269,7 +257,7 @@ pub async fn kafka(args: &KafkaArgs) -> Result<KafkaReport, StartError> {
 
 /// Publish at the steady rate for its seconds, one record a message; for one in its sample,
 /// the time from the produce call to its record being in a profile.
-async fn steady(args: &KafkaArgs) -> Result<Latency, StartError> {
+async fn steady(args: &KafkaArgs) -> Result<LatencyReport, StartError> {
     let mut platform = Platform::new(args).await?;
     platform.start_consumers().await?;
     platform.start_matchers(args.steady.workers)?;
@@ -314,7 +302,7 @@ async fn steady(args: &KafkaArgs) -> Result<Latency, StartError> {
     }
     platform.stop().await;
     latencies.sort_by(f64::total_cmp);
-    Ok(Latency {
+    Ok(LatencyReport {
         target_rate: args.steady.rate,
         achieved_rate: total as f64 / send_seconds,
         seconds: args.steady.seconds,
@@ -322,5 +310,7 @@ async fn steady(args: &KafkaArgs) -> Result<Latency, StartError> {
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
+        // messages are published to the broker, not answered by intake
+        intake_errors: Default::default(),
     })
 }

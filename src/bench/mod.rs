@@ -326,6 +326,7 @@ pub struct LatencyReport {
     pub p99_ms: f64,
     pub max_ms: f64,
     /// Intake answers other than 202, by status and message.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub intake_errors: std::collections::BTreeMap<String, usize>,
 }
 

@@ -106,19 +106,7 @@ pub struct Sample {
 pub fn load_report(replica: &str, before: &Sample, now: &Sample) -> LoadReport {
     let window = ((now.at_ms - before.at_ms).max(1)) as f64 / 1000.0;
     let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / window;
-    let mut report = LoadReport {
-        workload: Workload::Feeds,
-        replica: replica.to_string(),
-        at_ms: now.at_ms,
-        window_seconds: window,
-        arrival_per_second: 0.0,
-        processed_per_second: 0.0,
-        busy_fraction: 0.0,
-        backlog: 0,
-        oldest_backlog_seconds: 0.0,
-        feeds: Vec::new(),
-        kafka: Vec::new(),
-    };
+    let mut report = LoadReport { window_seconds: window, ..LoadReport::idle(Workload::Feeds, replica, now.at_ms) };
     let mut busy_ms = 0;
     for (name, (counters, backlog)) in &now.feeds {
         let old = before.feeds.get(name);
