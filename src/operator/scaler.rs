@@ -164,7 +164,9 @@ async fn scale_platform(ctx: &Context, platform: &CustomerDataPlatform) -> Resul
     // And the consumers' figures to the Kafka Sources.
     let ingest_load = fetch_load(ctx, &namespace, &name, Workload::Ingest).await?;
     let consumers = source_status::consumer_figures(&ingest_load);
-    let sources = source_status::platform_sources(ctx, &namespace, &name).await?;
+    // a platform without Kafka consumers has no Source status to copy and no partition bound
+    let sources =
+        if consumers.is_empty() { Vec::new() } else { source_status::platform_sources(ctx, &namespace, &name).await? };
     source_status::copy_consumer_figures(ctx, &sources, &consumers).await?;
     let kafka_only = !sources.is_empty() && sources.iter().all(|s| s.spec.delivery.kafka.is_some());
     let mut fetched = HashMap::from([(Workload::Feeds, feeds_load), (Workload::Ingest, ingest_load)]);
