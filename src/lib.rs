@@ -11,6 +11,7 @@ pub mod matcher;
 pub mod operator;
 pub mod pipeline;
 pub mod privacy;
+pub mod runtime;
 pub mod scaling;
 pub mod store;
 pub mod telemetry;

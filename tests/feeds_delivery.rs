@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
-use cdp_operator::api::ops::{self, Metrics, Secrets};
+use cdp_operator::runtime::ops::{self, Metrics, Secrets};
 use cdp_operator::crd::SecretKeyRef;
 use cdp_operator::crd::source::FieldMapping;
 use cdp_operator::feeds::keys::EventKeys;

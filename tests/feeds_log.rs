@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cdp_operator::api::ops::{self, Metrics, Secrets};
+use cdp_operator::runtime::ops::{self, Metrics, Secrets};
 use cdp_operator::crd::SecretKeyRef;
 use cdp_operator::feeds::{FeedsContext, WorkerOptions};
 use cdp_operator::pipeline::NamedFeed;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cdp_operator::api::ops::{self, Metrics};
+use cdp_operator::runtime::ops::{self, Metrics};
 use cdp_operator::crd::source::InvalidValuePolicy;
 use cdp_operator::ingest::{IngestState, router};
 use cdp_operator::matcher::Resolver;

@@ -12,8 +12,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cdp_operator::api::load;
-use cdp_operator::api::ops::{self, Metrics};
+use cdp_operator::runtime::load;
+use cdp_operator::runtime::ops::{self, Metrics};
 use cdp_operator::bench::kafka::{kafka_config, kafka_secrets, producer};
 use cdp_operator::ingest::Admitter;
 use cdp_operator::ingest::kafka::KafkaIntake;

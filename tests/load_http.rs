@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cdp_operator::api::load;
-use cdp_operator::api::ops::{self, Metrics};
+use cdp_operator::runtime::load;
+use cdp_operator::runtime::ops::{self, Metrics};
 use cdp_operator::matcher::{Worker, WorkerOptions};
 use cdp_operator::scaling::Workload;
 use cdp_operator::scaling::load::LoadReport;

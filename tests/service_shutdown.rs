@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdp_operator::api::ops::Secrets;
+use cdp_operator::runtime::ops::Secrets;
 use cdp_operator::local::load_platform;
 
 fn free_port() -> u16 {

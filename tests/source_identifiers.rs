@@ -46,7 +46,7 @@ fn webshop(config: &PipelineConfig, payload: Value) -> CanonicalRecord {
 
 async fn drain(store: &Store, config: &PipelineConfig) {
     let resolver = Arc::new(Resolver::new(config).unwrap());
-    let metrics = cdp_operator::api::ops::Metrics::new();
+    let metrics = cdp_operator::runtime::ops::Metrics::new();
     Worker::new(store.clone(), resolver, metrics, "w".into(), WorkerOptions::default()).drain().await.unwrap();
 }
 

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::auth::Scope;
-use super::ops::ApiError;
+use crate::runtime::auth::Scope;
+use crate::runtime::ops::ApiError;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
@@ -82,7 +82,7 @@ fn known_feed(s: &ApiState, feed: &str) -> Result<(), ApiError> {
 
 /// Dead letters of a feed, oldest event first.
 #[utoipa::path(get, path = "/v1/feeds/{feed}/dead-letters", params(("feed" = String, Path), DeadLetterQuery),
-    responses((status = 200, body = DeadLetterList), (status = 404, body = super::ops::ErrorBody)))]
+    responses((status = 200, body = DeadLetterList), (status = 404, body = crate::runtime::ops::ErrorBody)))]
 pub async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -101,7 +101,7 @@ pub async fn list(
 
 /// One dead letter.
 #[utoipa::path(get, path = "/v1/feeds/{feed}/dead-letters/{eventId}", params(("feed" = String, Path), ("eventId" = i64, Path)),
-    responses((status = 200, body = DeadLetterView), (status = 404, body = super::ops::ErrorBody)))]
+    responses((status = 200, body = DeadLetterView), (status = 404, body = crate::runtime::ops::ErrorBody)))]
 pub async fn inspect(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -115,7 +115,7 @@ pub async fn inspect(
 
 /// Deliver a dead letter again, with fresh attempts.
 #[utoipa::path(post, path = "/v1/feeds/{feed}/dead-letters/{eventId}/replay", params(("feed" = String, Path), ("eventId" = i64, Path)),
-    responses((status = 202, body = Replayed), (status = 404, body = super::ops::ErrorBody)))]
+    responses((status = 202, body = Replayed), (status = 404, body = crate::runtime::ops::ErrorBody)))]
 pub async fn replay(State(s): State<ApiState>, headers: HeaderMap, Path((feed, event_id)): Path<(String, i64)>) -> Result<Response, ApiError> {
     s.tokens.authorize(&headers, Scope::Write)?;
     known_feed(&s, &feed)?;

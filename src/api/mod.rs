@@ -3,10 +3,7 @@
 //! Profiles are addressed as `p<number>`; a merged-away id keeps resolving to its survivor.
 //! Every route needs a bearer token with the right scope (read, write).
 
-pub mod auth;
-pub mod load;
 pub mod dead_letters;
-pub mod ops;
 mod privacy;
 
 use std::collections::BTreeSet;
@@ -23,8 +20,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use self::auth::{Scope, Tokens};
-use self::ops::{ApiError, BearerAuth, Metrics, Secrets, StartError};
+use crate::runtime::auth::{Scope, Tokens};
+use crate::runtime::ops::{self, ApiError, BearerAuth, Metrics, Secrets, StartError};
 use crate::identity::normalise::{NormaliseFlags, normalise_with};
 use crate::matcher::{MatchError, MergedBy, Resolver, lookup_key};
 use crate::pipeline::PipelineConfig;

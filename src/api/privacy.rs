@@ -10,8 +10,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::Scope;
-use super::ops::{self, ApiError};
+use crate::runtime::auth::Scope;
+use crate::runtime::ops::{self, ApiError};
 use super::{ApiState, EventView, ProfileView, parse_profile_id, profile_ref};
 use crate::privacy::{Consents, ErasureReport, Export, Privacy, PrivacyError, Subject};
 use crate::store::{ErasureRow, QuarantineEntry, Removed, ReviewRow, StoredRecord};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{BENCH_KEY, bench_source, open_scratch, payload, remove_sqlite};
-use crate::api::ops::{self, Metrics, Secrets, StartError};
+use crate::runtime::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::matching::MatchingModel;
 use crate::crd::source::{InvalidValuePolicy, ValidationRules};

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::generate::{Generator, Population};
-use crate::api::ops::StartError;
+use crate::runtime::ops::StartError;
 use crate::local::PlatformArgs;
 use crate::pipeline::NamedSource;
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::generate::Generator;
 use super::{LatencyArgs, LatencyReport, bench_config, open_scratch, payload, percentile, remove_sqlite, resolved_count};
-use crate::api::ops::{self, Metrics, Secrets, StartError};
+use crate::runtime::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::source::{Delivery, KafkaDelivery};
 use crate::identity::CanonicalRecord;

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::auth::Tokens;
-use crate::api::ops::{self, Metrics, Secrets, StartError};
+use crate::runtime::auth::Tokens;
+use crate::runtime::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::source::{Delivery, FieldMapping, HttpDelivery, SourceSpec};
 use crate::identity::eval::{PairwiseMetrics, pairwise};

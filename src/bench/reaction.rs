@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::generate::Generator;
 use super::{BENCH_KEY, bench_config, open_scratch, payload, remove_sqlite};
-use crate::api::ops::{self, Metrics, Secrets, StartError};
+use crate::runtime::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::source::FieldMapping;
 use crate::feeds::{FeedsContext, WorkerOptions};

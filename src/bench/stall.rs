@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::generate::{Generator, Population};
 use super::{BENCH_KEY, bench_config, open_scratch, payload, remove_sqlite, resolved_count};
-use crate::api::ops::{self, Metrics, Secrets, StartError};
+use crate::runtime::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::matcher::{BatchArgs, Resolver, spawn_workers};
 

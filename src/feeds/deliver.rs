@@ -9,7 +9,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::sign::{IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign};
-use crate::api::ops::{Secrets, StartError};
+use crate::runtime::ops::{Secrets, StartError};
 use crate::crd::feed::{Destination as Spec, KafkaTopic, Webhook};
 
 /// One message to send.

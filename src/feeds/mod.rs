@@ -34,7 +34,7 @@ use self::lease::{FeedClaim, Lease};
 use self::outage::{OutageLog, Report};
 use self::select::{Selector, SelectorError};
 use self::status::{FeedBoard, FeedMetrics, Sample, feed_label, load_report};
-use crate::api::ops::{self, Metrics, Secrets, Shutdown, StartError};
+use crate::runtime::ops::{self, Metrics, Secrets, Shutdown, StartError};
 use crate::crd::feed::DeliveryPolicy;
 use crate::pipeline::PipelineConfig;
 use crate::scaling::load::LoadReport;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::sign::{IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SignatureError, verify};
-use crate::api::ops::{self, StartError};
+use crate::runtime::ops::{self, StartError};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ReceiveArgs {

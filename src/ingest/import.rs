@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::Admitter;
 use super::mapping::{Received, row_to_json};
-use crate::api::ops::StartError;
+use crate::runtime::ops::StartError;
 use crate::local::{PlatformArgs, StoreArgs};
 use crate::pipeline::PipelineConfig;
 use crate::store::{Admission, Store, StoreError};

@@ -21,8 +21,8 @@ use utoipa::OpenApi;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::auth::{bearer, digest, digest_matches};
-use crate::api::ops::{self, ApiError, BearerAuth, Metrics, Secrets, StartError};
+use crate::runtime::auth::{bearer, digest, digest_matches};
+use crate::runtime::ops::{self, ApiError, BearerAuth, Metrics, Secrets, StartError};
 use crate::identity::normalise::NormaliseFlags;
 use crate::crd::matching::EmailProviderRule;
 use crate::pipeline::{NamedSource, PipelineConfig};
@@ -377,7 +377,7 @@ pub async fn run(args: IngestArgs) -> Result<(), StartError> {
     let listener = ops::bind(args.listen).await?;
     let consumers = kafka::spawn_all(&config, &secrets, &state.admitter, &metrics, &shutdown)?;
     tracing::info!(platform = %config.platform, listen = %args.listen, kafka_sources = consumers.len(), "ingest started");
-    let load = crate::api::load::router(store.clone(), &metrics, crate::scaling::Workload::Ingest);
+    let load = crate::runtime::load::router(store.clone(), &metrics, crate::scaling::Workload::Ingest);
     ops::serve_with_ops(listener, router(state).merge(load), store.clone(), metrics, shutdown).await;
     for consumer in consumers {
         let _ = consumer.await;

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use serde_json::Value;
 
-use crate::api::auth::{Scope, TokenLine, Tokens, parse_lines};
-use crate::api::load;
-use crate::api::ops::{self, Metrics, Secrets, StartError};
+use crate::runtime::auth::{Scope, TokenLine, Tokens, parse_lines};
+use crate::runtime::load;
+use crate::runtime::ops::{self, Metrics, Secrets, StartError};
 use crate::ingest::IngestState;
 use crate::ingest::import::{Format, import_file, progress_bar};
 use crate::matcher::{Resolver, WorkerOptions, spawn_queue_gauge, worker_spawner};

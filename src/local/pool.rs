@@ -11,8 +11,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::task::JoinHandle;
 
-use crate::api::load::{self, WorkMeter};
-use crate::api::ops::{self, Shutdown, ShutdownTrigger};
+use crate::runtime::load::{self, WorkMeter};
+use crate::runtime::ops::{self, Shutdown, ShutdownTrigger};
 use crate::pipeline::PipelineConfig;
 use crate::scaling::Workload;
 use crate::scaling::decision::{Change, DecisionInput, DecisionState, LoadObservation, PeakFloor, Tuning, decide};

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::pace::BatchSizer;
 use super::{Resolver, claim_and_resolve};
-use crate::api::load;
-use crate::api::ops::{self, Metrics, Shutdown, StartError};
+use crate::runtime::load;
+use crate::runtime::ops::{self, Metrics, Shutdown, StartError};
 use crate::store::{Store, StoreError, now_ms};
 
 #[derive(clap::Args, Clone, Debug)]

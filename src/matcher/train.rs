@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::api::ops::StartError;
+use crate::runtime::ops::StartError;
 use crate::crd::matching::MatchingModel;
 use crate::identity::eval::{self, LabelledRecord};
 use crate::identity::{Engine, PreparedRecord, TrainOptions, default_model, train_with};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Privacy, PrivacyError};
-use crate::api::ops::Shutdown;
+use crate::runtime::ops::Shutdown;
 use crate::matcher::Resolver;
 use crate::pipeline::PipelineConfig;
 use crate::store::{Removed, Store, now_ms};

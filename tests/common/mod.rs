@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use cdp_operator::api::auth::Tokens;
-use cdp_operator::api::ops::{self, Metrics, Secrets};
+use cdp_operator::runtime::auth::Tokens;
+use cdp_operator::runtime::ops::{self, Metrics, Secrets};
 use cdp_operator::crd::SecretKeyRef;
 use cdp_operator::identity::CanonicalRecord;
 use cdp_operator::matcher::{Resolver, Worker, WorkerOptions};

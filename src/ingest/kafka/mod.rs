@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::mapping::Received;
 use super::{Admitter, Tally};
-use crate::api::ops::{Metrics, Secrets, Shutdown, StartError};
+use crate::runtime::ops::{Metrics, Secrets, Shutdown, StartError};
 use crate::crd::source::{AutoOffsetReset, KafkaDelivery};
 use crate::pipeline::{NamedSource, PipelineConfig};
 use crate::store::now_ms;

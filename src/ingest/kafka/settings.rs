@@ -2,7 +2,7 @@
 
 use rdkafka::ClientConfig;
 
-use crate::api::ops::{Secrets, StartError};
+use crate::runtime::ops::{Secrets, StartError};
 use crate::crd::source::{AutoOffsetReset, KafkaDelivery};
 
 /// How often librdkafka reports its statistics (the partitions' high watermarks and committed

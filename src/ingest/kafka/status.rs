@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::api::load::LOAD_WINDOW;
+use crate::runtime::load::LOAD_WINDOW;
 use crate::scaling::load::{KafkaSourceLoad, PartitionLag};
 
 type Labels = Vec<(&'static str, String)>;
