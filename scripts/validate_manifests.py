@@ -48,6 +48,7 @@ CRD_KINDS = {
     "MatchingPolicy": "matchingpolicies",
     "Feed": "feeds",
     "ScalingPolicy": "scalingpolicies",
+    "Enricher": "enrichers",
 }
 GROUP = "cdp.dev"
 YAML_SUFFIXES = (".yaml", ".yml")

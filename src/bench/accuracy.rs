@@ -101,6 +101,7 @@ fn dataset_config(data: &[LabelledRecord], model: &MatchingModel) -> PipelineCon
         matching: MatchingConfig { policy: None, model: model.clone() },
         feeds: Vec::new(),
         scaling: Vec::new(),
+        enrichers: Vec::new(),
         api_tokens: None,
     }
 }

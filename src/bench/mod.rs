@@ -132,6 +132,7 @@ pub fn bench_config() -> PipelineConfig {
         matching: MatchingConfig { policy: None, model: crate::identity::default_model() },
         feeds: Vec::new(),
         scaling: Vec::new(),
+        enrichers: Vec::new(),
         api_tokens: None,
     }
 }

@@ -1,6 +1,7 @@
 //! The custom resources (group `cdp.dev`, version `v1alpha1`): schema, CEL rules, status.
 
 pub mod common;
+pub mod enricher;
 pub mod feed;
 pub mod matching;
 pub mod platform;
@@ -8,6 +9,7 @@ pub mod scaling;
 pub mod source;
 
 pub use common::{CommonStatus, PlatformRef, SecretKeyRef};
+pub use enricher::{Enricher, EnricherSpec};
 pub use feed::{Feed, FeedSpec};
 pub use matching::{MatchingPolicy, MatchingPolicySpec};
 pub use platform::{CustomerDataPlatform, CustomerDataPlatformSpec};
@@ -21,7 +23,7 @@ pub const GROUP: &str = "cdp.dev";
 
 /// Every CRD, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    [CustomerDataPlatform::crd(), Source::crd(), MatchingPolicy::crd(), Feed::crd(), ScalingPolicy::crd()]
+    [CustomerDataPlatform::crd(), Source::crd(), MatchingPolicy::crd(), Feed::crd(), ScalingPolicy::crd(), Enricher::crd()]
         .into_iter()
         .map(with_kubernetes_formats)
         .collect()

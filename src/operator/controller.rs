@@ -29,7 +29,7 @@ use super::scaler::{self, Scaler, ScalerOptions};
 use super::status::{self, Phase};
 use crate::crd::common::{CommonStatus, condition};
 use crate::crd::platform::{CustomerDataPlatformStatus, MemberCounts};
-use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, Source};
+use crate::crd::{CustomerDataPlatform, Enricher, Feed, MatchingPolicy, ScalingPolicy, Source};
 use crate::pipeline::{self, Compiled, Members, PipelineConfig};
 
 /// Annotation that stops every change to a platform's objects while set to "true".
@@ -160,6 +160,7 @@ pub async fn run_controllers(ctx: Arc<Context>, namespaces: &[String]) {
             Box::pin(members::orphan_controller::<MatchingPolicy>(ctx.clone(), scope)),
             Box::pin(members::orphan_controller::<Feed>(ctx.clone(), scope)),
             Box::pin(members::orphan_controller::<ScalingPolicy>(ctx.clone(), scope)),
+            Box::pin(members::orphan_controller::<Enricher>(ctx.clone(), scope)),
         ]
     });
     futures::future::join_all(runs).await;
@@ -190,6 +191,7 @@ async fn controller(ctx: Arc<Context>, scope: Option<&str>) {
         .watches(scoped::<MatchingPolicy>(client, scope), config.clone(), |p| platform_of(&p, &p.spec.platform_ref.name))
         .watches(scoped::<Feed>(client, scope), config.clone(), |f| platform_of(&f, &f.spec.platform_ref.name))
         .watches(scoped::<ScalingPolicy>(client, scope), config.clone(), |p| platform_of(&p, &p.spec.platform_ref.name))
+        .watches(scoped::<Enricher>(client, scope), config.clone(), |e| platform_of(&e, &e.spec.platform_ref.name))
         // Secrets carry no owner link to a platform: any change in a namespace re-checks its platforms.
         // Metadata only: the operator never caches Secret data.
         .watches(scoped::<PartialObjectMeta<Secret>>(client, scope), config.clone(), move |secret| {
@@ -345,6 +347,7 @@ async fn fetch_members(client: &Client, namespace: &str, platform: &CustomerData
         matching_policies: list(client, namespace, &name, |p: &MatchingPolicy| &p.spec.platform_ref.name).await?,
         feeds: list(client, namespace, &name, |f: &Feed| &f.spec.platform_ref.name).await?,
         scaling_policies: list(client, namespace, &name, |p: &ScalingPolicy| &p.spec.platform_ref.name).await?,
+        enrichers: list(client, namespace, &name, |e: &Enricher| &e.spec.platform_ref.name).await?,
         secret_keys: BTreeSet::new(),
     };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -359,7 +362,8 @@ async fn fetch_members(client: &Client, namespace: &str, platform: &CustomerData
 fn referenced_secrets(platform: &CustomerDataPlatform, members: &Members) -> BTreeSet<String> {
     let sources = members.sources.iter().flat_map(|s| s.spec.secret_refs());
     let feeds = members.feeds.iter().flat_map(|f| f.spec.secret_refs());
-    platform.spec.secret_refs().into_iter().chain(sources).chain(feeds).map(|(_, r)| r.name.clone()).collect()
+    let enrichers = members.enrichers.iter().flat_map(|e| e.spec.secret_refs());
+    platform.spec.secret_refs().into_iter().chain(sources).chain(feeds).chain(enrichers).map(|(_, r)| r.name.clone()).collect()
 }
 
 /// The generated store password is created once and never regenerated: the database was

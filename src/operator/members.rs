@@ -22,7 +22,7 @@ use super::apply;
 use super::controller::{Context, scoped};
 use super::status::{self, Phase};
 use crate::crd::common::CommonStatus;
-use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, Source};
+use crate::crd::{CustomerDataPlatform, Enricher, Feed, MatchingPolicy, ScalingPolicy, Source};
 use crate::pipeline::{Compiled, Members};
 
 /// A resource that belongs to a platform through `spec.platformRef`.
@@ -47,6 +47,7 @@ member!(Source, "Source");
 member!(MatchingPolicy, "MatchingPolicy");
 member!(Feed, "Feed");
 member!(ScalingPolicy, "ScalingPolicy");
+member!(Enricher, "Enricher");
 
 /// Each member's Ready/Stalled from its verdict in the compiled config.
 pub async fn update_statuses(ctx: &Context, members: &Members, compiled: &Compiled) -> Result<(), kube::Error> {
@@ -61,6 +62,9 @@ pub async fn update_statuses(ctx: &Context, members: &Members, compiled: &Compil
     }
     for policy in &members.scaling_policies {
         write(ctx, policy, verdict_phase(policy, compiled)).await?;
+    }
+    for enricher in &members.enrichers {
+        write(ctx, enricher, verdict_phase(enricher, compiled)).await?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod render;
 
 mod apply;
 mod controller;
+mod enricher_status;
 mod feed_status;
 mod source_status;
 pub mod leader;

@@ -19,7 +19,7 @@ use kube::{Api, ResourceExt};
 
 use super::apply::{self, SCALER_MANAGER};
 use super::controller::{Context, PAUSED_ANNOTATION};
-use super::{feed_status, source_status};
+use super::{enricher_status, feed_status, source_status};
 use super::render;
 use crate::crd::platform::{CustomerDataPlatformStatus, ScaledWorkloadStatus, ScalingStatus};
 use crate::crd::scaling::ScalingMode;
@@ -161,6 +161,7 @@ async fn scale_platform(ctx: &Context, platform: &CustomerDataPlatform) -> Resul
     // Delivery figures go to the Feeds whatever the scaling mode.
     let feeds_load = fetch_load(ctx, &namespace, &name, Workload::Feeds).await?;
     feed_status::copy_feed_figures(ctx, &namespace, &name, &feeds_load).await?;
+    enricher_status::copy_enricher_figures(ctx, &namespace, &name, &feeds_load).await?;
     // And the consumers' figures to the Kafka Sources.
     let ingest_load = fetch_load(ctx, &namespace, &name, Workload::Ingest).await?;
     let consumers = source_status::consumer_figures(&ingest_load);

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 use thiserror::Error;
 
-use super::{MatchingConfig, NamedFeed, NamedScaling, NamedSource, PipelineConfig};
+use super::{MatchingConfig, NamedEnricher, NamedFeed, NamedScaling, NamedSource, PipelineConfig};
 use crate::crd::matching::MatchingModel;
 use crate::crd::source::MAX_VALUE_CHARS;
-use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, SecretKeyRef, Source};
+use crate::crd::{CustomerDataPlatform, Enricher, Feed, MatchingPolicy, ScalingPolicy, SecretKeyRef, Source};
 use crate::identity::record::{CONSENT_PREFIX, is_known_attribute};
 
 /// The resources of one platform, as found in the cluster or in a directory.
@@ -18,6 +18,7 @@ pub struct Members {
     pub matching_policies: Vec<MatchingPolicy>,
     pub feeds: Vec<Feed>,
     pub scaling_policies: Vec<ScalingPolicy>,
+    pub enrichers: Vec<Enricher>,
     /// Secret keys that exist in the namespace.
     pub secret_keys: BTreeSet<SecretKeyRef>,
 }
@@ -115,6 +116,10 @@ pub fn compile(platform: &CustomerDataPlatform, members: &Members, default_model
     let feeds = accept_unique(&members.feeds, "Feed", &mut verdicts, |feed| {
         feed_errors(&feed.spec, &mapped, &members.secret_keys)
     });
+    let source_names: BTreeSet<String> = sources.iter().map(|s| s.name_any()).collect();
+    let enrichers = accept_unique(&members.enrichers, "Enricher", &mut verdicts, |enricher| {
+        enricher_errors(&enricher.spec, &mapped, &source_names, &members.secret_keys)
+    });
     let mut scaling = accept_unique(&members.scaling_policies, "ScalingPolicy", &mut verdicts, |policy| {
         scaling_errors(&policy.spec)
     });
@@ -136,6 +141,7 @@ pub fn compile(platform: &CustomerDataPlatform, members: &Members, default_model
         matching,
         feeds: feeds.into_iter().map(|f| NamedFeed { name: f.name_any(), spec: f.spec.clone() }).collect(),
         scaling: scaling.into_iter().map(|p| NamedScaling { name: p.name_any(), spec: p.spec.clone() }).collect(),
+        enrichers: enrichers.into_iter().map(|e| NamedEnricher { name: e.name_any(), spec: e.spec.clone() }).collect(),
         api_tokens: platform.spec.api.tokens_secret_ref.clone(),
     };
     let hash = config.content_hash();
@@ -301,6 +307,60 @@ fn feed_errors(spec: &crate::crd::FeedSpec, mapped: &BTreeSet<&str>, secrets: &B
             } else if !mapped.contains(attribute) {
                 errors.push(MemberError::UnmappedAttribute { field, attribute: attribute.to_string() });
             }
+        }
+    }
+    errors
+}
+
+/// An Enricher sends only attributes a Source maps, to an endpoint it may reach, and writes
+/// back attributes of the vocabulary (never consents: only the person states those).
+fn enricher_errors(
+    spec: &crate::crd::EnricherSpec,
+    mapped: &BTreeSet<&str>,
+    sources: &BTreeSet<String>,
+    secrets: &BTreeSet<SecretKeyRef>,
+) -> Vec<MemberError> {
+    let mut errors = missing_secrets(spec.secret_refs(), secrets);
+    for (i, attribute) in spec.attributes.iter().enumerate() {
+        let field = format!("spec.attributes[{i}]");
+        if let Some(error) = unknown(field.clone(), attribute) {
+            errors.push(error);
+        } else if !mapped.contains(attribute.as_str()) {
+            errors.push(MemberError::UnmappedAttribute { field, attribute: attribute.clone() });
+        }
+    }
+    for (i, write) in spec.write.iter().enumerate() {
+        let field = format!("spec.write[{i}].to");
+        if let Some(error) = unknown(field.clone(), &write.to) {
+            errors.push(error);
+        } else if write.to.starts_with(CONSENT_PREFIX) {
+            errors.push(MemberError::Invalid { field, message: "consents are stated by the person, never written by an enricher".into() });
+        }
+    }
+    for (i, source) in spec.sources.iter().enumerate().filter(|(_, s)| !sources.contains(*s)) {
+        errors.push(MemberError::Invalid {
+            field: format!("spec.sources[{i}]"),
+            message: format!("no accepted Source {source:?} in this platform"),
+        });
+    }
+    if spec.stage == crate::crd::enricher::EnrichStage::PreMatch && spec.sources.is_empty() {
+        errors.push(MemberError::Invalid {
+            field: "spec.sources".into(),
+            message: "a PreMatch enricher names the Sources whose records it enriches".into(),
+        });
+    }
+    let endpoint = &spec.endpoint;
+    let scheme_ok = endpoint.url.starts_with("https://") || (endpoint.allow_insecure_http && endpoint.url.starts_with("http://"));
+    if !scheme_ok || url::Url::parse(&endpoint.url).is_err() {
+        errors.push(MemberError::Invalid {
+            field: "spec.endpoint.url".into(),
+            message: "must be https://host/... (or http:// with allowInsecureHttp: true)".into(),
+        });
+    }
+    if let Some(purpose) = &spec.required_consent {
+        let consent = format!("{CONSENT_PREFIX}{purpose}");
+        if !mapped.contains(consent.as_str()) {
+            errors.push(MemberError::UnmappedAttribute { field: "spec.requiredConsent".to_string(), attribute: consent });
         }
     }
     errors

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::Members;
-use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, SecretKeyRef, Source};
+use crate::crd::{CustomerDataPlatform, Enricher, Feed, MatchingPolicy, ScalingPolicy, SecretKeyRef, Source};
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -31,6 +31,7 @@ pub struct Manifests {
     pub matching_policies: Vec<MatchingPolicy>,
     pub feeds: Vec<Feed>,
     pub scaling_policies: Vec<ScalingPolicy>,
+    pub enrichers: Vec<Enricher>,
     pub secrets: Vec<Secret>,
     /// `kind/name` of documents that are none of the above.
     pub ignored: Vec<String>,
@@ -86,6 +87,7 @@ impl Manifests {
             (true, "MatchingPolicy", _) => self.matching_policies.push(parse(doc).map_err(invalid)?),
             (true, "Feed", _) => self.feeds.push(parse(doc).map_err(invalid)?),
             (true, "ScalingPolicy", _) => self.scaling_policies.push(parse(doc).map_err(invalid)?),
+            (true, "Enricher", _) => self.enrichers.push(parse(doc).map_err(invalid)?),
             (_, "Secret", "v1") => self.secrets.push(parse(doc).map_err(invalid)?),
             // A kustomization beside the manifests is how they are applied, not a resource.
             (_, "Kustomization", v) if v.starts_with("kustomize.config.k8s.io/") => {}
@@ -111,6 +113,7 @@ impl Manifests {
             matching_policies: mine(&self.matching_policies, &ns, &name, |p| &p.spec.platform_ref.name),
             feeds: mine(&self.feeds, &ns, &name, |f| &f.spec.platform_ref.name),
             scaling_policies: mine(&self.scaling_policies, &ns, &name, |p| &p.spec.platform_ref.name),
+            enrichers: mine(&self.enrichers, &ns, &name, |e| &e.spec.platform_ref.name),
             secret_keys: secret_keys(self.secrets.iter().filter(|s| s.namespace() == ns)),
         }
     }

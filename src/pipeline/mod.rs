@@ -10,6 +10,7 @@ mod load;
 pub use compile::{Compiled, Members, MemberError, Verdict, compile};
 pub use load::{LoadError, Manifests, load_dir, secret_keys};
 
+use crate::crd::enricher::EnricherSpec;
 use crate::crd::feed::FeedSpec;
 use crate::crd::matching::MatchingModel;
 use crate::crd::scaling::ScalingPolicySpec;
@@ -31,6 +32,9 @@ pub struct PipelineConfig {
     pub feeds: Vec<NamedFeed>,
     /// Sorted by name.
     pub scaling: Vec<NamedScaling>,
+    /// Sorted by name. Absent when none, so configs without enrichers hash as they did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enrichers: Vec<NamedEnricher>,
     /// API tokens (lines of `NAME SCOPES TOKEN`), from the platform's `spec.api.tokensSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_tokens: Option<SecretKeyRef>,
@@ -59,6 +63,22 @@ pub struct NamedScaling {
     #[serde(flatten)]
     pub spec: ScalingPolicySpec,
 }
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedEnricher {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: EnricherSpec,
+}
+
+/// The source name the values an Enricher writes back carry in golden records, explanations
+/// and exports: `enricher/<name>` (a `/` no Source name can hold).
+pub fn enricher_source(enricher: &str) -> String {
+    format!("{ENRICHER_SOURCE_PREFIX}{enricher}")
+}
+
+pub const ENRICHER_SOURCE_PREFIX: &str = "enricher/";
 
 /// The matching model in force and where it came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

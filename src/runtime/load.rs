@@ -324,6 +324,7 @@ pub async fn report(store: &Store, meter: &WorkMeter, replica: &str) -> Result<L
         oldest_backlog_seconds,
         feeds: Vec::new(),
         kafka: Vec::new(),
+        enrichers: Vec::new(),
     })
 }
 

@@ -34,6 +34,9 @@ pub struct LoadReport {
     /// Per-Source figures of this replica's Kafka consumers (ingest workload only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kafka: Vec<KafkaSourceLoad>,
+    /// Per-Enricher figures (feeds workload only, which runs the enrichers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enrichers: Vec<EnricherLoad>,
 }
 
 impl LoadReport {
@@ -51,6 +54,7 @@ impl LoadReport {
             oldest_backlog_seconds: 0.0,
             feeds: Vec::new(),
             kafka: Vec::new(),
+            enrichers: Vec::new(),
         }
     }
 }
@@ -97,6 +101,29 @@ pub struct FeedLoad {
     pub failures: u64,
     /// Events in the dead-letter list.
     pub dead_lettered: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Call figures of one Enricher since the replica started, copied by the operator into the
+/// Enricher's status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnricherLoad {
+    /// The Enricher's name.
+    pub name: String,
+    /// Calls made to the endpoint (answered or not).
+    pub calls: u64,
+    /// Lookups answered from the cache.
+    pub cache_hits: u64,
+    /// Total time the answered calls took, milliseconds.
+    pub latency_ms_total: f64,
+    /// Calls that failed (each retry counts).
+    pub failures: u64,
+    /// Enrichments in the dead-letter list (the store's figure).
+    pub dead_letters: u64,
+    /// Records matched before their enrichment answered (the store's figure).
+    pub matched_unenriched: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }

@@ -6,6 +6,7 @@
 //! how a writer takes its transaction, how work is claimed and locked, how workers are woken.
 //! Migrations are versioned under `migrations/{sqlite,postgres}` and applied at start.
 
+mod enrich;
 mod load;
 mod feeds;
 mod intake;
@@ -27,6 +28,7 @@ use tokio::sync::Notify;
 
 use crate::identity::CanonicalRecord;
 
+pub use enrich::{AppliedEnrichment, EnrichDeadLetter, EnrichJob, EnrichTarget, EnricherCounts, HeldRecord as HeldForEnrichment};
 pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgress, NewDelivery, RetryOutcome};
 pub use intake::{Admission, Arrival, Payload, fingerprint};
 pub use load::IntakeLoad;
@@ -109,6 +111,9 @@ pub enum Backend {
     Postgres,
 }
 
+/// Per Source name, how long (ms) its records wait for a PreMatch enricher before matching.
+pub(crate) type Holds = Arc<std::sync::RwLock<BTreeMap<String, i64>>>;
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -134,6 +139,8 @@ pub struct Store {
     /// When intake last handed records to the committer, Unix milliseconds
     /// ([`Store::intake_shares_writer`]).
     intake_seen_ms: Arc<AtomicI64>,
+    /// Set by [`Store::hold_for_enrichment`]; read by intake as it queues records.
+    holds: Holds,
 }
 
 /// How long after its last records intake counts as active for [`Store::intake_shares_writer`].
@@ -489,6 +496,7 @@ impl Store {
             writer: Arc::new(tokio::sync::Mutex::new(())),
             intake: None,
             intake_seen_ms: Arc::new(AtomicI64::new(0)),
+            holds: Holds::default(),
         };
         match backend {
             Backend::Sqlite => sqlite::spawn_checkpointer(store.pool.clone(), store.writer.clone()),
@@ -528,7 +536,7 @@ impl Store {
             }
             Backend::Postgres => (self.pool.begin().await?, None),
         };
-        Ok(WriteTx::new(tx, self.backend, writer, self.work.clone(), self.outbox.clone()))
+        Ok(WriteTx::new(tx, self.backend, writer, self.work.clone(), self.outbox.clone(), self.holds.clone()))
     }
 
     /// Durably queue valid records in one transaction of their own; redeliveries (same

@@ -22,13 +22,15 @@ pub(super) const SUPPRESSION_LOCK: i64 = 0x0cd9_0007_5e55;
 /// Concurrent claimers skip each other's rows instead of waiting for them.
 pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms = $2
      WHERE id IN (SELECT id FROM intake WHERE state = 'queued' AND (claimed_at_ms IS NULL OR claimed_at_ms < $3)
+                  AND (held_until_ms IS NULL OR held_until_ms <= $2)
                   ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
      RETURNING id, received_at_ms, record";
 
 /// The rows [`CLAIM`] would claim, locked instead of marked: the transaction that resolves
 /// them holds them, other claimers skip them, and a rollback or a crash leaves them queued.
 pub(super) const QUEUED: &str = "SELECT id, received_at_ms, record FROM intake
-     WHERE state = 'queued' AND (claimed_at_ms IS NULL OR claimed_at_ms < $1) ORDER BY id LIMIT $2
+     WHERE state = 'queued' AND (claimed_at_ms IS NULL OR claimed_at_ms < $1)
+       AND (held_until_ms IS NULL OR held_until_ms <= $3) ORDER BY id LIMIT $2
      FOR UPDATE SKIP LOCKED";
 
 pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPool, sqlx::Error> {
@@ -117,6 +119,7 @@ pub(super) fn migrator() -> Migrator {
         (12, "merged_records", include_str!("../../migrations/postgres/0012_merged_records.sql")),
         (13, "payload_fingerprints", include_str!("../../migrations/postgres/0013_payload_fingerprints.sql")),
         (14, "quarantine_origin", include_str!("../../migrations/postgres/0014_quarantine_origin.sql")),
+        (15, "enrichment", include_str!("../../migrations/postgres/0015_enrichment.sql")),
     ])
 }
 

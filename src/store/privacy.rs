@@ -57,7 +57,7 @@ const PRIVACY_KEY_LOCK: i64 = 0x0cd9_0007_4e75;
 
 /// The tables with a column of personal data (marked `PII` in the schema): what the scrub after
 /// an erasure vacuums on PostgreSQL. The others hold ids, keyed hashes and counters.
-const PERSONAL_DATA_TABLES: &[&str] = &["intake", "quarantine", "profiles", "source_records", "outbox", "feed_deliveries"];
+const PERSONAL_DATA_TABLES: &[&str] = &["intake", "quarantine", "profiles", "source_records", "outbox", "feed_deliveries", "enrich_cache"];
 
 /// Rows removed by an erasure, per kind (kept in the audit entry; counts only).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -74,6 +74,9 @@ pub struct Removed {
     pub redacted_events: u64,
     /// Messages the feeds still held for delivery or in their dead-letter lists.
     pub feed_messages: u64,
+    /// Enrichers' cached answers looked up for the person.
+    #[serde(default)]
+    pub enrichment_cache_entries: u64,
 }
 
 /// A record in the intake queue.
@@ -421,6 +424,7 @@ impl WriteTx {
         // a record's id is its intake row's: the digest of what it held goes with it
         let digests = format!("UPDATE intake SET fingerprint = NULL WHERE {}", b.in_ids("id", 1));
         self.execute_with_ids(digests, &ids).await?;
+        removed.enrichment_cache_entries += self.forget_enrichment("record", records).await?;
         Ok(())
     }
 
@@ -452,6 +456,7 @@ impl WriteTx {
             .await?;
         removed.redacted_events += done.rows_affected();
         removed.feed_messages += self.erase_feed_deliveries(profiles).await?;
+        removed.enrichment_cache_entries += self.forget_enrichment("profile", profiles).await?;
         let profiles = json_ids(profiles);
         // aliases first: they reference their survivor
         let aliases = format!("DELETE FROM profiles WHERE {} AND merged_into IS NOT NULL", b.in_ids("id", 1));
@@ -511,6 +516,7 @@ impl WriteTx {
         );
         let dropped = self.execute_with_ids(sql, &json_ids(ids)).await?;
         removed.queued_records += dropped;
+        removed.enrichment_cache_entries += self.forget_enrichment("record", ids).await?;
         Ok(dropped == ids.len() as u64)
     }
 

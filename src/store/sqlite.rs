@@ -9,13 +9,15 @@ use sqlx::{AnyPool, Executor, Row};
 /// Claim the oldest queued rows not claimed, or claimed by a worker whose lease ran out.
 pub(super) const CLAIM: &str = "UPDATE intake SET claimed_by = $1, claimed_at_ms = $2
      WHERE id IN (SELECT id FROM intake WHERE state = 'queued' AND (claimed_at_ms IS NULL OR claimed_at_ms < $3)
+                  AND (held_until_ms IS NULL OR held_until_ms <= $2)
                   ORDER BY id LIMIT $4)
      RETURNING id, received_at_ms, record";
 
 /// The rows [`CLAIM`] would claim, read without marking them: inside the writer's
 /// transaction, the writer lock is the claim.
 pub(super) const QUEUED: &str = "SELECT id, received_at_ms, record FROM intake
-     WHERE state = 'queued' AND (claimed_at_ms IS NULL OR claimed_at_ms < $1) ORDER BY id LIMIT $2";
+     WHERE state = 'queued' AND (claimed_at_ms IS NULL OR claimed_at_ms < $1)
+       AND (held_until_ms IS NULL OR held_until_ms <= $3) ORDER BY id LIMIT $2";
 
 pub(super) async fn connect(options: AnyPoolOptions, url: &str, connections: u32) -> Result<AnyPool, sqlx::Error> {
     // create the file when missing
@@ -110,5 +112,6 @@ pub(super) fn migrator() -> Migrator {
         (12, "merged_records", include_str!("../../migrations/sqlite/0012_merged_records.sql")),
         (13, "payload_fingerprints", include_str!("../../migrations/sqlite/0013_payload_fingerprints.sql")),
         (14, "quarantine_origin", include_str!("../../migrations/sqlite/0014_quarantine_origin.sql")),
+        (15, "enrichment", include_str!("../../migrations/sqlite/0015_enrichment.sql")),
     ])
 }

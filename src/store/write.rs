@@ -26,6 +26,8 @@ pub struct WriteTx {
     queued: bool,
     work: Arc<tokio::sync::Notify>,
     outbox: Arc<tokio::sync::Notify>,
+    /// Per Source, how long its records wait for a PreMatch enricher ([`super::Holds`]).
+    holds: super::Holds,
 }
 
 /// An outbox row, keyed by column for [`WriteTx::bulk_insert`].
@@ -192,6 +194,7 @@ struct IntakeRow<'a> {
     received_at_ms: i64,
     record: String,
     fingerprint: Option<&'a str>,
+    held_until_ms: Option<i64>,
 }
 
 const INTAKE_COLUMNS: &[(&str, &str)] = &[
@@ -200,6 +203,7 @@ const INTAKE_COLUMNS: &[(&str, &str)] = &[
     ("received_at_ms", "bigint"),
     ("record", "text"),
     ("fingerprint", "text"),
+    ("held_until_ms", "bigint"),
 ];
 
 /// A record named for its source (unique in the intake queue).
@@ -303,8 +307,14 @@ impl WriteTx {
         writer: Option<tokio::sync::OwnedMutexGuard<()>>,
         work: Arc<tokio::sync::Notify>,
         outbox: Arc<tokio::sync::Notify>,
+        holds: super::Holds,
     ) -> Self {
-        WriteTx { tx, backend, _writer: writer, events: Vec::new(), finished: Vec::new(), queued: false, work, outbox }
+        WriteTx { tx, backend, _writer: writer, events: Vec::new(), finished: Vec::new(), queued: false, work, outbox, holds }
+    }
+
+    /// Matcher workers are woken at commit: records became claimable.
+    pub(super) fn wake_matchers(&mut self) {
+        self.queued = true;
     }
 
     /// Whether this transaction excludes every other writer (SQLite's single writer lock):
@@ -433,12 +443,15 @@ impl WriteTx {
         }
         let keys: Vec<(&str, &str)> = records.iter().map(|(r, _)| (r.source.as_str(), r.source_record_id.as_str())).collect();
         let first = first_occurrences(&keys);
+        let holds = self.holds.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let rows = (0..records.len())
             .filter(|&i| first[i] == i)
             .map(|i| {
                 let (source, source_record_id) = keys[i];
                 let (record, fingerprint) = records[i];
-                Ok(IntakeRow { source, source_record_id, received_at_ms: now, record: serde_json::to_string(record)?, fingerprint })
+                let held_until_ms = holds.get(source).map(|wait_ms| now + wait_ms);
+                let record = serde_json::to_string(record)?;
+                Ok(IntakeRow { source, source_record_id, received_at_ms: now, record, fingerprint, held_until_ms })
             })
             .collect::<Result<Vec<_>>>()?;
         let insert = Self::insert_sql("intake", INTAKE_COLUMNS);
@@ -548,26 +561,31 @@ impl WriteTx {
     /// claims them until it commits or rolls back, by SQLite's writer lock or by PostgreSQL's
     /// row locks, which other claimers skip.
     pub async fn queued(&mut self, limit: i64, lease: std::time::Duration) -> Result<Vec<IntakeItem>> {
-        let stale = super::now_ms() - lease.as_millis() as i64;
+        let now = super::now_ms();
+        let stale = now - lease.as_millis() as i64;
         let sql = match self.backend {
             Backend::Sqlite => super::sqlite::QUEUED,
             Backend::Postgres => super::postgres::QUEUED,
         };
-        let rows = sqlx::query(sql).bind(stale).bind(limit).fetch_all(&mut *self.tx).await?;
+        let rows = sqlx::query(sql).bind(stale).bind(limit).bind(now).fetch_all(&mut *self.tx).await?;
         super::intake_items(&rows)
     }
 
     /// The queued records older than `newest` that this transaction did not claim (`mine`), in
     /// id order: other workers hold them, locked by a claiming transaction or marked by a
     /// claim under `lease` (or they were queued by a transaction that committed late).
+    /// Records waiting for a PreMatch enricher are not held by anyone: waiting for them would
+    /// delay the records of the same person that need no enrichment.
     pub async fn held_before(&mut self, newest: i64, mine: &[i64], lease: std::time::Duration) -> Result<Vec<HeldRecord>> {
-        let stale = super::now_ms() - lease.as_millis() as i64;
+        let now = super::now_ms();
+        let stale = now - lease.as_millis() as i64;
         let sql = format!(
             "SELECT id, received_at_ms, record, claimed_at_ms FROM intake
-             WHERE state = 'queued' AND id < $1 AND record IS NOT NULL AND NOT ({}) ORDER BY id",
+             WHERE state = 'queued' AND id < $1 AND record IS NOT NULL AND NOT ({})
+               AND (held_until_ms IS NULL OR held_until_ms <= $3) ORDER BY id",
             self.backend.in_ids("id", 2)
         );
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(newest).bind(json_ids(mine)).fetch_all(&mut *self.tx).await?;
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(newest).bind(json_ids(mine)).bind(now).fetch_all(&mut *self.tx).await?;
         rows.iter()
             .map(|row| {
                 let item = IntakeItem { id: row.try_get("id")?, received_at_ms: row.try_get("received_at_ms")?, record: json_col(row, "record")? };

@@ -76,6 +76,7 @@ compares the two).
     - matchingpolicies
     - feeds
     - scalingpolicies
+    - enrichers
   verbs: ["get", "list", "watch"]
 # Status is written with server-side apply on the status subresource.
 - apiGroups: ["cdp.dev"]
@@ -85,6 +86,7 @@ compares the two).
     - matchingpolicies/status
     - feeds/status
     - scalingpolicies/status
+    - enrichers/status
   verbs: ["patch"]
 # Owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement
 # is on (OpenShift); no finalizer is ever set.
