@@ -1,7 +1,6 @@
 //! The destinations: a signed HTTPS webhook, or a Kafka topic keyed by profile id. Each send is
 //! one attempt; retrying is the worker's business.
 
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -10,6 +9,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::sign::{IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign};
 use crate::runtime::ops::{Secrets, StartError};
+use crate::runtime::outbound::{DetachedLookup, error_chain};
 use crate::crd::feed::{Destination as Spec, KafkaTopic, Webhook};
 
 /// One message to send.
@@ -153,43 +153,10 @@ impl Destination {
     }
 }
 
-/// Looks host names up on a thread of its own each time rather than on the runtime's blocking
-/// pool (reqwest's default). The runtime waits for that pool's threads when the process exits,
-/// so a lookup stuck on an unreachable DNS server would hold a shutdown up for as long as the
-/// system resolver keeps retrying, well after the send itself was dropped.
-struct DetachedLookup;
-
-impl reqwest::dns::Resolve for DetachedLookup {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_string();
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let lookup = std::thread::Builder::new().name("dns-lookup".into()).spawn(move || {
-            let _ = answer.send((host.as_str(), 0).to_socket_addrs().map(Iterator::collect::<Vec<_>>));
-        });
-        Box::pin(async move {
-            lookup?;
-            let addresses = answered.await??;
-            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 /// `url` with the scheme, host and port of `base` (and its path as a prefix).
 pub fn redirected(url: &str, base: &url::Url) -> String {
     let path = url::Url::parse(url).map(|u| u.path().trim_start_matches('/').to_string()).unwrap_or_default();
     base.join(&path).map_or_else(|_| url.to_string(), |u| u.to_string())
-}
-
-/// An error with its causes (reqwest's own message hides them).
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -12,8 +12,11 @@ pub mod lease;
 mod outage;
 pub mod receive;
 pub mod select;
-pub mod sign;
 pub mod status;
+
+/// Signatures moved below the services, which share them; the path stays for receivers.
+pub use crate::runtime::sign;
+pub use crate::runtime::backoff;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -99,14 +102,6 @@ impl FeedsError {
             Self::Destination { source, .. } => source.reason(),
         }
     }
-}
-
-/// Delay before attempt `attempts + 1`: exponential from the policy's initial backoff, capped
-/// at its maximum, with equal jitter (`jitter` in `[0, 1)`) so failing events spread out.
-pub fn backoff(policy: &DeliveryPolicy, attempts: i64, jitter: f64) -> Duration {
-    let exponent = (attempts.max(1) - 1).min(30) as i32;
-    let base = (f64::from(policy.initial_backoff_seconds) * 2f64.powi(exponent)).min(policy.max_backoff_seconds.into());
-    Duration::from_secs_f64(base * (0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
 }
 
 /// Events of one profile go out in order; events without a profile stand alone.

@@ -13,6 +13,7 @@
 
 mod batch;
 mod cache;
+mod enrich;
 mod order;
 mod pace;
 mod privacy;
@@ -31,6 +32,7 @@ use crate::store::{self, GoldenUpdate, IntakeItem, ProfileRow, ReviewRow, Store,
 /// Prepared records of profiles: profile id → `(record id, record)` in record id order.
 type Members = BTreeMap<i64, Vec<(i64, Arc<PreparedRecord>)>>;
 
+pub use enrich::Enrichment;
 pub use service::{BatchArgs, MatcherArgs, Worker, WorkerOptions, run, spawn_queue_gauge, spawn_workers, worker_spawner};
 
 pub use crate::identity::record::lookup_key;
@@ -198,7 +200,12 @@ impl Resolver {
     pub fn with_prepared_cache(config: &PipelineConfig, records: usize) -> Result<Resolver, crate::identity::ModelError> {
         Ok(Resolver {
             engine: Engine::new(&config.matching.model)?,
-            trust: config.sources.iter().map(|s| (s.name.clone(), s.spec.trust_rank)).collect(),
+            trust: config
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.spec.trust_rank))
+                .chain(config.enrichers.iter().map(|e| (crate::pipeline::enricher_source(&e.name), e.spec.trust_rank)))
+                .collect(),
             regions: config
                 .sources
                 .iter()
