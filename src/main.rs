@@ -52,6 +52,8 @@ enum Command {
     Feeds(cdp_operator::feeds::FeedsArgs),
     /// A webhook receiver that checks feed signatures and prints each delivery.
     Receive(cdp_operator::feeds::receive::ReceiveArgs),
+    /// A reference address-standardisation enricher that checks signatures (for trying enrichers).
+    EnricherDemo(cdp_operator::enrich::demo::DemoArgs),
     /// Import a CSV or NDJSON file for one source.
     Import(cdp_operator::ingest::import::ImportArgs),
     /// Estimate m, u and λ by EM from the store's records (or a file) and print a MatchingPolicy.
@@ -114,6 +116,7 @@ fn main() -> Result<()> {
         Command::Api(args) => serve(async { Ok(cdp_operator::api::run(args).await?) }),
         Command::Feeds(args) => serve(async { Ok(cdp_operator::feeds::run(args).await?) }),
         Command::Receive(args) => serve(async { Ok(cdp_operator::feeds::receive::run(args).await?) }),
+        Command::EnricherDemo(args) => serve(async { Ok(cdp_operator::enrich::demo::run(args).await?) }),
         Command::Import(args) => serve(async { Ok(cdp_operator::ingest::import::run(args).await.map(|_| ())?) }),
         Command::Train(args) => serve(async { Ok(cdp_operator::matcher::train::run(args).await?) }),
         Command::Bench(args) => serve(async { Ok(cdp_operator::bench::run(args).await?) }),

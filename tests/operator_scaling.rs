@@ -43,6 +43,7 @@ fn matcher_load(backlog: u64) -> Served {
         oldest_backlog_seconds: 12.0,
         feeds: vec![],
         kafka: vec![],
+        enrichers: vec![],
     };
     Served { report, age: Duration::ZERO }
 }

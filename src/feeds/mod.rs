@@ -618,7 +618,7 @@ impl FeedsContext {
     /// Start the workers and the status sampler; they stop on shutdown.
     pub fn spawn(&self, workers: Vec<FeedWorker>, shutdown: &Shutdown) -> (Vec<tokio::task::JoinHandle<()>>, LoadBoard) {
         let names: Vec<String> = workers.iter().map(|w| w.name.clone()).collect();
-        let load = LoadBoard { replica: self.replica.clone(), samples: Arc::default() };
+        let load = LoadBoard { replica: self.replica.clone(), samples: Arc::default(), enrichers: None };
         let mut tasks: Vec<_> = workers.into_iter().map(|w| tokio::spawn(w.run(shutdown.clone()))).collect();
         tasks.push(tokio::spawn(sample_status(self.clone(), names, load.clone(), shutdown.clone())));
         (tasks, load)
@@ -630,12 +630,20 @@ impl FeedsContext {
 pub struct LoadBoard {
     replica: String,
     samples: Arc<Mutex<(Sample, Sample)>>,
+    /// The enrichers this workload runs beside the feeds.
+    enrichers: Option<crate::enrich::status::EnrichBoard>,
 }
 
 impl LoadBoard {
     pub fn report(&self) -> LoadReport {
         let samples = self.samples.lock().expect("samples lock");
-        load_report(&self.replica, &samples.0, &samples.1)
+        let enrichers = self.enrichers.as_ref().map(|b| b.figures()).unwrap_or_default();
+        LoadReport { enrichers, ..load_report(&self.replica, &samples.0, &samples.1) }
+    }
+
+    /// Report the figures of these enrichers too.
+    pub fn with_enrichers(self, board: crate::enrich::status::EnrichBoard) -> LoadBoard {
+        LoadBoard { enrichers: Some(board), ..self }
     }
 }
 
@@ -678,11 +686,16 @@ pub async fn run(args: FeedsArgs) -> Result<(), StartError> {
     let options = WorkerOptions { batch: args.batch, concurrency: args.concurrency, ..WorkerOptions::default() };
     let ctx = FeedsContext::new(store.clone(), &metrics, options);
     let workers = ctx.workers(&config, &Secrets::from_env(), None)?;
+    // the enrichers call out as the feeds do, and run in the same workload
+    let enrich = crate::enrich::EnrichContext::new(store.clone(), &metrics, crate::enrich::WorkerOptions::default());
+    let enrichers = enrich.workers(&config, &Secrets::from_env())?;
     let (trigger, shutdown) = ops::shutdown_channel();
     ops::on_signal(trigger, std::time::Duration::ZERO);
     let listener = ops::bind(args.listen).await?;
-    tracing::info!(platform = %config.platform, feeds = workers.len(), listen = %args.listen, "feeds started");
-    let (tasks, load) = ctx.spawn(workers, &shutdown);
+    tracing::info!(platform = %config.platform, feeds = workers.len(), enrichers = enrichers.len(), listen = %args.listen, "feeds started");
+    let (mut tasks, load) = ctx.spawn(workers, &shutdown);
+    tasks.extend(enrich.spawn(enrichers, &shutdown));
+    let load = load.with_enrichers(enrich.board.clone());
     ops::serve_with_ops(listener, router(load), store.clone(), metrics, shutdown).await;
     for task in tasks {
         let _ = task.await;

@@ -66,6 +66,8 @@ pub struct Admitter {
 
 impl Admitter {
     pub fn new(config: &PipelineConfig, store: Store) -> Admitter {
+        // records of a Source a PreMatch enricher names are queued with the time they wait till
+        store.hold_for_enrichment(config.enrichment_holds());
         let privacy = Privacy::new(store.clone(), Arc::new(config.clone()));
         Admitter { store, flags: normalise_flags(config), privacy }
     }

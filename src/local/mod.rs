@@ -267,7 +267,9 @@ pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> p
     .start(args.workers as u32, shutdown.clone());
     spawn_queue_gauge(store.clone(), metrics.clone(), shutdown.clone());
     let feeds = crate::feeds::FeedsContext::new(store.with_own_pool().await?, &metrics, crate::feeds::WorkerOptions::default());
-    let (feed_tasks, _load) = feeds.spawn(feeds.workers(&config, &secrets, args.feeds_to.as_ref())?, &shutdown);
+    let (mut feed_tasks, _load) = feeds.spawn(feeds.workers(&config, &secrets, args.feeds_to.as_ref())?, &shutdown);
+    let enrich = crate::enrich::EnrichContext::new(feeds.store.clone(), &metrics, crate::enrich::WorkerOptions::default());
+    feed_tasks.extend(enrich.spawn(enrich.workers(&config, &secrets)?, &shutdown));
     let consumers = crate::ingest::kafka::spawn_all(&config, &secrets, &ingest.admitter, &metrics, &shutdown)?;
 
     println!("{}", banner(&config, &secrets, &args, &token_lines));

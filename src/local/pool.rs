@@ -170,6 +170,7 @@ mod tests {
             oldest_backlog_seconds: 1.0,
             feeds: vec![],
             kafka: vec![],
+            enrichers: vec![],
         };
         let seen = pool_observation(&report, 3).unwrap();
         assert_eq!(seen.observed_at.as_millisecond(), 1_700_000_000_000);

@@ -374,6 +374,7 @@ mod tests {
             oldest_backlog_seconds: 0.0,
             feeds: vec![],
             kafka: vec![],
+            enrichers: vec![],
         }
     }
 

@@ -100,4 +100,14 @@ impl PipelineConfig {
     pub fn source(&self, name: &str) -> Option<&NamedSource> {
         self.sources.iter().find(|s| s.name == name)
     }
+
+    /// Per Source a PreMatch enricher names, how long (ms) its records wait for it before they
+    /// are matched as they are.
+    pub fn enrichment_holds(&self) -> std::collections::BTreeMap<String, i64> {
+        self.enrichers
+            .iter()
+            .filter(|e| e.spec.stage == crate::crd::enricher::EnrichStage::PreMatch)
+            .flat_map(|e| e.spec.sources.iter().map(|s| (s.clone(), i64::from(e.spec.max_wait_seconds) * 1000)))
+            .collect()
+    }
 }

@@ -49,6 +49,8 @@ pub enum StartError {
     Platform(#[from] crate::local::PlatformError),
     #[error(transparent)]
     Feeds(#[from] crate::feeds::FeedsError),
+    #[error(transparent)]
+    Enrich(#[from] crate::enrich::EnrichError),
     #[error("source {name}: kafka consumer: {error}")]
     Kafka { name: String, error: rdkafka::error::KafkaError },
 }
@@ -66,6 +68,7 @@ impl StartError {
             Self::Import(e) => e.reason(),
             Self::Platform(e) => e.reason(),
             Self::Feeds(e) => e.reason(),
+            Self::Enrich(e) => e.reason(),
             Self::Kafka { .. } => "KafkaConsumer",
         }
     }
@@ -266,6 +269,7 @@ pub struct Metrics {
     /// Work measured per scaled workload, for `/v1/load` and the `cdp_load_*` metrics.
     pub meters: super::load::Meters,
     pub feeds: crate::feeds::status::FeedMetrics,
+    pub enrich: crate::enrich::status::EnrichMetrics,
     /// This replica's Kafka consumers (intake), for `/v1/load` and the `cdp_kafka_*` metrics.
     pub kafka: crate::ingest::kafka::KafkaStatus,
 }
@@ -291,6 +295,7 @@ impl Metrics {
         registry.register("intake_queued", "Records waiting in the intake queue", intake_queued.clone());
         let meters = super::load::Meters::new(super::load::LoadMetrics::register(&mut registry));
         let feeds = crate::feeds::status::FeedMetrics::register(&mut registry);
+        let enrich = crate::enrich::status::EnrichMetrics::register(&mut registry);
         let kafka = crate::ingest::kafka::KafkaStatus::register(&mut registry);
         Arc::new(Metrics {
             registry,
@@ -304,6 +309,7 @@ impl Metrics {
             intake_queued,
             meters,
             feeds,
+            enrich,
             kafka,
         })
     }
