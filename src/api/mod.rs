@@ -140,9 +140,15 @@ pub struct LinkExplanation {
     /// profile: the policy's `thresholds`, and the `candidates` it was compared with, each with
     /// its score, closest pair and `shortfall`: `belowReview`, `uncertain` or `neverMerge`),
     /// `review` (a person approved a review item: `reviewId`, `approvedBy`, `approvedAtMs`,
-    /// the pair and its evidence), or `manual` (a merge or an unmerge by hand).
+    /// the pair and its evidence), `manual` (a merge or an unmerge by hand), or `enriched`
+    /// (values an Enricher found for the profile: `enricher`, `callId`, `atMs`, `cached`, the
+    /// attribute names `sent`).
     #[schema(value_type = Object)]
     pub evidence: serde_json::Value,
+    /// Values PreMatch enrichers wrote into the record before it was matched: which, by which
+    /// call, when.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub enriched_before_matching: Vec<crate::store::AppliedEnrichment>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -474,12 +480,17 @@ async fn timeline(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<
 async fn explanation(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Explanation>, ApiError> {
     s.tokens.authorize(&headers, Scope::Read)?;
     let row = live_profile(&s.store, &id).await?;
-    let links = s
-        .store
-        .records_of(row.id)
-        .await?
+    let records = s.store.records_of(row.id).await?;
+    let mut enriched = s.store.enrichment_of_records(&records.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
+    let links = records
         .into_iter()
-        .map(|r| LinkExplanation { record_id: r.id, source: r.source, source_record_id: r.source_record_id, evidence: r.evidence })
+        .map(|r| LinkExplanation {
+            enriched_before_matching: enriched.extract_if(.., |e| e.record_id == r.id).collect(),
+            record_id: r.id,
+            source: r.source,
+            source_record_id: r.source_record_id,
+            evidence: r.evidence,
+        })
         .collect();
     Ok(Json(Explanation { profile: profile_ref(row.id), links }))
 }

@@ -369,6 +369,8 @@ struct ExportView {
     never_merge: Vec<(i64, i64)>,
     events: Vec<EventView>,
     quarantine: Vec<QuarantineEntry>,
+    /// Values enrichers wrote into the records before matching: by which call, when.
+    enrichments: Vec<crate::store::AppliedEnrichment>,
 }
 
 impl From<Export> for ExportView {
@@ -403,6 +405,7 @@ impl From<Export> for ExportView {
                 })
                 .collect(),
             quarantine: e.quarantine,
+            enrichments: e.enrichments,
         }
     }
 }

@@ -214,6 +214,9 @@ pub struct Export {
     pub events: Vec<Event>,
     /// Invalid payloads kept in quarantine that carry one of the person's identifiers.
     pub quarantine: Vec<QuarantineEntry>,
+    /// Values enrichers wrote into the person's records before matching, with their
+    /// provenance (those written into the profile are records of `enricher/<name>`).
+    pub enrichments: Vec<crate::store::AppliedEnrichment>,
 }
 
 /// Rows scanned per query when an erasure looks through quarantine and the intake queue.
@@ -492,6 +495,7 @@ impl Privacy {
             review_items: self.store.reviews_of_records(&record_ids).await?,
             never_merge: self.store.never_merge_of_records(&record_ids).await?,
             events: self.store.events_of(&family, i64::MAX).await?,
+            enrichments: self.store.enrichment_of_records(&record_ids).await?,
             profile,
             aliases,
             records,
