@@ -24,8 +24,8 @@ pub mod demo;
 pub mod plan;
 pub mod status;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -38,9 +38,9 @@ use crate::crd::enricher::{EnrichStage, EnricherSpec};
 use crate::identity::GoldenProfile;
 use crate::identity::consent::ConsentState;
 use crate::matcher::{Enrichment, MatchError, Resolver};
-use crate::pipeline::{PipelineConfig, enricher_source};
+use crate::pipeline::{ENRICHER_SOURCE_PREFIX, PipelineConfig, enricher_source};
 use crate::runtime::ops::{Metrics, Secrets, Shutdown};
-use crate::store::{EnrichJob, EnrichTarget, HeldForEnrichment, Store, StoreError, now_ms};
+use crate::store::{EnrichJob, EnrichTarget, HeldForEnrichment, Store, StoreError, StoredRecord, now_ms};
 
 /// Why the enrichers could not start.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +95,9 @@ pub struct EnrichWorker {
     resolver: Arc<Resolver>,
     /// The key of the cache digests: the store's privacy secret, read once.
     digest_key: Arc<OnceCell<Vec<u8>>>,
+    /// One lookup per digest at a time: the same values sent twice at once make one call,
+    /// the second answered by the cache.
+    lookups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     recorder: Recorder,
     options: WorkerOptions,
 }
@@ -234,25 +237,19 @@ impl EnrichWorker {
             self.recorder.skipped("unchanged");
             return self.finish(job.target).await;
         }
-        let now = now_ms();
-        let call_id = format!("{}-{:016x}", self.name, rand::random::<u64>());
-        let (values, cached) = match self.store.cached_answer(&self.name, &digest, now).await? {
-            Some(values) => {
-                self.recorder.cache_hit();
-                self.store.note_lookup(&self.name, job.target, &digest, None).await?;
-                (values, true)
-            }
-            None => {
-                // noted before the call: an erasure meanwhile must find the answer it makes
-                self.store.note_lookup(&self.name, job.target, &digest, None).await?;
-                let (answer, took) = self.caller.call(&self.name, &call_id, &sent).await.map_err(Failure::Call)?;
-                self.recorder.answered(took);
-                let values = plan::write_back(&self.spec, &answer);
-                let expires = now + i64::from(self.spec.cache_ttl_seconds) * 1000;
-                self.store.note_lookup(&self.name, job.target, &digest, Some((&values, expires))).await?;
-                (values, false)
-            }
+        let lookup = self.lookups.lock().unwrap_or_else(PoisonError::into_inner).entry(digest.clone()).or_default().clone();
+        let answered = {
+            let _one_at_a_time = lookup.lock().await;
+            self.look_up(job.target, &digest, &sent).await
         };
+        {
+            let mut lookups = self.lookups.lock().unwrap_or_else(PoisonError::into_inner);
+            // the last one out takes the entry away
+            if Arc::strong_count(&lookup) == 2 {
+                lookups.remove(&digest);
+            }
+        }
+        let (call_id, now, values, cached) = answered?;
         let evidence = json!({
             "decision": "enriched",
             "enricher": self.name,
@@ -263,6 +260,36 @@ impl EnrichWorker {
             "digest": digest,
         });
         self.write(job.target, subject.matched_into, &call_id, &values, evidence).await
+    }
+
+    /// The answer for `sent`: from the cache while fresh, else from the endpoint (and cached).
+    /// Returns the call id, its time, the values to write back and whether they were cached.
+    async fn look_up(
+        &self,
+        target: EnrichTarget,
+        digest: &str,
+        sent: &BTreeMap<String, String>,
+    ) -> Result<(String, i64, BTreeMap<String, String>, bool), Failure> {
+        let now = now_ms();
+        let call_id = format!("{}-{:016x}", self.name, rand::random::<u64>());
+        let (values, cached) = match self.store.cached_answer(&self.name, digest, now).await? {
+            Some(values) => {
+                self.recorder.cache_hit();
+                self.store.note_lookup(&self.name, target, digest, None).await?;
+                (values, true)
+            }
+            None => {
+                // noted before the call: an erasure meanwhile must find the answer it makes
+                self.store.note_lookup(&self.name, target, digest, None).await?;
+                let (answer, took) = self.caller.call(&self.name, &call_id, sent).await.map_err(Failure::Call)?;
+                self.recorder.answered(took);
+                let values = plan::write_back(&self.spec, &answer);
+                let expires = now + i64::from(self.spec.cache_ttl_seconds) * 1000;
+                self.store.note_lookup(&self.name, target, digest, Some((&values, expires))).await?;
+                (values, false)
+            }
+        };
+        Ok((call_id, now, values, cached))
     }
 
     /// The values a target holds now, with the consent state that gates the call; `None`
@@ -300,13 +327,7 @@ impl EnrichWorker {
         let previous_digest =
             records.iter().find(|r| r.source == self.source).and_then(|r| r.evidence["digest"].as_str().map(str::to_string));
         let consent = self.spec.required_consent.as_deref().and_then(|p| golden.consents.get(p)).map(|s| s.state);
-        let values = values.unwrap_or_else(|| {
-            golden
-                .attributes
-                .iter()
-                .map(|(a, v)| (a.clone(), if v.display.is_empty() { v.value.clone() } else { v.display.clone() }))
-                .collect()
-        });
+        let values = values.unwrap_or_else(|| sources_values(&golden, &records));
         Ok(Some(Subject { values, consent, previous_digest, matched_into: Some(row.id) }))
     }
 
@@ -372,6 +393,29 @@ impl EnrichWorker {
     }
 }
 
+/// What a profile holds from its Sources: the golden values, except that a value an enricher
+/// won survivorship with gives way to the latest one a Source sent for that attribute. What is
+/// sent is then the same before and after an enrichment, and the digest says so: writing the
+/// answer back does not cause another call.
+fn sources_values(golden: &GoldenProfile, records: &[StoredRecord]) -> BTreeMap<String, String> {
+    let mut latest: Vec<&StoredRecord> = records.iter().filter(|r| !r.source.starts_with(ENRICHER_SOURCE_PREFIX)).collect();
+    latest.sort_by_key(|r| std::cmp::Reverse(r.observed_at_ms));
+    golden
+        .attributes
+        .iter()
+        .filter_map(|(attribute, v)| {
+            let value = if v.source.starts_with(ENRICHER_SOURCE_PREFIX) {
+                latest.iter().find_map(|r| r.attributes.get(attribute))?.clone()
+            } else if v.display.is_empty() {
+                v.value.clone()
+            } else {
+                v.display.clone()
+            };
+            Some((attribute.clone(), value))
+        })
+        .collect()
+}
+
 /// Everything the enrichers of a platform share in one process.
 #[derive(Clone)]
 pub struct EnrichContext {
@@ -408,6 +452,7 @@ impl EnrichContext {
                     store: self.store.clone(),
                     resolver: resolver.clone(),
                     digest_key: digest_key.clone(),
+                    lookups: Mutex::default(),
                     recorder: Recorder { enricher: e.name.clone(), metrics: self.metrics.clone(), board: self.board.clone() },
                     options: self.options,
                 }))
