@@ -344,3 +344,28 @@ fn kafka_sources_name_a_client_key_with_its_certificate() {
     source["spec"]["delivery"]["kafka"]["maxInFlight"] = json!(0);
     assert!(!problems("Source", &source).is_empty(), "at least one message in flight");
 }
+
+fn address_enricher() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/enrichment/address-enricher.yaml");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(path).unwrap()).unwrap();
+    docs.into_iter().find(|d| d["kind"] == "Enricher").unwrap()
+}
+
+#[test]
+fn enrichers_call_https_unless_allowed_and_pre_match_names_its_sources() {
+    let mut enricher = address_enricher();
+    assert_eq!(problems("Enricher", &enricher), Vec::<String>::new());
+    enricher["spec"]["endpoint"]["allowInsecureHttp"] = false.into();
+    assert_refused("Enricher", &enricher, "endpoint.url must be https://");
+    enricher["spec"]["endpoint"]["url"] = "https://address.example.com/v1/standardise".into();
+    assert_eq!(problems("Enricher", &enricher), Vec::<String>::new());
+    enricher["spec"].as_object_mut().unwrap().remove("sources");
+    assert_refused("Enricher", &enricher, "a PreMatch enricher names the Sources");
+    enricher["spec"]["stage"] = "ProfileChange".into();
+    assert_eq!(problems("Enricher", &enricher), Vec::<String>::new(), "a ProfileChange enricher may take any profile");
+    enricher["spec"]["stage"] = "Sometimes".into();
+    assert_refused("Enricher", &enricher, "/spec/stage");
+    enricher["spec"]["stage"] = "ProfileChange".into();
+    enricher["spec"]["write"] = serde_json::json!([]);
+    assert_refused("Enricher", &enricher, "/spec/write");
+}

@@ -180,3 +180,70 @@ fn bad_time_zone_is_refused() {
     let refused = compiled.verdict("ScalingPolicy", "retail").unwrap();
     assert!(refused.errors[0].to_string().contains("Europe/Atlantis"), "{:?}", refused.errors);
 }
+
+/// The samples with the address enricher of `config/enrichment/` (and its Secret).
+fn with_address_enricher() -> Manifests {
+    let mut manifests = samples();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/enrichment/address-enricher.yaml");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for mut doc in docs {
+        doc["metadata"]["namespace"] = "default".into();
+        match doc["kind"].as_str() {
+            Some("Enricher") => manifests.enrichers.push(serde_json::from_value(doc).unwrap()),
+            Some("Secret") => manifests.secrets.push(serde_json::from_value(doc).unwrap()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    manifests
+}
+
+#[test]
+fn an_enricher_compiles_into_the_config_and_holds_its_sources_records() {
+    let manifests = with_address_enricher();
+    let compiled = compile(&manifests);
+    assert!(compiled.verdict("Enricher", "address").unwrap().accepted(), "{:?}", compiled.verdicts);
+    assert_eq!(compiled.config.enrichers.len(), 1);
+    assert_eq!(compiled.config.enrichment_holds(), [("webshop".to_string(), 2000)].into());
+    assert_ne!(compiled.hash, compile(&samples()).hash, "an enricher rolls the workloads");
+}
+
+#[test]
+fn an_enricher_sends_only_mapped_attributes_and_writes_no_consent() {
+    let mut manifests = with_address_enricher();
+    let spec = &mut manifests.enrichers[0].spec;
+    spec.attributes.push("attributes.shoeSize".into());
+    spec.write.push(cdp_operator::crd::enricher::WriteBack { from: "optin".into(), to: "consents.sms".into() });
+    spec.sources.push("kiosk".into());
+    spec.endpoint.allow_insecure_http = false;
+    let compiled = compile(&manifests);
+    let errors = &compiled.verdict("Enricher", "address").unwrap().errors;
+    assert_eq!(errors[0], MemberError::UnmappedAttribute { field: "spec.attributes[3]".into(), attribute: "attributes.shoeSize".into() });
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(messages[1].contains("spec.write[4].to: consents are stated by the person"), "{messages:?}");
+    assert!(messages[2].contains("spec.sources[1]: no accepted Source \"kiosk\""), "{messages:?}");
+    assert!(messages[3].contains("spec.endpoint.url: must be https://"), "{messages:?}");
+    assert!(compiled.config.enrichers.is_empty());
+}
+
+#[test]
+fn a_source_has_one_pre_match_enricher() {
+    let mut manifests = with_address_enricher();
+    let mut second = manifests.enrichers[0].clone();
+    second.metadata.name = Some("geocode".into());
+    manifests.enrichers.push(second);
+    let compiled = compile(&manifests);
+    assert!(compiled.verdict("Enricher", "address").unwrap().accepted());
+    let refused = compiled.verdict("Enricher", "geocode").unwrap();
+    assert!(refused.errors[0].to_string().contains("\"address\" already enriches the records of \"webshop\""), "{refused:?}");
+    assert_eq!(compiled.config.enrichers.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["address"]);
+}
+
+#[test]
+fn an_enricher_without_its_signing_secret_is_refused() {
+    let mut manifests = with_address_enricher();
+    manifests.secrets.retain(|s| s.metadata.name.as_deref() != Some("address-enricher"));
+    let compiled = compile(&manifests);
+    let errors = &compiled.verdict("Enricher", "address").unwrap().errors;
+    assert_eq!(errors[0].reason(), "SecretNotFound");
+    assert!(errors[0].to_string().contains("spec.endpoint.signingSecretRef"));
+}

@@ -282,3 +282,39 @@ fn a_kafka_source_gets_its_secrets_mounted_and_its_brokers_reachable() {
     assert!(egress_ports.contains(&9096), "the brokers' own port: {egress_ports:?}");
     assert!(!egress_ports.contains(&9092), "only the ports the Source lists: {egress_ports:?}");
 }
+
+#[test]
+fn the_feeds_workload_may_reach_the_enrichers_and_reads_their_secrets() {
+    let mut manifests = pipeline::load_dir(&samples_dir()).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/enrichment/address-enricher.yaml");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for mut doc in docs {
+        doc["metadata"]["namespace"] = "default".into();
+        if doc["kind"] == "Enricher" {
+            doc["spec"]["endpoint"]["url"] = "https://address.example.com:8443/v1/standardise".into();
+            manifests.enrichers.push(serde_json::from_value(doc).unwrap());
+        } else {
+            manifests.secrets.push(serde_json::from_value(doc).unwrap());
+        }
+    }
+    let platform = &manifests.platforms[0];
+    let compiled = pipeline::compile(platform, &manifests.members_of(platform), default_model());
+    assert!(compiled.verdicts.iter().all(|v| v.accepted()), "{:?}", compiled.verdicts);
+    let objects = render::render(platform, &compiled.config, &compiled.hash, &StorePassword::Exists, &render::Images::default())
+        .unwrap()
+        .objects();
+    let policy = find(&objects, "NetworkPolicy", "retail-feeds");
+    let egress_ports: Vec<i64> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].as_i64().unwrap()))
+        .collect();
+    assert!(egress_ports.contains(&8443), "the enricher's endpoint: {egress_ports:?}");
+    let feeds = find(&objects, "Deployment", "retail-feeds");
+    let volumes = feeds["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    let projected = volumes.iter().find(|v| v["name"] == "secrets").unwrap()["projected"]["sources"].as_array().unwrap();
+    let mounted: Vec<&str> =
+        projected.iter().flat_map(|s| s["secret"]["items"].as_array().unwrap().iter().map(|i| i["path"].as_str().unwrap())).collect();
+    assert!(mounted.contains(&"address-enricher/signing-key"), "{mounted:?}");
+}

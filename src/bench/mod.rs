@@ -2,6 +2,7 @@
 //! steady load, on synthetic person records ([`generate`]). Figures are printed as JSON.
 
 pub mod accuracy;
+pub mod enrich;
 pub mod generate;
 pub mod intake;
 pub mod kafka;
@@ -48,6 +49,9 @@ pub enum BenchKind {
     /// Kafka intake on librdkafka's mock cluster: topic to queued and to profiles, and p50/p99
     /// from produce to profile under a steady rate.
     Kafka(kafka::KafkaArgs),
+    /// Intake's answer times for records a slow or a failing PreMatch enricher holds, against
+    /// records no enricher touches.
+    Enrich(enrich::EnrichArgs),
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -465,6 +469,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         BenchKind::Intake(a) => serde_json::to_value(intake::intake(a).await?),
         BenchKind::Stall(a) => serde_json::to_value(stall::stall(a).await?),
         BenchKind::Kafka(a) => serde_json::to_value(kafka::kafka(a).await?),
+        BenchKind::Enrich(a) => serde_json::to_value(enrich::enrich(a).await?),
         BenchKind::Accuracy(a) => {
             let (rows, stored) = accuracy::run(a).await?;
             print!("{}", accuracy::table(&rows, &stored));

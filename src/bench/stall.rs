@@ -113,7 +113,7 @@ pub async fn stall(args: &StallArgs) -> Result<StallReport, StartError> {
 }
 
 /// Post one record per request at `rate` for `seconds`; the answer times.
-async fn answers(
+pub(super) async fn answers(
     http: &reqwest::Client,
     url: &str,
     rate: u32,

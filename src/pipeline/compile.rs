@@ -117,9 +117,29 @@ pub fn compile(platform: &CustomerDataPlatform, members: &Members, default_model
         feed_errors(&feed.spec, &mapped, &members.secret_keys)
     });
     let source_names: BTreeSet<String> = sources.iter().map(|s| s.name_any()).collect();
-    let enrichers = accept_unique(&members.enrichers, "Enricher", &mut verdicts, |enricher| {
+    let mut enrichers = accept_unique(&members.enrichers, "Enricher", &mut verdicts, |enricher| {
         enricher_errors(&enricher.spec, &mapped, &source_names, &members.secret_keys)
     });
+    // a record waits for one PreMatch enricher: the first by name holds each Source
+    let mut held: BTreeMap<&str, String> = BTreeMap::new();
+    let mut second = Vec::new();
+    for enricher in enrichers.iter().filter(|e| e.spec.stage == crate::crd::enricher::EnrichStage::PreMatch) {
+        let name = enricher.name_any();
+        for source in &enricher.spec.sources {
+            if let Some(first) = held.get(source.as_str()).filter(|first| **first != name) {
+                second.push((name.clone(), MemberError::Invalid {
+                    field: "spec.sources".into(),
+                    message: format!("PreMatch enricher {first:?} already enriches the records of {source:?}; a Source has one"),
+                }));
+            } else {
+                held.insert(source, name.clone());
+            }
+        }
+    }
+    for (name, error) in second {
+        reject(&mut verdicts, "Enricher", &name, error);
+        enrichers.retain(|e| e.name_any() != name);
+    }
     let mut scaling = accept_unique(&members.scaling_policies, "ScalingPolicy", &mut verdicts, |policy| {
         scaling_errors(&policy.spec)
     });

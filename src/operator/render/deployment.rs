@@ -115,7 +115,13 @@ fn env(ctx: &Context, config: &PipelineConfig, workload: Workload) -> Value {
 fn mounted_secrets(ctx: &Context, config: &PipelineConfig, workload: Workload) -> BTreeSet<SecretKeyRef> {
     let refs: Vec<(&str, &SecretKeyRef)> = match workload {
         Workload::Ingest => config.sources.iter().flat_map(|s| s.spec.secret_refs()).collect(),
-        Workload::Feeds => config.feeds.iter().flat_map(|f| f.spec.secret_refs()).collect(),
+        // the enrichers run in the feeds workload
+        Workload::Feeds => config
+            .feeds
+            .iter()
+            .flat_map(|f| f.spec.secret_refs())
+            .chain(config.enrichers.iter().flat_map(|e| e.spec.secret_refs()))
+            .collect(),
         Workload::Api => ctx.platform.spec.api.tokens_secret_ref.iter().map(|t| ("", t)).collect(),
         Workload::Matcher => Vec::new(),
     };

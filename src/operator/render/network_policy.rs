@@ -87,6 +87,8 @@ fn egress(ctx: &Context, config: &PipelineConfig, workload: Workload) -> Value {
                     ports.extend(KAFKA_PORTS);
                 }
             }
+            // the enrichers run in the feeds workload
+            ports.extend(config.enrichers.iter().map(|e| url_port(&e.spec.endpoint.url)));
         }
         _ => {}
     }
