@@ -1,5 +1,5 @@
 -- Argo CD health check for the cdp.dev custom resources (CustomerDataPlatform, Source,
--- MatchingPolicy, Feed, ScalingPolicy). They all report kstatus-style conditions:
+-- MatchingPolicy, Feed, ScalingPolicy, Enricher). They all report kstatus-style conditions:
 --   Ready=True        the resource is reconciled and working
 --   Reconciling=True  the operator is still making progress
 --   Stalled=True      it cannot progress until the spec changes (message says why)
