@@ -187,6 +187,16 @@ fn person(id: &str, given: &str, family: &str, street: &str, postcode: &str, ext
     record
 }
 
+/// The profile holding the record `source`/`id` once `attribute` of its golden record comes
+/// from the address enricher.
+async fn enriched_profile(platform: &Platform, store: &Store, source: &str, id: &str, attribute: &str) -> Value {
+    eventually(&format!("{attribute} of {source}/{id} from the enricher"), || async {
+        let profile = profile_of(platform, store, source, id).await?;
+        (profile["golden"]["attributes"][attribute]["source"] == "enricher/address").then_some(profile)
+    })
+    .await
+}
+
 /// The profile holding the record `source`/`id`, as the API shows it, once it is stored.
 async fn profile_of(platform: &Platform, store: &Store, source: &str, id: &str) -> Option<Value> {
     let record = store.record_by_source_id(source, id).await.unwrap()?;
@@ -256,11 +266,7 @@ async fn a_slow_enricher_delays_only_its_records_and_never_intake(t: TestStore) 
     records(&t.store, 2).await;
     let s1 = t.store.record_by_source_id("pos", "s1").await.unwrap().unwrap();
     assert_eq!(s1.attributes["street"], "12 r. de la Paix", "matched as sent");
-    let golden = eventually("the late enrichment in the profile", || async {
-        let profile = profile_of(&platform, &t.store, "pos", "s1").await?;
-        (profile["golden"]["attributes"]["street"]["source"] == "enricher/address").then_some(profile)
-    })
-    .await;
+    let golden = enriched_profile(&platform, &t.store, "pos", "s1", "street").await;
     let street = &golden["golden"]["attributes"]["street"];
     assert_eq!(street["display"], "12 Rue de la Paix");
     assert!(street["sourceRecordId"].as_str().unwrap().starts_with("address-"), "the call is the value's provenance: {street}");
@@ -288,6 +294,16 @@ async fn a_failing_enricher_is_retried_then_dead_lettered_and_records_are_still_
     let f1 = t.store.record_by_source_id("pos", "f1").await.unwrap().unwrap();
     assert_eq!(f1.attributes["street"], "12 r. de la Paix");
     assert_eq!(t.store.enricher_counts("address").await.unwrap().dead_letters, 1);
+
+    // listed by the API; replayed, it gets fresh attempts (and is matched already: its answer
+    // would go to its profile)
+    let listed = platform.get("/v1/enrichers/address/dead-letters").await;
+    assert_eq!(listed["deadLetters"][0]["target"], dead[0].target, "{listed}");
+    let replay = |path: String| platform.http.post(format!("{}{path}", platform.api)).bearer_auth(common::WRITE_TOKEN).send();
+    let target = dead[0].target;
+    assert_eq!(replay(format!("/v1/enrichers/address/dead-letters/record/{target}/replay")).await.unwrap().status(), 202);
+    eventually("the replayed attempts", || async { (service.requests().len() > 3).then_some(()) }).await;
+    assert_eq!(replay("/v1/enrichers/geocode/dead-letters/record/1/replay".into()).await.unwrap().status(), 404);
     platform.stop().await;
 }
 
@@ -299,11 +315,7 @@ async fn a_cached_answer_makes_no_second_call(t: TestStore) {
     platform.send("pos", person("c1", "Ada", "Lovelace", "12 r. de la Paix", "75002", &[("email", "ada@example.com")])).await;
     platform.send("pos", person("c2", "Grace", "Hopper", "12 r. de la Paix", "75002", &[("email", "grace@example.com")])).await;
     for id in ["c1", "c2"] {
-        let profile = eventually("the enrichment in the profile", || async {
-            let profile = profile_of(&platform, &t.store, "pos", id).await?;
-            (profile["golden"]["attributes"]["attributes.addressQuality"]["source"] == "enricher/address").then_some(profile)
-        })
-        .await;
+        let profile = enriched_profile(&platform, &t.store, "pos", id, "attributes.addressQuality").await;
         // the enricher's trust rank wins survivorship over the till's
         assert_eq!(profile["golden"]["attributes"]["street"]["display"], "12 Rue de la Paix", "{profile}");
     }
@@ -324,11 +336,7 @@ async fn no_call_for_a_person_who_withdrew_the_consent(t: TestStore) {
     platform
         .send("pos", person("y1", "Ada", "Lovelace", "12 r. de la Paix", "75002", &[("email", "ada@example.com"), ("consents.profiling", "true")]))
         .await;
-    eventually("the consenting person enriched", || async {
-        let profile = profile_of(&platform, &t.store, "pos", "y1").await?;
-        (profile["golden"]["attributes"]["street"]["source"] == "enricher/address").then_some(())
-    })
-    .await;
+    enriched_profile(&platform, &t.store, "pos", "y1", "street").await;
     // every job done, and the withdrawn person's address never left
     eventually("no enrichment pending", || async { (t.store.enricher_counts("address").await.unwrap().pending == 0).then_some(()) }).await;
     let sent = service.requests();
@@ -343,11 +351,7 @@ async fn erasure_removes_enriched_values_and_their_cache_entries(t: TestStore) {
     let config = config(vec![address_enricher(&service, "ProfileChange", "")]);
     let platform = Platform::start(&t.store, &config).await;
     platform.send("pos", person("e1", "Ada", "Lovelace", "12 r. de la Paix", "75002", &[("email", "ada@example.com")])).await;
-    let profile = eventually("the enrichment in the profile", || async {
-        let profile = profile_of(&platform, &t.store, "pos", "e1").await?;
-        (profile["golden"]["attributes"]["street"]["source"] == "enricher/address").then_some(profile)
-    })
-    .await;
+    let profile = enriched_profile(&platform, &t.store, "pos", "e1", "street").await;
     let id = profile["id"].as_str().unwrap().to_string();
     // the export carries the enriched values with their provenance
     let export = platform.get(&format!("/v1/profiles/{id}/export")).await;
@@ -374,7 +378,36 @@ async fn erasure_removes_enriched_values_and_their_cache_entries(t: TestStore) {
     platform.stop().await;
 }
 
+async fn an_unmerge_leaves_no_profile_of_enriched_values_alone(t: TestStore) {
+    let service = Service::start(Behaviour::default()).await;
+    let config = config(vec![address_enricher(&service, "ProfileChange", "")]);
+    let platform = Platform::start(&t.store, &config).await;
+    platform.send("pos", person("u1", "Ada", "Lovelace", "12 rue de la Paix", "75002", &[("email", "ada@example.com")])).await;
+    platform.send("webshop", person("u2", "Ada", "Lovelace", "12 rue de la Paix", "75002", &[("phone", "+33612345678")])).await;
+    records(&t.store, 2).await;
+    let profile = enriched_profile(&platform, &t.store, "pos", "u1", "street").await;
+    let u2 = t.store.record_by_source_id("webshop", "u2").await.unwrap().unwrap();
+    assert_eq!(profile["id"], format!("p{}", u2.profile_id), "one person");
+    let response = platform
+        .http
+        .post(format!("{}/v1/profiles/{}/unmerge", platform.api, profile["id"].as_str().unwrap()))
+        .bearer_auth(common::WRITE_TOKEN)
+        .json(&json!({"records": [u2.id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    // both profiles enriched in the end, and none holds enriched values alone
+    enriched_profile(&platform, &t.store, "webshop", "u2", "street").await;
+    enriched_profile(&platform, &t.store, "pos", "u1", "street").await;
+    for cluster in t.store.clusters().await.unwrap() {
+        assert!(cluster.iter().any(|(source, _)| !source.starts_with("enricher/")), "{cluster:?}");
+    }
+    platform.stop().await;
+}
+
 on_both_stores!(
+    an_unmerge_leaves_no_profile_of_enriched_values_alone,
     an_address_standardised_before_matching_joins_two_records,
     a_slow_enricher_delays_only_its_records_and_never_intake,
     a_failing_enricher_is_retried_then_dead_lettered_and_records_are_still_matched,

@@ -20,6 +20,16 @@ fn rendered() -> Vec<Value> {
         .objects()
 }
 
+/// Every port a NetworkPolicy lets out.
+fn egress_ports(policy: &Value) -> Vec<i64> {
+    policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].as_i64().unwrap()))
+        .collect()
+}
+
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
     objects
         .iter()
@@ -168,12 +178,7 @@ fn network_policies_admit_only_intake_and_api_traffic() {
     let matcher = find(&objects, "NetworkPolicy", "retail-matcher");
     assert_eq!(matcher["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "cdp-operator");
     let feeds = find(&objects, "NetworkPolicy", "retail-feeds");
-    let egress_ports: Vec<i64> = feeds["spec"]["egress"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].as_i64().unwrap()))
-        .collect();
+    let egress_ports = egress_ports(feeds);
     assert!(egress_ports.contains(&443), "feeds reach their https webhooks");
     assert!(!egress_ports.contains(&9092), "no Kafka feed, no Kafka port");
 }
@@ -273,12 +278,7 @@ fn a_kafka_source_gets_its_secrets_mounted_and_its_brokers_reachable() {
         assert!(mounted.contains(&path.to_string()), "{path} not mounted: {mounted:?}");
     }
     let policy = find(&objects, "NetworkPolicy", "retail-ingest");
-    let egress_ports: Vec<i64> = policy["spec"]["egress"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].as_i64().unwrap()))
-        .collect();
+    let egress_ports = egress_ports(policy);
     assert!(egress_ports.contains(&9096), "the brokers' own port: {egress_ports:?}");
     assert!(!egress_ports.contains(&9092), "only the ports the Source lists: {egress_ports:?}");
 }
@@ -304,12 +304,7 @@ fn the_feeds_workload_may_reach_the_enrichers_and_reads_their_secrets() {
         .unwrap()
         .objects();
     let policy = find(&objects, "NetworkPolicy", "retail-feeds");
-    let egress_ports: Vec<i64> = policy["spec"]["egress"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].as_i64().unwrap()))
-        .collect();
+    let egress_ports = egress_ports(policy);
     assert!(egress_ports.contains(&8443), "the enricher's endpoint: {egress_ports:?}");
     let feeds = find(&objects, "Deployment", "retail-feeds");
     let volumes = feeds["spec"]["template"]["spec"]["volumes"].as_array().unwrap();

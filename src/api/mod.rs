@@ -4,6 +4,7 @@
 //! Every route needs a bearer token with the right scope (read, write).
 
 pub mod dead_letters;
+pub mod enrichers;
 mod privacy;
 
 use std::collections::BTreeSet;
@@ -765,9 +766,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/quarantine/{id}/replay", post(quarantine_replay))
         .merge(privacy::router())
         .merge(dead_letters::router())
+        .merge(enrichers::router())
         .route_layer(middleware::from_fn_with_state(metrics, count_requests))
         .with_state(state)
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi().merge_from(privacy::PrivacyDoc::openapi())) }));
+        .route(
+            "/openapi.json",
+            get(|| async { Json(ApiDoc::openapi().merge_from(privacy::PrivacyDoc::openapi()).merge_from(enrichers::EnrichDoc::openapi())) }),
+        );
     ops::limit_body(routes, BODY_LIMIT)
 }
 

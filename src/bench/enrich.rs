@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::generate::{Generator, Population};
 use super::stall::{Answers, answers};
-use super::{BENCH_KEY, bench_config, open_scratch, payload, remove_sqlite};
+use super::{BENCH_KEY, bench_config, open_scratch, payload, stop_platform};
 use crate::crd::SecretKeyRef;
 use crate::enrich::demo::{self, Behaviour};
 use crate::enrich::{EnrichContext, WorkerOptions as EnrichOptions};
@@ -122,12 +122,7 @@ pub async fn enrich(args: &EnrichArgs) -> Result<EnrichReport, StartError> {
     let matched = store.counts().await?.records;
     let slow_counts = store.enricher_counts("slow").await?;
     let failing_counts = store.enricher_counts("failing").await?;
-    trigger.trigger();
-    for task in tasks {
-        let _ = task.await;
-    }
-    store.close().await;
-    remove_sqlite(file);
+    stop_platform(trigger, tasks, store, file).await;
     Ok(EnrichReport {
         store: if args.postgres.is_some() { "postgres" } else { "sqlite" },
         rate: args.rate,

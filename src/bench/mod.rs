@@ -213,6 +213,16 @@ pub(crate) async fn open_scratch(postgres: Option<&str>) -> Result<(Store, Optio
     }
 }
 
+/// Stop a benchmark's platform: its tasks, then its store (a scratch SQLite file is removed).
+pub(crate) async fn stop_platform(trigger: ops::ShutdownTrigger, tasks: Vec<tokio::task::JoinHandle<()>>, store: Store, file: Option<PathBuf>) {
+    trigger.trigger();
+    for task in tasks {
+        let _ = task.await;
+    }
+    store.close().await;
+    remove_sqlite(file);
+}
+
 pub(crate) fn remove_sqlite(path: Option<PathBuf>) {
     if let Some(path) = path {
         for suffix in ["", "-wal", "-shm"] {

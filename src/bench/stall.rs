@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::generate::{Generator, Population};
-use super::{BENCH_KEY, bench_config, open_scratch, payload, remove_sqlite, resolved_count};
+use super::{BENCH_KEY, bench_config, open_scratch, payload, resolved_count, stop_platform};
 use crate::runtime::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::matcher::{BatchArgs, Resolver, spawn_workers};
@@ -95,12 +95,7 @@ pub async fn stall(args: &StallArgs) -> Result<StallReport, StartError> {
     let before = resolved_count(&metrics);
     let draining = answers(&http, &url, args.rate, args.seconds, &mut next).await;
     let resolved_meanwhile = resolved_count(&metrics) - before;
-    trigger.trigger();
-    for w in workers {
-        let _ = w.await;
-    }
-    store.close().await;
-    remove_sqlite(file);
+    stop_platform(trigger, workers, store, file).await;
     Ok(StallReport {
         store: if args.postgres.is_some() { "postgres" } else { "sqlite" },
         backlog: args.backlog,

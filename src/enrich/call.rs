@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::crd::enricher::Endpoint;
 use crate::runtime::ops::{Secrets, StartError};
-use crate::runtime::outbound::{DetachedLookup, error_chain};
+use crate::runtime::outbound::{self, error_chain};
 use crate::runtime::sign::{IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign};
 
 /// Why one call failed. The text says what happened, never what was sent.
@@ -90,15 +90,8 @@ impl Caller {
             .map(|r| secrets.get(r).map(|t| t.trim().to_string()))
             .transpose()
             .map_err(|e| EndpointError::Secret(e.into()))?;
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(endpoint.timeout_seconds.into()))
-            .https_only(!endpoint.allow_insecure_http)
-            .dns_resolver(DetachedLookup);
-        if endpoint.url.starts_with("http://") {
-            // No TLS to verify: the system's CA bundle is not needed (nor required to exist).
-            builder = builder.tls_certs_only([]);
-        }
-        let client = builder.build().map_err(|e| EndpointError::Client(e.to_string()))?;
+        let client = outbound::client(&endpoint.url, endpoint.timeout_seconds, endpoint.allow_insecure_http)
+            .map_err(|e| EndpointError::Client(e.to_string()))?;
         Ok(Caller {
             client,
             url: endpoint.url.clone(),

@@ -275,17 +275,16 @@ impl EnrichWorker {
         let (values, cached) = match self.store.cached_answer(&self.name, digest, now).await? {
             Some(values) => {
                 self.recorder.cache_hit();
-                self.store.note_lookup(&self.name, target, digest, None).await?;
+                self.store.note_lookup(&self.name, target, digest).await?;
                 (values, true)
             }
             None => {
-                // noted before the call: an erasure meanwhile must find the answer it makes
-                self.store.note_lookup(&self.name, target, digest, None).await?;
+                self.store.note_lookup(&self.name, target, digest).await?;
                 let (answer, took) = self.caller.call(&self.name, &call_id, sent).await.map_err(Failure::Call)?;
                 self.recorder.answered(took);
                 let values = plan::write_back(&self.spec, &answer);
                 let expires = now + i64::from(self.spec.cache_ttl_seconds) * 1000;
-                self.store.note_lookup(&self.name, target, digest, Some((&values, expires))).await?;
+                self.store.cache_answer(&self.name, target, digest, &values, expires).await?;
                 (values, false)
             }
         };

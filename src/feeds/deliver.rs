@@ -9,7 +9,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::sign::{IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign};
 use crate::runtime::ops::{Secrets, StartError};
-use crate::runtime::outbound::{DetachedLookup, error_chain};
+use crate::runtime::outbound::{self, error_chain};
 use crate::crd::feed::{Destination as Spec, KafkaTopic, Webhook};
 
 /// One message to send.
@@ -90,15 +90,8 @@ impl Destination {
 
     fn webhook(w: &Webhook, secrets: &Secrets) -> Result<Destination, DestinationError> {
         let secret = secrets.get(&w.signing_secret_ref).map_err(|e| DestinationError::Secret(e.into()))?.into_bytes();
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(w.timeout_seconds.into()))
-            .https_only(!w.allow_insecure_http)
-            .dns_resolver(DetachedLookup);
-        if w.url.starts_with("http://") {
-            // No TLS to verify: the system's CA bundle is not needed (nor required to exist).
-            builder = builder.tls_certs_only([]);
-        }
-        let client = builder.build().map_err(|e| DestinationError::Client(e.to_string()))?;
+        let client =
+            outbound::client(&w.url, w.timeout_seconds, w.allow_insecure_http).map_err(|e| DestinationError::Client(e.to_string()))?;
         Ok(Destination::Webhook { client, url: w.url.clone(), secret, timeout_seconds: w.timeout_seconds })
     }
 

@@ -433,6 +433,10 @@ impl Resolver {
         if split.is_empty() {
             return Err(MatchError::Invalid("name at least one record to split out".into()));
         }
+        // what enrichers found describes the profile, not a record of its own: it stays with
+        // the id (and the enrichers look at the new profiles afresh)
+        let (enriched, members): (Vec<_>, Vec<_>) =
+            members.into_iter().partition(|(_, r)| r.source.starts_with(crate::pipeline::ENRICHER_SOURCE_PREFIX));
         let (out, keep): (Vec<_>, Vec<_>) = members.into_iter().partition(|(id, _)| split.contains(id));
         if out.len() != split.len() {
             return Err(MatchError::Invalid("every record to split out must belong to the profile".into()));
@@ -443,7 +447,8 @@ impl Resolver {
         let mut created = Vec::new();
         let action = serde_json::to_value(LinkEvidence::Manual { action: "unmerge".into(), at_ms: now }).expect("serialises");
         let mut groups = self.clusters_of(tx, &keep).await?;
-        let kept = groups.remove(0);
+        let mut kept = groups.remove(0);
+        kept.extend(enriched);
         groups.extend(self.clusters_of(tx, &out).await?);
         // the profile stays live, so a batch would not notice its records leave: their keys
         // are locked first, which makes a batch holding one of them finish before, or wait

@@ -1,5 +1,6 @@
 //! The matcher's part of consents and retention: `consent.changed` events when a profile's
-//! golden record is recomputed, and removing purged records from a profile.
+//! golden record is recomputed, and removing purged records from a profile (with what
+//! enrichers found, once no record of a Source is left).
 
 use super::{MatchError, Resolver};
 use crate::identity::consent::changes;
@@ -49,7 +50,13 @@ impl Resolver {
         let records: Vec<i64> = records.iter().copied().filter(|r| held.contains(r)).collect();
         tx.delete_records(&records, removed).await?;
         self.cache.forget(records.iter().copied());
-        let remaining = self.members(tx, &[profile]).await?.remove(&profile).unwrap_or_default();
+        let mut remaining = self.members(tx, &[profile]).await?.remove(&profile).unwrap_or_default();
+        // what enrichers found about the person goes with the last record a Source sent
+        if remaining.iter().all(|(_, r)| r.source.starts_with(crate::pipeline::ENRICHER_SOURCE_PREFIX)) {
+            let enriched: Vec<i64> = remaining.drain(..).map(|(id, _)| id).collect();
+            tx.delete_records(&enriched, removed).await?;
+            self.cache.forget(enriched.iter().copied());
+        }
         if !remaining.is_empty() {
             self.store_golden(tx, profile, Some(row), &remaining, now).await?;
         }

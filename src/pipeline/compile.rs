@@ -303,9 +303,11 @@ fn scaling_errors(spec: &crate::crd::ScalingPolicySpec) -> Vec<MemberError> {
     }
 }
 
-fn feed_errors(spec: &crate::crd::FeedSpec, mapped: &BTreeSet<&str>, secrets: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {
-    let mut errors = missing_secrets(spec.secret_refs(), secrets);
-    for (i, attribute) in spec.attributes.iter().enumerate() {
+/// An allow-list of attributes that leave the platform (a Feed's, an Enricher's) and the
+/// consent purpose it requires: each attribute known and mapped by a Source, the purpose too.
+fn allow_list_errors(attributes: &[String], required_consent: Option<&String>, mapped: &BTreeSet<&str>) -> Vec<MemberError> {
+    let mut errors = Vec::new();
+    for (i, attribute) in attributes.iter().enumerate() {
         let field = format!("spec.attributes[{i}]");
         if let Some(error) = unknown(field.clone(), attribute) {
             errors.push(error);
@@ -313,12 +315,18 @@ fn feed_errors(spec: &crate::crd::FeedSpec, mapped: &BTreeSet<&str>, secrets: &B
             errors.push(MemberError::UnmappedAttribute { field, attribute: attribute.clone() });
         }
     }
-    if let Some(purpose) = &spec.required_consent {
+    if let Some(purpose) = required_consent {
         let consent = format!("{CONSENT_PREFIX}{purpose}");
         if !mapped.contains(consent.as_str()) {
             errors.push(MemberError::UnmappedAttribute { field: "spec.requiredConsent".to_string(), attribute: consent });
         }
     }
+    errors
+}
+
+fn feed_errors(spec: &crate::crd::FeedSpec, mapped: &BTreeSet<&str>, secrets: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {
+    let mut errors = missing_secrets(spec.secret_refs(), secrets);
+    errors.extend(allow_list_errors(&spec.attributes, spec.required_consent.as_ref(), mapped));
     for (i, trigger) in spec.triggers.iter().enumerate() {
         if let Some(attribute) = trigger.field.strip_prefix("profile.") {
             let field = format!("spec.triggers[{i}].field");
@@ -341,14 +349,7 @@ fn enricher_errors(
     secrets: &BTreeSet<SecretKeyRef>,
 ) -> Vec<MemberError> {
     let mut errors = missing_secrets(spec.secret_refs(), secrets);
-    for (i, attribute) in spec.attributes.iter().enumerate() {
-        let field = format!("spec.attributes[{i}]");
-        if let Some(error) = unknown(field.clone(), attribute) {
-            errors.push(error);
-        } else if !mapped.contains(attribute.as_str()) {
-            errors.push(MemberError::UnmappedAttribute { field, attribute: attribute.clone() });
-        }
-    }
+    errors.extend(allow_list_errors(&spec.attributes, spec.required_consent.as_ref(), mapped));
     for (i, write) in spec.write.iter().enumerate() {
         let field = format!("spec.write[{i}].to");
         if let Some(error) = unknown(field.clone(), &write.to) {
@@ -376,12 +377,6 @@ fn enricher_errors(
             field: "spec.endpoint.url".into(),
             message: "must be https://host/... (or http:// with allowInsecureHttp: true)".into(),
         });
-    }
-    if let Some(purpose) = &spec.required_consent {
-        let consent = format!("{CONSENT_PREFIX}{purpose}");
-        if !mapped.contains(consent.as_str()) {
-            errors.push(MemberError::UnmappedAttribute { field: "spec.requiredConsent".to_string(), attribute: consent });
-        }
     }
     errors
 }

@@ -2,6 +2,21 @@
 //! host lookups that cannot hold a shutdown up, and errors that name their causes.
 
 use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+/// A client for one outbound endpoint: `timeout_seconds` per request, https only unless
+/// `allow_insecure_http`.
+pub fn client(url: &str, timeout_seconds: u32, allow_insecure_http: bool) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(timeout_seconds.into()))
+        .https_only(!allow_insecure_http)
+        .dns_resolver(DetachedLookup);
+    if url.starts_with("http://") {
+        // No TLS to verify: the system's CA bundle is not needed (nor required to exist).
+        builder = builder.tls_certs_only([]);
+    }
+    builder.build()
+}
 
 /// Looks host names up on a thread of its own each time rather than on the runtime's blocking
 /// pool (reqwest's default). The runtime waits for that pool's threads when the process exits,

@@ -183,6 +183,23 @@ impl Store {
         tx.commit().await
     }
 
+    /// A dead letter due again with fresh attempts; false when there is no such dead letter.
+    pub async fn replay_enrichment(&self, enricher: &str, target: EnrichTarget) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE enrich_jobs SET attempts = 0, dead_at_ms = NULL, due_at_ms = $4
+             WHERE enricher = $1 AND kind = $2 AND target = $3 AND dead_at_ms IS NOT NULL",
+        )
+        .bind(enricher)
+        .bind(target.kind())
+        .bind(target.id())
+        .bind(now_ms())
+        .execute(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// The dead letters of an enricher, newest first.
     pub async fn enrich_dead_letters(&self, enricher: &str, limit: i64) -> Result<Vec<EnrichDeadLetter>> {
         let rows = sqlx::query(
@@ -231,16 +248,10 @@ impl Store {
         row.map(|r| Ok(serde_json::from_str(&r.try_get::<String, _>("answer")?)?)).transpose()
     }
 
-    /// Note that `digest` was looked up for `target` (before the call: erasure must find the
-    /// entry its answer makes), and keep the answer when there is one.
-    pub async fn note_lookup(
-        &self,
-        enricher: &str,
-        target: EnrichTarget,
-        digest: &str,
-        answer: Option<(&BTreeMap<String, String>, i64)>,
-    ) -> Result<()> {
-        let mut tx = self.begin().await?;
+    /// Note that `digest` was looked up for `target`, before the call: an erasure of the
+    /// person meanwhile must find the answer it makes (and [`Store::cache_answer`] then keeps
+    /// nothing).
+    pub async fn note_lookup(&self, enricher: &str, target: EnrichTarget, digest: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO enrich_lookups (enricher, kind, target, digest) VALUES ($1, $2, $3, $4)
              ON CONFLICT (enricher, kind, target, digest) DO NOTHING",
@@ -249,20 +260,36 @@ impl Store {
         .bind(target.kind())
         .bind(target.id())
         .bind(digest)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Keep an answer for `digest` until `expires_at_ms`, unless the person it was looked up
+    /// for was erased meanwhile (their lookup is gone).
+    pub async fn cache_answer(
+        &self,
+        enricher: &str,
+        target: EnrichTarget,
+        digest: &str,
+        answer: &BTreeMap<String, String>,
+        expires_at_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO enrich_cache (enricher, digest, answer, expires_at_ms)
+             SELECT $1, $2, $3, $4 WHERE EXISTS (
+                 SELECT 1 FROM enrich_lookups WHERE enricher = $1 AND kind = $5 AND target = $6 AND digest = $2)
+             ON CONFLICT (enricher, digest) DO UPDATE SET answer = excluded.answer, expires_at_ms = excluded.expires_at_ms",
+        )
+        .bind(enricher)
+        .bind(digest)
+        .bind(serde_json::to_string(answer)?)
+        .bind(expires_at_ms)
+        .bind(target.kind())
+        .bind(target.id())
         .execute(tx.conn())
         .await?;
-        if let Some((answer, expires_at_ms)) = answer {
-            sqlx::query(
-                "INSERT INTO enrich_cache (enricher, digest, answer, expires_at_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (enricher, digest) DO UPDATE SET answer = excluded.answer, expires_at_ms = excluded.expires_at_ms",
-            )
-            .bind(enricher)
-            .bind(digest)
-            .bind(serde_json::to_string(answer)?)
-            .bind(expires_at_ms)
-            .execute(tx.conn())
-            .await?;
-        }
         tx.commit().await
     }
 
