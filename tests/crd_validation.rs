@@ -365,7 +365,12 @@ fn enrichers_call_https_unless_allowed_and_pre_match_names_its_sources() {
     assert_eq!(problems("Enricher", &enricher), Vec::<String>::new(), "a ProfileChange enricher may take any profile");
     enricher["spec"]["stage"] = "Sometimes".into();
     assert_refused("Enricher", &enricher, "/spec/stage");
+    enricher["spec"]["stage"] = "PreMatch".into();
+    enricher["spec"]["sources"] = serde_json::json!(["webshop"]);
+    enricher["spec"]["triggers"] = serde_json::json!([{"field": "profile.country", "op": "equals", "value": "FR"}]);
+    assert_refused("Enricher", &enricher, "a PreMatch enricher selects by sources");
     enricher["spec"]["stage"] = "ProfileChange".into();
+    assert_eq!(problems("Enricher", &enricher), Vec::<String>::new());
     enricher["spec"]["write"] = serde_json::json!([]);
     assert_refused("Enricher", &enricher, "/spec/write");
 }

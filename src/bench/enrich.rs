@@ -1,7 +1,8 @@
 //! `cdp bench enrich`: intake's answer times for records of a Source a slow PreMatch enricher
-//! holds, and of one a failing enricher holds, against records no enricher touches, all sent
-//! to one running platform (intake, matcher, enrichers, the reference enrichment service on a
-//! real socket). Enrichment is never on intake's path: the three should answer alike.
+//! holds, and of one a failing enricher holds, against records no enricher touches, sent at
+//! the same time to one running platform (intake, matcher, enrichers, the reference
+//! enrichment service on a real socket). Enrichment is never on intake's path: the three
+//! should answer alike.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,10 +26,10 @@ pub struct EnrichArgs {
     /// PostgreSQL server URL (a scratch database is created on it); SQLite in a temporary file by default.
     #[arg(long)]
     pub postgres: Option<String>,
-    /// Intake requests per second, one record each, during each phase.
+    /// Intake requests per second to each of the three Sources, one record each.
     #[arg(long, default_value_t = 100)]
     pub rate: u32,
-    /// Length of each phase.
+    /// How long the three send.
     #[arg(long, default_value_t = 15)]
     pub seconds: u64,
     /// How long the slow enricher takes to answer.
@@ -53,7 +54,7 @@ pub struct EnrichReport {
     pub slow: Answers,
     /// For a Source whose records wait for an enricher answering 503.
     pub failing: Answers,
-    /// Records matched by the end (every phase's, enriched or not).
+    /// Records matched by the end (all three Sources', enriched or not).
     pub matched: i64,
     /// Records of the slow enricher matched before it answered.
     pub slow_matched_unenriched: i64,
@@ -111,12 +112,18 @@ pub async fn enrich(args: &EnrichArgs) -> Result<EnrichReport, StartError> {
     let enrich = EnrichContext::new(store.clone(), &metrics, EnrichOptions::default());
     tasks.extend(enrich.spawn(enrich.workers(&config, &secrets)?, &shutdown));
 
-    let mut people = Generator::new(13, (args.rate as u64 * args.seconds * 3) as usize, 1.0, Population::Country);
-    let mut next = || payload(&people.next_record().record);
+    // the three Sources at once, each at `rate`: the same machine, store and matcher load
     let http = reqwest::Client::new();
-    let none = answers(&http, &format!("{base}/ticketing/records"), args.rate, args.seconds, &mut next).await;
-    let slow = answers(&http, &format!("{base}/webshop/records"), args.rate, args.seconds, &mut next).await;
-    let failing = answers(&http, &format!("{base}/pos/records"), args.rate, args.seconds, &mut next).await;
+    let people = |seed| Generator::new(seed, (args.rate as u64 * args.seconds) as usize, 1.0, Population::Country);
+    let (mut a, mut b, mut c) = (people(13), people(17), people(19));
+    let (mut next_a, mut next_b, mut next_c) =
+        (|| payload(&a.next_record().record), || payload(&b.next_record().record), || payload(&c.next_record().record));
+    let urls = ["ticketing", "webshop", "pos"].map(|source| format!("{base}/{source}/records"));
+    let (none, slow, failing) = tokio::join!(
+        answers(&http, &urls[0], args.rate, args.seconds, &mut next_a),
+        answers(&http, &urls[1], args.rate, args.seconds, &mut next_b),
+        answers(&http, &urls[2], args.rate, args.seconds, &mut next_c),
+    );
     // every record's wait is over a second after the last one arrived
     tokio::time::sleep(Duration::from_secs(3)).await;
     let matched = store.counts().await?.records;

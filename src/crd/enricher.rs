@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{CommonStatus, PlatformRef, SecretKeyRef};
-use super::feed::DeliveryPolicy;
+use super::feed::{DeliveryPolicy, Trigger};
 
 /// An enrichment step: when it runs, what it sends where, and what it writes back.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -26,7 +26,8 @@ use super::feed::DeliveryPolicy;
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.stage != 'PreMatch' || (has(self.sources) && size(self.sources) > 0)", "message": "a PreMatch enricher names the Sources whose records it enriches (sources)"}
+    {"rule": "self.stage != 'PreMatch' || (has(self.sources) && size(self.sources) > 0)", "message": "a PreMatch enricher names the Sources whose records it enriches (sources)"},
+    {"rule": "self.stage == 'ProfileChange' || !has(self.triggers)", "message": "triggers select profile changes: a PreMatch enricher selects by sources"}
 ]))]
 pub struct EnricherSpec {
     pub platform_ref: PlatformRef,
@@ -38,6 +39,11 @@ pub struct EnricherSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub sources: Vec<String>,
+    /// ProfileChange: all must hold for a change to be enriched, in the Feeds' trigger syntax
+    /// (`event.type`, `profile.<attribute>`, e.g. `profile.country equals FR`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub triggers: Vec<Trigger>,
     /// Attributes sent to the endpoint; nothing else leaves the platform. A record or profile
     /// holding none of them is not sent.
     #[schemars(length(min = 1, max = 32))]

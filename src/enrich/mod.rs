@@ -3,7 +3,7 @@
 //! One worker per Enricher, in the feeds workload (like the feeds, it calls out). Its work is
 //! a job per target, kept in the store, so nothing is lost to a crash or an outage:
 //! - **ProfileChange**: the worker reads the outbox after its own cursor and queues a job per
-//!   profile created, updated or merged; it sends the allow-listed golden values and writes
+//!   profile created, updated or merged (whose change its triggers select); it sends the allow-listed golden values and writes
 //!   the answer back into the profile as a record of its source `enricher/<name>`, where
 //!   survivorship weighs it with the enricher's trust rank and provenance names it. Its own
 //!   write-back changes the profile again: the digest of the values sent is the same, so that
@@ -38,15 +38,18 @@ use crate::crd::enricher::{EnrichStage, EnricherSpec};
 use crate::identity::GoldenProfile;
 use crate::identity::consent::ConsentState;
 use crate::matcher::{Enrichment, MatchError, Resolver};
+use crate::pipeline::trigger::{self, Conditions, TriggerError};
 use crate::pipeline::{ENRICHER_SOURCE_PREFIX, PipelineConfig, enricher_source};
 use crate::runtime::ops::{Metrics, Secrets, Shutdown};
-use crate::store::{EnrichJob, EnrichTarget, HeldForEnrichment, Store, StoreError, StoredRecord, now_ms};
+use crate::store::{EnrichJob, EnrichTarget, Event, HeldForEnrichment, Store, StoreError, StoredRecord, now_ms};
 
 /// Why the enrichers could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrichError {
     #[error("enricher {enricher}: {source}")]
     Endpoint { enricher: String, source: EndpointError },
+    #[error("enricher {enricher}: {source}")]
+    Triggers { enricher: String, source: TriggerError },
     #[error("matching model: {0}")]
     Model(#[from] crate::identity::ModelError),
 }
@@ -56,6 +59,7 @@ impl EnrichError {
         match self {
             Self::Endpoint { source: EndpointError::Secret(e), .. } => e.reason(),
             Self::Endpoint { .. } => "EnricherClient",
+            Self::Triggers { source, .. } => source.reason(),
             Self::Model(_) => "Model",
         }
     }
@@ -90,6 +94,8 @@ pub struct EnrichWorker {
     name: String,
     source: String,
     spec: EnricherSpec,
+    /// The spec's triggers, compiled.
+    triggers: Conditions,
     caller: Caller,
     store: Store,
     resolver: Arc<Resolver>,
@@ -187,8 +193,23 @@ impl EnrichWorker {
         let cursor = self.store.enrich_cursor(&self.name).await?;
         let events = self.store.events_after(cursor, self.options.batch).await?;
         let Some(last) = events.last().map(|e| e.id) else { return Ok(0) };
-        let mut profiles: Vec<i64> =
-            events.iter().filter(|e| PROFILE_CHANGES.contains(&e.kind.as_str())).filter_map(|e| e.profile_id).collect();
+        let changes: Vec<(&Event, i64)> = events
+            .iter()
+            .filter(|e| PROFILE_CHANGES.contains(&e.kind.as_str()))
+            .filter_map(|e| e.profile_id.map(|p| (e, p)))
+            .collect();
+        let goldens = match self.triggers.is_empty() {
+            true => BTreeMap::new(),
+            false => self.store.goldens(&changes.iter().map(|(_, p)| *p).collect::<Vec<_>>()).await?,
+        };
+        let mut profiles: Vec<i64> = changes
+            .into_iter()
+            .filter(|(e, p)| {
+                let event_source = e.payload.get("source").and_then(serde_json::Value::as_str);
+                self.triggers.hold(trigger::Subject { event_source, event_type: Some(&e.kind), profile: goldens.get(p) })
+            })
+            .map(|(_, p)| p)
+            .collect();
         profiles.sort_unstable();
         profiles.dedup();
         self.store.schedule_profiles(&self.name, &profiles, last).await?;
@@ -443,10 +464,13 @@ impl EnrichContext {
                 let spec = &e.spec;
                 let caller = Caller::new(&spec.endpoint, spec.rate_limit_per_second, spec.concurrency, secrets)
                     .map_err(|source| EnrichError::Endpoint { enricher: e.name.clone(), source })?;
+                let triggers = Conditions::compile(&spec.triggers)
+                    .map_err(|source| EnrichError::Triggers { enricher: e.name.clone(), source })?;
                 Ok(Arc::new(EnrichWorker {
                     name: e.name.clone(),
                     source: enricher_source(&e.name),
                     spec: spec.clone(),
+                    triggers,
                     caller,
                     store: self.store.clone(),
                     resolver: resolver.clone(),

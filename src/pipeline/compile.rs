@@ -327,7 +327,14 @@ fn allow_list_errors(attributes: &[String], required_consent: Option<&String>, m
 fn feed_errors(spec: &crate::crd::FeedSpec, mapped: &BTreeSet<&str>, secrets: &BTreeSet<SecretKeyRef>) -> Vec<MemberError> {
     let mut errors = missing_secrets(spec.secret_refs(), secrets);
     errors.extend(allow_list_errors(&spec.attributes, spec.required_consent.as_ref(), mapped));
-    for (i, trigger) in spec.triggers.iter().enumerate() {
+    errors.extend(trigger_errors(&spec.triggers, mapped));
+    errors
+}
+
+/// Triggers read attributes the Sources map, with the operands their operators take.
+fn trigger_errors(triggers: &[crate::crd::feed::Trigger], mapped: &BTreeSet<&str>) -> Vec<MemberError> {
+    let mut errors = Vec::new();
+    for (i, trigger) in triggers.iter().enumerate() {
         if let Some(attribute) = trigger.field.strip_prefix("profile.") {
             let field = format!("spec.triggers[{i}].field");
             if let Some(error) = unknown(field.clone(), attribute) {
@@ -336,6 +343,10 @@ fn feed_errors(spec: &crate::crd::FeedSpec, mapped: &BTreeSet<&str>, secrets: &B
                 errors.push(MemberError::UnmappedAttribute { field, attribute: attribute.to_string() });
             }
         }
+    }
+    // `cdp local` reads its files without the CRD's rules
+    if let Err(e) = super::trigger::Conditions::compile(triggers) {
+        errors.push(MemberError::Invalid { field: "spec.triggers".into(), message: e.to_string() });
     }
     errors
 }
@@ -362,6 +373,13 @@ fn enricher_errors(
         errors.push(MemberError::Invalid {
             field: format!("spec.sources[{i}]"),
             message: format!("no accepted Source {source:?} in this platform"),
+        });
+    }
+    errors.extend(trigger_errors(&spec.triggers, mapped));
+    if spec.stage == crate::crd::enricher::EnrichStage::PreMatch && !spec.triggers.is_empty() {
+        errors.push(MemberError::Invalid {
+            field: "spec.triggers".into(),
+            message: "triggers select profile changes: a PreMatch enricher selects by sources".into(),
         });
     }
     if spec.stage == crate::crd::enricher::EnrichStage::PreMatch && spec.sources.is_empty() {

@@ -6,6 +6,7 @@
 
 mod compile;
 mod load;
+pub mod trigger;
 
 pub use compile::{Compiled, Members, MemberError, Verdict, compile};
 pub use load::{LoadError, Manifests, load_dir, secret_keys};
