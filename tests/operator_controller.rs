@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cdp_operator::crd::{CustomerDataPlatform, Feed, Source};
+use cdp_operator::crd::{CustomerDataPlatform, Enricher, Feed, Source};
 use cdp_operator::operator::{Context, Metrics, run_controllers};
 use cdp_operator::pipeline::{self, PipelineConfig};
 use http::Method;
@@ -337,5 +337,41 @@ async fn peak_window_in_force_raises_the_replica_floor() {
     fake.wait_until(WAIT, |f| f.get::<Deployment>(NS, "retail-ingest").and_then(|d| d.spec?.replicas) == Some(8)).await;
     let matcher: Deployment = fake.get(NS, "retail-matcher").unwrap();
     assert_eq!(matcher.spec.unwrap().replicas, Some(6), "the opening-night floor of the matcher");
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_enricher_joins_the_pipeline_config_and_reports_ready_or_why_not() {
+    let (fake, _client, task) = start().await;
+    make_everything_available(&fake).await;
+    fake.wait_until(WAIT, |f| condition(f, "Ready").is_some_and(|(s, _)| s == "True")).await;
+    let before = pipeline_config(&fake).unwrap().content_hash();
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/enrichment/address-enricher.yaml");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for mut doc in docs {
+        doc["metadata"]["namespace"] = NS.into();
+        match doc["kind"].as_str() {
+            Some("Secret") => {
+                fake.put(&serde_json::from_value::<Secret>(doc).unwrap());
+            }
+            _ => {
+                fake.put(&serde_json::from_value::<Enricher>(doc).unwrap());
+            }
+        }
+    }
+    fake.wait_until(WAIT, |f| member_condition::<Enricher>(f, "address", "Ready").is_some_and(|(s, _, _)| s == "True")).await;
+    fake.wait_until(WAIT, |f| pipeline_config(f).is_some_and(|c| !c.enrichers.is_empty())).await;
+    let config = pipeline_config(&fake).unwrap();
+    assert_eq!(config.enrichers.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["address"]);
+    assert_ne!(config.content_hash(), before, "the workloads roll onto the enricher");
+
+    // an enricher sending what no Source maps is Stalled, and leaves the config
+    fake.modify::<Enricher>(NS, "address", |e| e.spec.attributes.push("attributes.shoeSize".into()));
+    fake.wait_until(WAIT, |f| member_condition::<Enricher>(f, "address", "Stalled").is_some_and(|(s, _, _)| s == "True")).await;
+    let (_, reason, message) = member_condition::<Enricher>(&fake, "address", "Ready").unwrap();
+    assert_eq!(reason, "UnmappedAttribute");
+    assert!(message.contains("spec.attributes[3]"), "{message}");
+    fake.wait_until(WAIT, |f| pipeline_config(f).is_some_and(|c| c.enrichers.is_empty())).await;
     task.abort();
 }
