@@ -31,6 +31,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use self::call::{Caller, EndpointError};
 use self::status::{EnrichBoard, EnrichMetrics, Recorder};
@@ -41,6 +42,7 @@ use crate::matcher::{Enrichment, MatchError, Resolver};
 use crate::pipeline::trigger::{self, Conditions, TriggerError};
 use crate::pipeline::{ENRICHER_SOURCE_PREFIX, PipelineConfig, enricher_source};
 use crate::runtime::ops::{Metrics, Secrets, Shutdown};
+use crate::runtime::outage::{OutageLog, Report};
 use crate::store::{EnrichJob, EnrichTarget, Event, HeldForEnrichment, Store, StoreError, StoredRecord, now_ms};
 
 /// Why the enrichers could not start.
@@ -106,6 +108,8 @@ pub struct EnrichWorker {
     lookups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     recorder: Recorder,
     options: WorkerOptions,
+    /// The endpoint's outages, told once, not per attempt.
+    outage: Mutex<OutageLog>,
 }
 
 /// What a job is about, as found now.
@@ -218,13 +222,16 @@ impl EnrichWorker {
 
     /// One attempt at one job; a failed call is retried later or dead-lettered.
     async fn work(&self, job: EnrichJob) {
-        let error = match self.attempt(job).await {
+        let (error, endpoint_failed) = match self.attempt(job).await {
             Ok(()) => return,
             Err(Failure::Call(e)) => {
                 self.recorder.failed(e.reason(), &e.to_string());
-                e.to_string()
+                (e.to_string(), true)
             }
-            Err(Failure::Match(e)) => e.to_string(),
+            Err(Failure::Match(e)) => {
+                tracing::warn!(enricher = %self.name, target = ?job.target, error = %e, "cannot write an enrichment back");
+                (e.to_string(), false)
+            }
             // the claim lapses and the job comes due again
             Err(Failure::Store(e)) => {
                 tracing::warn!(enricher = %self.name, target = ?job.target, error = %e, "cannot store an enrichment; retrying");
@@ -234,8 +241,12 @@ impl EnrichWorker {
         let attempts = job.attempts + 1;
         let retry_at = (attempts < i64::from(self.spec.retry.max_attempts))
             .then(|| now_ms() + crate::runtime::backoff(&self.spec.retry, attempts, rand::random::<f64>()).as_millis() as i64);
-        if retry_at.is_none() {
-            tracing::warn!(enricher = %self.name, target = ?job.target, attempts, %error, "enrichment dead-lettered");
+        tracing::debug!(enricher = %self.name, target = ?job.target, attempts, dead = retry_at.is_none(), %error, "enrichment failed");
+        if endpoint_failed {
+            let report = self.outage.lock().unwrap_or_else(PoisonError::into_inner).failed(Instant::now(), retry_at.is_none());
+            if let Some(report) = report {
+                self.log_outage(report, Some(&error));
+            }
         }
         if let Err(e) = self.store.enrich_failed(&self.name, job.target, &error, retry_at).await {
             tracing::warn!(enricher = %self.name, target = ?job.target, error = %e, "cannot record a failed enrichment");
@@ -303,6 +314,10 @@ impl EnrichWorker {
                 self.store.note_lookup(&self.name, target, digest).await?;
                 let (answer, took) = self.caller.call(&self.name, &call_id, sent).await.map_err(Failure::Call)?;
                 self.recorder.answered(took);
+                let report = self.outage.lock().unwrap_or_else(PoisonError::into_inner).delivered(Instant::now());
+                if let Some(report) = report {
+                    self.log_outage(report, None);
+                }
                 let values = plan::write_back(&self.spec, &answer);
                 let expires = now + i64::from(self.spec.cache_ttl_seconds) * 1000;
                 self.store.cache_answer(&self.name, target, digest, &values, expires).await?;
@@ -405,6 +420,41 @@ impl EnrichWorker {
         unreachable!("the last attempt returns")
     }
 
+    /// One line about the endpoint's state; the attempts themselves are logged at debug.
+    fn log_outage(&self, report: Report, error: Option<&str>) {
+        let enricher = &self.name;
+        let retry = &self.spec.retry;
+        match report {
+            Report::Failing { failed, dead_lettered, next_in } => tracing::warn!(
+                %enricher,
+                error,
+                max_attempts = retry.max_attempts,
+                initial_backoff_s = retry.initial_backoff_seconds,
+                max_backoff_s = retry.max_backoff_seconds,
+                failed,
+                dead_lettered,
+                next_report_s = next_in.as_secs(),
+                "enricher failing; its calls are retried with backoff, then dead-lettered"
+            ),
+            Report::StillFailing { for_, failed, dead_lettered, next_in } => tracing::warn!(
+                %enricher,
+                error,
+                failing_s = for_.as_secs(),
+                failed,
+                dead_lettered,
+                next_report_s = next_in.as_secs(),
+                "enricher still failing (attempts and dead letters since the last report)"
+            ),
+            Report::Recovered { after, failed, dead_lettered } => tracing::info!(
+                %enricher,
+                failing_s = after.as_secs(),
+                failed,
+                dead_lettered,
+                "enricher recovered (attempts and dead letters since the last report)"
+            ),
+        }
+    }
+
     /// End a job with nothing to write.
     async fn finish(&self, target: EnrichTarget) -> Result<(), Failure> {
         let mut tx = self.store.begin().await?;
@@ -476,6 +526,7 @@ impl EnrichContext {
                     resolver: resolver.clone(),
                     digest_key: digest_key.clone(),
                     lookups: Mutex::default(),
+                    outage: Mutex::default(),
                     recorder: Recorder { enricher: e.name.clone(), metrics: self.metrics.clone(), board: self.board.clone() },
                     options: self.options,
                 }))

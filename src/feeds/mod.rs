@@ -9,7 +9,6 @@
 pub mod deliver;
 pub mod keys;
 pub mod lease;
-mod outage;
 pub mod receive;
 pub mod select;
 pub mod status;
@@ -34,7 +33,7 @@ use tokio::time::Instant;
 use self::deliver::{DeliveryError, Destination, DestinationError, Outgoing};
 use self::keys::EventKeys;
 use self::lease::{FeedClaim, Lease};
-use self::outage::{OutageLog, Report};
+use crate::runtime::outage::{OutageLog, Report};
 use self::select::{Selector, SelectorError};
 use self::status::{FeedBoard, FeedMetrics, Sample, feed_label, load_report};
 use crate::runtime::ops::{self, Metrics, Secrets, Shutdown, StartError};

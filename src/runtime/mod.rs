@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod load;
 pub mod ops;
+pub mod outage;
 pub mod outbound;
 pub mod sign;
 

@@ -1,7 +1,8 @@
-//! What a feed says in its log about its destination failing: once when it starts (with how
-//! events are retried), then at growing intervals while it goes on, and once when it recovers.
-//! A line per attempt would bury everything else during an outage (every waiting event is
-//! retried, each with its own backoff); the metrics count every attempt.
+//! What a feed or an enricher says in its log about its destination failing: once when it
+//! starts (with how sends are retried), then at growing intervals while it goes on, and once
+//! when it recovers. A line per attempt would bury everything else during an outage (every
+//! waiting event or record is retried, each with its own backoff); the metrics count every
+//! attempt.
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ pub enum Report {
     Recovered { after: Duration, failed: u64, dead_lettered: u64 },
 }
 
-/// A feed's destination, as its log has told it. `failed` and `dead_lettered` count what the
+/// A destination, as its log has told it. `failed` and `dead_lettered` count what the
 /// log has not told yet.
 #[derive(Debug)]
 pub struct OutageLog {
