@@ -542,10 +542,21 @@ impl Store {
 
     /// Keep an invalid record with every reason it failed.
     pub async fn quarantine(&self, source: &str, payload: &serde_json::Value, errors: &[FieldError]) -> Result<i64> {
+        self.quarantine_from(source, payload, errors, None).await
+    }
+
+    /// Quarantine a payload read from `origin`, a Kafka message (none for other intake). The
+    /// same payload quarantined again is the entry kept before.
+    pub async fn quarantine_from(
+        &self,
+        source: &str,
+        payload: &serde_json::Value,
+        errors: &[FieldError],
+        origin: Option<&MessageOrigin>,
+    ) -> Result<i64> {
         let mut tx = self.begin().await?;
         let fingerprint = intake::fingerprint(source, payload);
-        let ids =
-            tx.quarantine(&[NewQuarantine { source, payload, errors, fingerprint: &fingerprint, origin: None }], now_ms()).await?;
+        let ids = tx.quarantine(&[NewQuarantine { source, payload, errors, fingerprint: &fingerprint, origin }], now_ms()).await?;
         tx.commit().await?;
         Ok(ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)?)
     }
