@@ -16,7 +16,7 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Pr
 use serde::Serialize;
 
 use super::generate::Generator;
-use super::{LatencyArgs, LatencyReport, bench_config, open_scratch, payload, percentile, remove_sqlite, resolved_count};
+use super::{Awaited, GIVE_UP, LatencyArgs, LatencyReport, bench_config, open_scratch, payload, percentile, remove_sqlite, resolved_count, watch};
 use crate::runtime::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::source::{Delivery, KafkaDelivery};
@@ -323,21 +323,8 @@ pub async fn kafka(args: &KafkaArgs) -> Result<KafkaReport, StartError> {
     })
 }
 
-/// How long a measured record may take to reach a profile before the run stops waiting for it
-/// (and counts it): a run must end even if the pipeline cannot keep up.
-const GIVE_UP: Duration = Duration::from_secs(120);
-
-/// A measured record: where it is, and when its produce call began.
-struct Awaited {
-    source: String,
-    id: String,
-    sent: Instant,
-}
-
 /// Publish at the steady rate for its seconds, one record a message; for one in its sample,
-/// the time from the produce call to its record being in a profile. One task looks the
-/// measured records up, one after another: a poller per record would load the store with
-/// look-ups in proportion to the very latency measured.
+/// the time from the produce call to its record being in a profile ([`watch`]).
 async fn steady(args: &KafkaArgs) -> Result<LatencyReport, StartError> {
     let mut platform = Platform::new(args).await?;
     platform.start_consumers().await?;
@@ -347,7 +334,11 @@ async fn steady(args: &KafkaArgs) -> Result<LatencyReport, StartError> {
     let total = args.steady.rate as u64 * args.steady.seconds;
     let mut generator = Generator::new(args.steady.seed, total as usize, 3.0, args.steady.population);
     let (awaited_tx, awaited_rx) = tokio::sync::mpsc::unbounded_channel::<Awaited>();
-    let watcher = tokio::spawn(watch_profiles(platform.store.clone(), awaited_rx));
+    let store = platform.store.clone();
+    let watcher = tokio::spawn(watch(awaited_rx, move |record: &Awaited| {
+        let (store, source, id) = (store.clone(), record.source.clone(), record.id.clone());
+        async move { matches!(store.record_by_source_id(&source, &id).await, Ok(Some(_))) }
+    }));
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let per_tick = (args.steady.rate / 100).max(1) as u64;
     let started = Instant::now();
@@ -361,7 +352,7 @@ async fn steady(args: &KafkaArgs) -> Result<LatencyReport, StartError> {
             // an invalid record (a generated typo) is quarantined: no profile to wait for
             let valid = platform.config.source(&record.source).is_some_and(|s| map_record(s, flags, &payload(&record), now_ms()).is_ok());
             if sent.is_multiple_of(args.steady.sample) && valid {
-                let _ = awaited_tx.send(Awaited { source: record.source.clone(), id: record.source_record_id.clone(), sent: Instant::now() });
+                let _ = awaited_tx.send(Awaited { source: record.source.clone(), id: record.source_record_id.clone(), since: Instant::now() });
             }
             sent += 1;
             let message = FutureRecord::to(topic(&platform.config, &record.source)).key(&record.source_record_id).payload(&body);
@@ -394,34 +385,3 @@ async fn steady(args: &KafkaArgs) -> Result<LatencyReport, StartError> {
     })
 }
 
-/// Look the awaited records up until each is in a profile (or waited [`GIVE_UP`] for): their
-/// latencies in milliseconds, and how many were given up on.
-async fn watch_profiles(store: Store, mut awaited: tokio::sync::mpsc::UnboundedReceiver<Awaited>) -> (Vec<f64>, usize) {
-    let (mut pending, mut latencies, mut gave_up) = (Vec::<Awaited>::new(), Vec::new(), 0);
-    let mut open = true;
-    while open || !pending.is_empty() {
-        loop {
-            match awaited.try_recv() {
-                Ok(record) => pending.push(record),
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
-                }
-            }
-        }
-        let mut waiting = Vec::with_capacity(pending.len());
-        for record in pending {
-            if matches!(store.record_by_source_id(&record.source, &record.id).await, Ok(Some(_))) {
-                latencies.push(record.sent.elapsed().as_secs_f64() * 1000.0);
-            } else if record.sent.elapsed() > GIVE_UP {
-                gave_up += 1;
-            } else {
-                waiting.push(record);
-            }
-        }
-        pending = waiting;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    (latencies, gave_up)
-}
