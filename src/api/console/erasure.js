@@ -8,13 +8,7 @@ const $ = (id) => document.getElementById(id);
 
 export async function start() {
   const form = $("erasure-form");
-  for (const radio of form.elements.by) {
-    radio.addEventListener("change", () => {
-      const byProfile = form.elements.by.value === "profile";
-      $("erase-by-profile").hidden = !byProfile;
-      $("erase-by-identifier").hidden = byProfile;
-    });
-  }
+  for (const radio of form.elements.by) radio.addEventListener("change", () => showFields(form));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     attempt(() => erase(form));
@@ -24,6 +18,13 @@ export async function start() {
 
 export async function refresh() {
   await audit();
+}
+
+// The fields of the chosen way to name the person.
+function showFields(form) {
+  const byProfile = form.elements.by.value === "profile";
+  $("erase-by-profile").hidden = !byProfile;
+  $("erase-by-identifier").hidden = byProfile;
 }
 
 function request(form) {
@@ -53,11 +54,13 @@ async function erase(form) {
     el("p", {}, `Identifiers now refused at intake: ${result.suppressed.map((s) => s.attribute).join(", ") || "none"}`),
     el("p", {}, result.scrubbed ? "The store's files hold no copy any more." : "The files are scrubbed at the next erasure.")));
   form.reset();
+  showFields(form);
   await audit();
 }
 
 function removed(r) {
-  return Object.entries(r || {}).filter(([, n]) => n).map(([k, n]) => `${n} ${k}`).join(", ") || "nothing";
+  const words = (key) => key.replace(/[A-Z]/g, (c) => ` ${c.toLowerCase()}`);
+  return Object.entries(r || {}).filter(([, n]) => n).map(([k, n]) => `${n} ${words(k)}`).join(", ") || "nothing";
 }
 
 async function audit(after = 0) {
