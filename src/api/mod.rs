@@ -319,9 +319,6 @@ pub struct ReviewQuery {
     pub max_probability: Option<f64>,
 }
 
-/// Why the matcher sends a pair to review.
-const REVIEW_REASONS: [&str; 3] = ["uncertain", "forbidden", "ambiguous"];
-
 impl ReviewQuery {
     /// The status and filter asked for; 400 for a value that can match nothing by mistake.
     fn filter(&self, config: &PipelineConfig) -> Result<(String, ReviewFilter), ApiError> {
@@ -333,7 +330,7 @@ impl ReviewQuery {
         };
         let status = self.filter.clone().unwrap_or_else(|| "open".into());
         one_of("status", &Some(status.clone()), &store::REVIEW_STATUSES)?;
-        one_of("reason", &self.reason, &REVIEW_REASONS)?;
+        one_of("reason", &self.reason, &crate::identity::ReviewReason::ALL.map(crate::identity::ReviewReason::name))?;
         let sources: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
         one_of("source", &self.source, &sources)?;
         for (name, bound) in [("minProbability", self.min_probability), ("maxProbability", self.max_probability)] {
