@@ -260,6 +260,22 @@ async fn item_on_screen(client: &Client, previous: Option<i64>) -> i64 {
     }
 }
 
+/// What a screen reader and a keyboard need of the screen shown: landmarks, and a name for
+/// every control that is visible (a label, an aria-label, or a button's text).
+const UNNAMED_CONTROLS: &str = r#"
+    const landmarks = ["header", "nav", "main"].filter((tag) => !document.querySelector(tag));
+    const unnamed = [...document.querySelectorAll("input, select, textarea, button")]
+      .filter((e) => e.offsetParent !== null)
+      .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label") && !e.textContent.trim())
+      .map((e) => e.outerHTML);
+    return landmarks.map((tag) => `no <${tag}> landmark`).concat(unnamed);
+"#;
+
+async fn assert_accessible(client: &Client, screen: &str) {
+    let problems = client.execute(UNNAMED_CONTROLS, vec![]).await.unwrap();
+    assert_eq!(problems, json!([]), "{screen}: landmarks missing or controls without a name");
+}
+
 struct Screenshots(Vec<PathBuf>);
 
 impl Screenshots {
@@ -274,8 +290,10 @@ impl Screenshots {
         Screenshots(dirs)
     }
 
-    /// The screen from its top (header, navigation, the screen's title), as a person lands on it.
+    /// The screen from its top (header, navigation, the screen's title), as a person lands on
+    /// it; each screen photographed is checked for landmarks and named controls too.
     async fn take(&self, client: &Client, name: &str) {
+        assert_accessible(client, name).await;
         client.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
         let png = client.screenshot().await.unwrap();
         assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
@@ -365,6 +383,15 @@ async fn a_steward_works_through_the_console_in_chromium() {
     let counts = wait_text(&client, "#review-counts", "decided").await;
     assert!(counts.contains("1 approved, 1 rejected"), "{counts}");
     shots.take(&client, "review").await;
+    // paging: the next page shows other items, the first page comes back
+    let on_first_page = item_on_screen(&client, None).await;
+    click(&client, "#review-pages button").await;
+    wait_text(&client, "#review-pages", "First page").await;
+    let on_next_page = item_on_screen(&client, Some(on_first_page)).await;
+    assert!(on_next_page > on_first_page, "pages follow each other by id");
+    wait_text(&client, "#review-item h2", "(1 of ").await;
+    click(&client, "#review-pages button").await;
+    item_on_screen(&client, Some(on_next_page)).await;
     let status_of = async |id: i64| store.review_item(id).await.unwrap().unwrap().status;
     assert_eq!(status_of(approved).await, "approved");
     assert_eq!(status_of(rejected).await, "rejected");

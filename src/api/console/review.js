@@ -62,6 +62,18 @@ async function load(after, afterId = null) {
   }
   renderCounts(page.counts);
   render();
+  renderPages();
+}
+
+function renderPages() {
+  const pages = $("review-pages");
+  pages.replaceChildren();
+  if (state.pageStart) {
+    pages.append(el("button", { type: "button", class: "secondary", onclick: () => attempt(() => load(0)) }, "First page"));
+  }
+  if (state.nextAfter !== null && state.nextAfter !== undefined) {
+    pages.append(el("button", { type: "button", class: "secondary", onclick: () => attempt(() => load(state.nextAfter)) }, "Next page"));
+  }
 }
 
 function renderCounts(counts) {
