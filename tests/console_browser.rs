@@ -260,20 +260,52 @@ async fn item_on_screen(client: &Client, previous: Option<i64>) -> i64 {
     }
 }
 
-/// What a screen reader and a keyboard need of the screen shown: landmarks, and a name for
-/// every control that is visible (a label, an aria-label, or a button's text).
-const UNNAMED_CONTROLS: &str = r#"
+/// What a screen reader, a keyboard and weak eyes need of the screen shown: landmarks, a name
+/// for every visible control (a label, an aria-label, or a button's text), and text at a
+/// contrast of 4.5:1 or more with its background (WCAG AA for normal text).
+const ACCESSIBILITY_PROBLEMS: &str = r#"
     const landmarks = ["header", "nav", "main"].filter((tag) => !document.querySelector(tag));
+    const visible = (e) => e.offsetParent !== null;
     const unnamed = [...document.querySelectorAll("input, select, textarea, button")]
-      .filter((e) => e.offsetParent !== null)
+      .filter(visible)
       .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label") && !e.textContent.trim())
-      .map((e) => e.outerHTML);
-    return landmarks.map((tag) => `no <${tag}> landmark`).concat(unnamed);
+      .map((e) => `no name: ${e.outerHTML}`);
+    const rgba = (css) => (css.match(/[\d.]+/g) || []).map(Number);
+    const luminance = ([r, g, b]) => {
+      const linear = (c) => ((c /= 255) <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4);
+      return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+    };
+    const background = (e) => {
+      for (; e; e = e.parentElement) {
+        const c = rgba(getComputedStyle(e).backgroundColor);
+        if (c.length === 3 || c[3] > 0) return c.slice(0, 3);
+      }
+      return [255, 255, 255];
+    };
+    const faint = [...document.querySelectorAll("body *")]
+      .filter((e) => visible(e) && !e.disabled && [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim()))
+      .map((e) => {
+        const [fg, bg] = [luminance(rgba(getComputedStyle(e).color)), luminance(background(e))];
+        return [e, (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05)];
+      })
+      .filter(([, ratio]) => ratio < 4.5)
+      .map(([e, ratio]) => `contrast ${ratio.toFixed(2)}: ${e.outerHTML.slice(0, 120)}`);
+    return landmarks.map((tag) => `no <${tag}> landmark`).concat(unnamed, faint);
 "#;
 
 async fn assert_accessible(client: &Client, screen: &str) {
-    let problems = client.execute(UNNAMED_CONTROLS, vec![]).await.unwrap();
-    assert_eq!(problems, json!([]), "{screen}: landmarks missing or controls without a name");
+    let problems = client.execute(ACCESSIBILITY_PROBLEMS, vec![]).await.unwrap();
+    assert_eq!(problems, json!([]), "{screen}: accessibility problems");
+}
+
+/// The keyboard's focus is visible: the element Tab reaches has an outline.
+async fn assert_focus_visible(client: &Client) {
+    press(client, char::from(fantoccini::key::Key::Tab)).await;
+    let outline = client
+        .execute("const s = getComputedStyle(document.activeElement); return [s.outlineStyle, parseFloat(s.outlineWidth)];", vec![])
+        .await
+        .unwrap();
+    assert!(outline[0] != "none" && outline[1].as_f64().unwrap() >= 2.0, "the focused element shows an outline: {outline}");
 }
 
 struct Screenshots(Vec<PathBuf>);
@@ -339,6 +371,7 @@ async fn a_steward_works_through_the_console_in_chromium() {
     let (_driver, client) = browser(&chromium, &driver, &work.path().join("chromium")).await;
     let shots = Screenshots::new();
     client.goto(&console).await.unwrap();
+    assert_focus_visible(&client).await;
 
     // a wrong token: the API's own message stays on screen
     fill(&client, "#token", "not-a-token").await;
