@@ -3,7 +3,8 @@
 # headers and pkg-config (librdkafka is built with TLS and SASL/SCRAM against the system's
 # OpenSSL), PostgreSQL (its server binaries, started throw-away by scripts/with-postgres.sh),
 # sudo (to run it as the postgres user when the tests run as root) and curl (the README
-# walkthrough test runs its commands).
+# walkthrough test runs its commands), and headless Chromium with its WebDriver (the console's
+# browser test drives the page in a real browser).
 set -euo pipefail
 need=()
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
@@ -11,6 +12,8 @@ pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   as_root=()
   [ "$(id -u)" = 0 ] || as_root=(sudo)

@@ -228,7 +228,7 @@ async fn merge_through_a_third_record(t: &TestStore) {
     assert_eq!(merged.payload["survivor"], format!("p{survivor}"));
     // the merge answered the name-only pair's question: its item is closed, not left open
     assert_eq!(t.store.counts().await.unwrap().open_reviews, 0);
-    let closed = t.store.review_items("superseded", 0, 100).await.unwrap();
+    let closed = t.store.review_items("superseded", &Default::default(), 0, 100).await.unwrap();
     assert_eq!(closed.len(), 1);
     assert!(closed[0].decided_at_ms.is_some());
 }
@@ -317,7 +317,7 @@ async fn unmerge_splits_and_keeps_records_apart(t: TestStore) {
     drain(&t).await;
     assert_ne!(t.store.record(b.id).await.unwrap().unwrap().profile_id, t.store.record_by_source_id("webshop", "d").await.unwrap().unwrap().profile_id);
     assert_eq!(t.store.clusters().await.unwrap().len(), 2);
-    let forbidden = t.store.review_items("open", 0, 100).await.unwrap().into_iter().filter(|r| r.reason == "forbidden").count();
+    let forbidden = t.store.review_items("open", &Default::default(), 0, 100).await.unwrap().into_iter().filter(|r| r.reason == "forbidden").count();
     assert_eq!(forbidden, 1);
     // and merging them by hand is refused
     let mut tx = t.store.begin().await.unwrap();

@@ -559,14 +559,6 @@ fn stored_count(counts: &HashMap<i64, i64>, key: &str) -> u64 {
     counts.get(&key_hash(key)).map_or(0, |&n| n.max(0) as u64)
 }
 
-fn review_reason(reason: crate::identity::ReviewReason) -> &'static str {
-    match reason {
-        crate::identity::ReviewReason::Uncertain => "uncertain",
-        crate::identity::ReviewReason::Forbidden => "forbidden",
-        crate::identity::ReviewReason::Ambiguous => "ambiguous",
-    }
-}
-
 fn golden_values(golden: &GoldenProfile) -> BTreeMap<&str, &str> {
     golden.attributes.iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect()
 }

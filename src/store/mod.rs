@@ -11,6 +11,7 @@ mod feeds;
 mod intake;
 mod postgres;
 mod privacy;
+mod review;
 mod sqlite;
 mod write;
 
@@ -31,6 +32,7 @@ pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgres
 pub use intake::{Admission, Arrival, Payload, fingerprint};
 pub use load::IntakeLoad;
 pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
+pub use review::{REVIEW_STATUSES, ReviewFilter};
 pub use write::{GoldenUpdate, HeldRecord, KeyProfiles, NewProfile, NewRecord, NewReview, WriteTx};
 use write::NewQuarantine;
 
@@ -788,12 +790,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_of).collect()
-    }
-
-    pub async fn review_items(&self, status: &str, after_id: i64, limit: i64) -> Result<Vec<ReviewRow>> {
-        let sql = format!("SELECT {REVIEW_COLUMNS} FROM review_items WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3");
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(status).bind(after_id).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(review_of).collect()
     }
 
     pub async fn review_item(&self, id: i64) -> Result<Option<ReviewRow>> {
