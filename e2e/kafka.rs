@@ -24,7 +24,7 @@ fn broker(env: &Env) -> String {
     let labels = json!({"app.kubernetes.io/name": BROKER});
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": BROKER},
+        "metadata": {"name": BROKER, "namespace": PLATFORM_NAMESPACE},
         "spec": {
             "selector": {"matchLabels": labels},
             "template": {
@@ -49,7 +49,7 @@ fn broker(env: &Env) -> String {
     });
     let service = json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": BROKER},
+        "metadata": {"name": BROKER, "namespace": PLATFORM_NAMESPACE},
         "spec": {"selector": labels, "ports": [{"name": "kafka", "port": 9092, "targetPort": 9092}]},
     });
     format!("{deployment}\n---\n{service}")
@@ -59,12 +59,12 @@ fn broker(env: &Env) -> String {
 fn source() -> String {
     let secret = json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": BROKER},
+        "metadata": {"name": BROKER, "namespace": PLATFORM_NAMESPACE},
         "stringData": {"bootstrap-servers": format!("{BROKER}:9092")},
     });
     let source = json!({
         "apiVersion": "cdp.dev/v1alpha1", "kind": "Source",
-        "metadata": {"name": SOURCE},
+        "metadata": {"name": SOURCE, "namespace": PLATFORM_NAMESPACE},
         "spec": {
             "platformRef": {"name": PLATFORM},
             "delivery": {"kafka": {

@@ -66,8 +66,15 @@ async fn run() -> ExitCode {
     };
     println!("e2e: images {} and {}", env.image, env.postgres_image);
     let keep = std::env::var_os("E2E_KEEP").is_some();
-    for (name, step) in STEPS {
-        if keep && name == "clean up" {
+    let only = match chosen_steps() {
+        Ok(only) => only,
+        Err(error) => {
+            eprintln!("e2e: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (number, (name, step)) in (1..).zip(STEPS) {
+        if (keep && name == "clean up") || only.as_ref().is_some_and(|o| !o.contains(&number)) {
             continue;
         }
         println!("== {name}");
@@ -85,6 +92,16 @@ async fn run() -> ExitCode {
     println!("{summary}");
     let _ = std::fs::write(env.work.join("figures.md"), summary);
     ExitCode::SUCCESS
+}
+
+/// The steps `E2E_STEPS` chooses by number (`1,2,10,13`: install, the platform, one step to
+/// work on, clean up), or all of them. The steps build on each other: a developer choosing
+/// some chooses what they need.
+fn chosen_steps() -> Result<Option<Vec<usize>>> {
+    let Ok(list) = std::env::var("E2E_STEPS") else { return Ok(None) };
+    let numbers = list.split(',').map(|n| n.trim().parse::<usize>().ok().filter(|n| (1..=STEPS.len()).contains(n)));
+    let numbers: Option<Vec<usize>> = numbers.collect();
+    numbers.map(Some).ok_or_else(|| anyhow::anyhow!("E2E_STEPS: comma-separated step numbers from 1 to {}, not {list:?}", STEPS.len()))
 }
 
 fn summary(env: &Env, seconds: f64) -> String {

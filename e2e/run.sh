@@ -18,6 +18,7 @@
 #   E2E_LOAD            how the cluster gets the images: `toolkit` (with --toolkit), `kind`
 #                       (kind load image-archive; KIND_CLUSTER_NAME), `none` (already pushed)
 #   E2E_KEEP=1          leave the cluster, the operator and the namespaces for inspection
+#   E2E_STEPS=1,2,10,13 run only these steps (numbered as in e2e/README.md; they build on each other)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
