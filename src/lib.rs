@@ -3,6 +3,7 @@
 pub mod api;
 pub mod bench;
 pub mod crd;
+pub mod export;
 pub mod feeds;
 pub mod identity;
 pub mod ingest;

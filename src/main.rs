@@ -54,6 +54,8 @@ enum Command {
     Receive(cdp_operator::feeds::receive::ReceiveArgs),
     /// Import a CSV or NDJSON file for one source.
     Import(cdp_operator::ingest::import::ImportArgs),
+    /// Write every golden profile (and optionally its records and consents) to NDJSON or Parquet.
+    Export(cdp_operator::export::ExportArgs),
     /// Estimate m, u and λ by EM from the store's records (or a file) and print a MatchingPolicy.
     Train(cdp_operator::matcher::train::TrainArgs),
     /// Benchmarks: identity accuracy, matcher throughput, intake-to-API latency.
@@ -115,6 +117,11 @@ fn main() -> Result<()> {
         Command::Feeds(args) => serve(async { Ok(cdp_operator::feeds::run(args).await?) }),
         Command::Receive(args) => serve(async { Ok(cdp_operator::feeds::receive::run(args).await?) }),
         Command::Import(args) => serve(async { Ok(cdp_operator::ingest::import::run(args).await.map(|_| ())?) }),
+        Command::Export(args) => serve(async {
+            let summary = cdp_operator::export::run(args).await?;
+            eprintln!("exported {} profiles and {} records", summary.profiles, summary.records);
+            Ok(())
+        }),
         Command::Train(args) => serve(async { Ok(cdp_operator::matcher::train::run(args).await?) }),
         Command::Bench(args) => serve(async { Ok(cdp_operator::bench::run(args).await?) }),
     }

@@ -6,6 +6,7 @@
 //! how a writer takes its transaction, how work is claimed and locked, how workers are woken.
 //! Migrations are versioned under `migrations/{sqlite,postgres}` and applied at start.
 
+mod listing;
 mod load;
 mod feeds;
 mod intake;
@@ -29,6 +30,7 @@ use crate::identity::CanonicalRecord;
 
 pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgress, NewDelivery, RetryOutcome};
 pub use intake::{Admission, Arrival, Payload, fingerprint};
+pub use listing::parse_instant_ms;
 pub use load::IntakeLoad;
 pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
 pub use write::{GoldenUpdate, HeldRecord, KeyProfiles, NewProfile, NewRecord, NewReview, WriteTx};
