@@ -7,6 +7,7 @@ pub mod export;
 pub mod feeds;
 pub mod identity;
 pub mod ingest;
+pub mod kubectl;
 pub mod local;
 pub mod matcher;
 pub mod operator;
