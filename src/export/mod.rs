@@ -4,7 +4,6 @@
 //! while their page was being read is left out. The schema is in docs/export.md.
 
 mod parquet;
-mod progress;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -180,7 +179,8 @@ pub async fn run(args: ExportArgs) -> Result<Summary, ExportError> {
 }
 
 async fn export(store: &Store, changed_since: Option<i64>, include: Include, mut sink: Box<dyn Sink>) -> Result<Summary, ExportError> {
-    let mut progress = progress::Progress::on_terminal(store.count_live_profiles(changed_since).await?);
+    let total = store.count_live_profiles(changed_since).await?.max(0) as u64;
+    let mut progress = crate::ingest::import::progress_bar("export".into(), "profiles");
     let mut summary = Summary::default();
     let mut after = 0;
     loop {
@@ -196,10 +196,13 @@ async fn export(store: &Store, changed_since: Option<i64>, include: Include, mut
         sink.write_page(&page)?;
         summary.profiles += page.len() as u64;
         summary.records += page.iter().filter_map(|p| p.records.as_ref()).map(|r| r.len() as u64).sum::<u64>();
-        progress.advance(page.len() as u64);
+        progress(summary.profiles as usize, summary.profiles, total);
     }
     sink.finish()?;
-    progress.finish();
+    if summary.profiles < total {
+        // profiles erased meanwhile left the count short of the total: the bar still ends
+        progress(summary.profiles as usize, total, total);
+    }
     Ok(summary)
 }
 

@@ -822,6 +822,12 @@ impl Store {
         Ok(row.try_get("n")?)
     }
 
+    /// Review items waiting for a decision (partial indexes cover the open ones).
+    pub async fn counts_open_reviews(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM review_items WHERE status = 'open'").fetch_one(&self.pool).await?;
+        Ok(row.try_get("n")?)
+    }
+
     pub async fn counts(&self) -> Result<Counts> {
         let row = sqlx::query(
             "SELECT
