@@ -2,8 +2,9 @@
 # Install what the build and the data-plane tests need on a Debian/Ubuntu machine: OpenSSL's
 # headers and pkg-config (librdkafka is built with TLS and SASL/SCRAM against the system's
 # OpenSSL), PostgreSQL (its server binaries, started throw-away by scripts/with-postgres.sh),
-# sudo (to run it as the postgres user when the tests run as root) and curl (the README
-# walkthrough test runs its commands).
+# sudo (to run it as the postgres user when the tests run as root), curl (the README
+# walkthrough test runs its commands) and promtool, from Debian's prometheus package (the
+# alerting rules' unit tests).
 set -euo pipefail
 need=()
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
@@ -11,6 +12,7 @@ pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   as_root=()
   [ "$(id -u)" = 0 ] || as_root=(sudo)

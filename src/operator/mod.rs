@@ -8,7 +8,7 @@ mod feed_status;
 mod source_status;
 pub mod leader;
 mod members;
-mod metrics;
+pub mod metrics;
 mod scaler;
 mod status;
 
