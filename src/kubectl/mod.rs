@@ -14,8 +14,8 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use crate::crd::scaling::PeakFloors;
-use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, Source};
-use crate::operator::{PAUSED_ANNOTATION, SCALING_PAUSED_ANNOTATION};
+use crate::crd::{CustomerDataPlatform, ScalingPolicy};
+use crate::operator::{PAUSED_ANNOTATION, SCALING_PAUSED_ANNOTATION, platform_members};
 use crate::runtime::auth::Scope;
 
 /// The field manager of what the plugin applies (prescale windows), so that the operator, a
@@ -176,23 +176,6 @@ pub fn pause_patch(pause: bool, scaling_only: bool) -> Value {
     json!({"metadata": {"annotations": {annotation: if pause { json!("true") } else { Value::Null }}}})
 }
 
-/// The members of `platform` in `namespace`.
-async fn members(client: &Client, namespace: &str, platform: &str) -> Result<status::Members, PluginError> {
-    async fn of<K>(client: &Client, namespace: &str, platform: &str, named: fn(&K) -> &str) -> Result<Vec<K>, kube::Error>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    {
-        let items = Api::<K>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?.items;
-        Ok(items.into_iter().filter(|item| named(item) == platform).collect())
-    }
-    Ok(status::Members {
-        sources: of::<Source>(client, namespace, platform, |s| &s.spec.platform_ref.name).await?,
-        matching_policies: of::<MatchingPolicy>(client, namespace, platform, |m| &m.spec.platform_ref.name).await?,
-        feeds: of::<Feed>(client, namespace, platform, |f| &f.spec.platform_ref.name).await?,
-        scaling_policies: of::<ScalingPolicy>(client, namespace, platform, |p| &p.spec.platform_ref.name).await?,
-    })
-}
-
 /// Run one plugin command with `client`; what it prints.
 pub async fn execute(client: Client, args: KubectlArgs) -> Result<String, PluginError> {
     let namespace = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
@@ -201,7 +184,7 @@ pub async fn execute(client: Client, args: KubectlArgs) -> Result<String, Plugin
         PluginCommand::Status { platform: None } => Ok(status::render_list(&platforms.list(&ListParams::default()).await?.items)),
         PluginCommand::Status { platform: Some(name) } => {
             let platform = platforms.get(&name).await?;
-            Ok(status::render(&platform, &members(&client, &namespace, &name).await?, Timestamp::now()))
+            Ok(status::render(&platform, &platform_members(&client, &namespace, &name).await?, Timestamp::now()))
         }
         PluginCommand::Prescale(p) => {
             let platform = platforms.get(&p.platform).await?;

@@ -1,20 +1,12 @@
 //! `kubectl cdp status`: a platform on one screen, from its status and its members' statuses.
-//! [`render`] is pure: it formats what [`Members`] holds.
+//! [`render`] is pure: it formats the platform and what its [`Members`] hold.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::crd::common::{CommonStatus, condition};
-use crate::crd::{CustomerDataPlatform, Feed, MatchingPolicy, ScalingPolicy, Source};
-
-/// A platform and the resources that name it.
-#[derive(Clone, Debug, Default)]
-pub struct Members {
-    pub sources: Vec<Source>,
-    pub matching_policies: Vec<MatchingPolicy>,
-    pub feeds: Vec<Feed>,
-    pub scaling_policies: Vec<ScalingPolicy>,
-}
+use crate::crd::CustomerDataPlatform;
+use crate::pipeline::Members;
 
 /// Columns padded to their widest cell, two spaces apart, each line indented.
 fn table(rows: &[Vec<String>]) -> String {

@@ -12,7 +12,7 @@ pub mod metrics;
 mod scaler;
 mod status;
 
-pub use controller::{Context, OperatorArgs, PAUSED_ANNOTATION, reconcile_platform, run, run_controllers};
+pub use controller::{Context, OperatorArgs, PAUSED_ANNOTATION, platform_members, reconcile_platform, run, run_controllers};
 pub use metrics::Metrics;
 pub use scaler::{SCALING_PAUSED_ANNOTATION, ScalerOptions, observe};
 
