@@ -126,9 +126,12 @@ fn main() -> Result<()> {
         Command::Receive(args) => serve(async { Ok(cdp_operator::feeds::receive::run(args).await?) }),
         Command::Import(args) => serve(async { Ok(cdp_operator::ingest::import::run(args).await.map(|_| ())?) }),
         Command::Export(args) => serve(async {
-            let summary = cdp_operator::export::run(args).await?;
-            eprintln!("exported {} profiles and {} records", summary.profiles, summary.records);
-            Ok(())
+            match cdp_operator::export::run(args).await {
+                Ok(summary) => Ok(eprintln!("exported {} profiles and {} records", summary.profiles, summary.records)),
+                // `cdp export | head`: a reader that stops early is a normal end
+                Err(cdp_operator::export::ExportError::Write { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                Err(e) => Err(e.into()),
+            }
         }),
         Command::Kubectl(args) => plugin_command(args),
         Command::Train(args) => serve(async { Ok(cdp_operator::matcher::train::run(args).await?) }),
