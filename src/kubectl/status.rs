@@ -199,3 +199,45 @@ pub fn render_list(platforms: &[CustomerDataPlatform]) -> String {
     }
     table(&rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn platform(status: serde_json::Value) -> CustomerDataPlatform {
+        serde_json::from_value(json!({
+            "apiVersion": "cdp.dev/v1alpha1", "kind": "CustomerDataPlatform",
+            "metadata": {"name": "retail", "namespace": "shop", "generation": 3},
+            "spec": {}, "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_new_platform_says_what_it_is_waiting_for() {
+        let screen = render(&platform(json!({})), &Members::default(), Timestamp::now());
+        assert!(screen.starts_with("Platform shop/retail: Unknown (no status yet)\n"), "{screen}");
+        assert!(screen.contains("  scaling: the scaler has not run yet\n"), "{screen}");
+        assert!(!screen.contains("Peak windows"), "no windows, no section: {screen}");
+    }
+
+    #[test]
+    fn a_stale_status_a_failed_rollout_and_a_paused_scaler_are_shown() {
+        let now: Timestamp = "2026-12-08T10:00:00Z".parse().unwrap();
+        let status = json!({
+            "observedGeneration": 2,
+            "conditions": [{"type": "Ready", "status": "False", "reason": "RolloutFailed", "message": "matcher: progress deadline exceeded",
+                            "lastTransitionTime": "2026-12-08T09:45:00Z"}],
+            "workloads": [{"name": "matcher", "desiredReplicas": 3, "readyReplicas": 1, "updatedReplicas": 1, "available": false,
+                           "failed": "ProgressDeadlineExceeded"}],
+            "scaling": {"mode": "builtin", "paused": true, "message": "scaling is paused by the cdp.dev/scaling-paused annotation"},
+        });
+        let screen = render(&platform(status), &Members::default(), now);
+        assert!(screen.starts_with("Platform shop/retail: NotReady (RolloutFailed: matcher: progress deadline exceeded)\n"), "{screen}");
+        assert!(screen.contains("the operator has not yet acted on the latest change (generation 3, observed 2)"), "{screen}");
+        assert!(screen.contains("Ready  False   RolloutFailed  15m    matcher: progress deadline exceeded"), "{screen}");
+        assert!(screen.contains("matcher  3        1 (failed: ProgressDeadlineExceeded)  -"), "{screen}");
+        assert!(screen.contains("  scaling: builtin, paused: scaling is paused by the cdp.dev/scaling-paused annotation\n"), "{screen}");
+    }
+}
