@@ -19,6 +19,9 @@ if [ ${#need[@]} -gt 0 ]; then
   "${as_root[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# the packaged cluster is not used; tests start their own
-if command -v service >/dev/null 2>&1; then service postgresql stop >/dev/null 2>&1 || true; fi
+# the packaged PostgreSQL cluster and Prometheus server are not used: tests start their own
+# databases and need only promtool
+if command -v service >/dev/null 2>&1; then
+  for packaged in postgresql prometheus prometheus-node-exporter; do service "$packaged" stop >/dev/null 2>&1 || true; done
+fi
 echo "test dependencies ready: $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
