@@ -141,8 +141,7 @@ fn main() -> Result<()> {
 
 /// A plugin command: its output on stdout, no log lines (it is a CLI, not a service).
 fn plugin_command(args: cdp_operator::kubectl::KubectlArgs) -> Result<()> {
-    tokio::runtime::Runtime::new()?.block_on(cdp_operator::kubectl::run(args))?;
-    Ok(())
+    print_out(&tokio::runtime::Runtime::new()?.block_on(cdp_operator::kubectl::run(args))?)
 }
 
 /// Run a long-lived role with logging on a multi-threaded runtime.

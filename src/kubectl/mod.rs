@@ -251,13 +251,12 @@ pub fn completion(shell: clap_complete::Shell) -> String {
     String::from_utf8(out).expect("completion scripts are text")
 }
 
-/// `kubectl-cdp ...` (or `cdp kubectl ...`): connect with the kubeconfig and run the command.
-pub async fn run(args: KubectlArgs) -> Result<(), PluginError> {
-    let out = match args.command {
+/// `kubectl-cdp ...` (or `cdp kubectl ...`): connect with the kubeconfig, run the command, and
+/// return what it prints.
+pub async fn run(args: KubectlArgs) -> Result<String, PluginError> {
+    match args.command {
         // needs no cluster
-        PluginCommand::Completion { shell } => completion(shell),
-        _ => execute(Client::try_default().await?, args).await?,
-    };
-    print!("{out}");
-    Ok(())
+        PluginCommand::Completion { shell } => Ok(completion(shell)),
+        _ => execute(Client::try_default().await?, args).await,
+    }
 }
