@@ -9,6 +9,7 @@
 mod cluster;
 mod day_two;
 mod install;
+mod kafka;
 mod load;
 mod platform;
 mod scaling;
@@ -31,7 +32,7 @@ macro_rules! step {
     };
 }
 
-const STEPS: [(&str, Step); 12] = [
+const STEPS: [(&str, Step); 13] = [
     step!("install: CRDs and config/default server-side, two operator replicas", install::kustomize),
     step!("the samples' platform comes up through its pods' own probes", platform::up),
     step!("data path: intake → one golden profile → signed webhook → erasure", platform::data_path),
@@ -41,6 +42,7 @@ const STEPS: [(&str, Step); 12] = [
     step!("a Source change rolls every workload while records arrive", day_two::source_change_rolls),
     step!("the PostgreSQL pod restarted while records arrive", day_two::postgres_restart),
     step!("the leading operator replica deleted", day_two::leader_failover),
+    step!("a Kafka Source: a broker's partitions read by the ingest pods into profiles", kafka::intake),
     step!("deleting the platform", teardown::delete_platform),
     step!("the Helm chart in namespace-scoped mode", teardown::namespace_scoped_helm),
     step!("clean up", teardown::clean_up),

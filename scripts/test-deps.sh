@@ -3,8 +3,9 @@
 # headers and pkg-config (librdkafka is built with TLS and SASL/SCRAM against the system's
 # OpenSSL), PostgreSQL (its server binaries, started throw-away by scripts/with-postgres.sh),
 # sudo (to run it as the postgres user when the tests run as root), curl (the README
-# walkthrough test runs its commands) and promtool, from Debian's prometheus package (the
-# alerting rules' unit tests).
+# walkthrough test runs its commands), promtool, from Debian's prometheus package (the
+# alerting rules' unit tests), and headless Chromium with its WebDriver (the console's
+# browser test drives the page in a real browser).
 set -euo pipefail
 need=()
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
@@ -13,6 +14,8 @@ ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   as_root=()
   [ "$(id -u)" = 0 ] || as_root=(sudo)

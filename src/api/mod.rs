@@ -3,6 +3,7 @@
 //! Profiles are addressed as `p<number>`; a merged-away id keeps resolving to its survivor.
 //! Every route needs a bearer token with the right scope (read, write).
 
+mod console;
 pub mod dead_letters;
 mod privacy;
 
@@ -25,7 +26,7 @@ use crate::runtime::ops::{self, ApiError, BearerAuth, Metrics, Secrets, StartErr
 use crate::identity::normalise::{NormaliseFlags, normalise_with};
 use crate::matcher::{MatchError, MergedBy, Resolver, lookup_key};
 use crate::pipeline::PipelineConfig;
-use crate::store::{self, Admission, FieldError, MessageOrigin, ProfileRow, Store, key_hash, profile_ref};
+use crate::store::{self, Admission, FieldError, MessageOrigin, ProfileRow, ReviewFilter, Store, StoredRecord, key_hash, profile_ref};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ApiArgs {
@@ -109,6 +110,19 @@ pub struct RecordView {
     pub attributes: serde_json::Value,
 }
 
+impl From<StoredRecord> for RecordView {
+    fn from(r: StoredRecord) -> Self {
+        RecordView {
+            id: r.id,
+            source: r.source,
+            source_record_id: r.source_record_id,
+            observed_at_ms: r.observed_at_ms,
+            received_at_ms: r.received_at_ms,
+            attributes: serde_json::to_value(r.attributes).expect("serialises"),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventView {
@@ -160,6 +174,9 @@ pub struct ReviewView {
     /// Current profiles of both records.
     pub profile: Option<String>,
     pub other_profile: Option<String>,
+    /// Both records as their sources sent them, to compare side by side.
+    pub record: Option<RecordView>,
+    pub other_record: Option<RecordView>,
     /// `uncertain`, `forbidden` or `ambiguous`.
     pub reason: String,
     pub probability: f64,
@@ -176,6 +193,9 @@ pub struct ReviewList {
     pub items: Vec<ReviewView>,
     /// `after` of the next page, when this one is full.
     pub next_after: Option<i64>,
+    /// Items matching the filters other than the status, per status (`open`, `approved`,
+    /// `rejected`, `superseded`): what is open and what was decided.
+    pub counts: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -285,14 +305,68 @@ pub struct PageQuery {
     pub after: Option<i64>,
     /// Page size (default 50, max 500).
     pub limit: Option<i64>,
-    /// Review status (`open`, `approved`, `rejected`, or `superseded`: closed by a merge that
-    /// brought both records into one profile) or quarantine source.
+    /// Entries of this source only.
     pub filter: Option<String>,
 }
 
 impl PageQuery {
     fn limit(&self) -> Result<i64, ApiError> {
         page_limit(self.limit, 50, 500)
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ReviewQuery {
+    /// Return items with an id above this one.
+    pub after: Option<i64>,
+    /// Page size (default 50, max 500).
+    pub limit: Option<i64>,
+    /// Status: `open` (default), `approved`, `rejected`, or `superseded` (closed by a merge that
+    /// brought both records into one profile).
+    pub filter: Option<String>,
+    /// Items with a record from this source.
+    pub source: Option<String>,
+    /// `uncertain`, `forbidden` or `ambiguous`.
+    pub reason: Option<String>,
+    /// Match probability at least this (0 to 1).
+    pub min_probability: Option<f64>,
+    /// Match probability below this (0 to 1).
+    pub max_probability: Option<f64>,
+}
+
+impl ReviewQuery {
+    /// The status and filter asked for; 400 for a value that can match nothing by mistake.
+    fn filter(&self, config: &PipelineConfig) -> Result<(String, ReviewFilter), ApiError> {
+        let one_of = |what: &str, value: &Option<String>, known: &[&str]| match value {
+            Some(v) if !known.contains(&v.as_str()) => {
+                Err(ApiError::bad_request("invalid_query", format!("{what} {v:?} is not one of {}", known.join(", "))))
+            }
+            _ => Ok(()),
+        };
+        let status = self.filter.clone().unwrap_or_else(|| "open".into());
+        one_of("status", &Some(status.clone()), &store::REVIEW_STATUSES)?;
+        one_of("reason", &self.reason, &crate::identity::ReviewReason::ALL.map(crate::identity::ReviewReason::name))?;
+        let sources: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        one_of("source", &self.source, &sources)?;
+        for (name, bound) in [("minProbability", self.min_probability), ("maxProbability", self.max_probability)] {
+            if bound.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+                return Err(ApiError::bad_request("invalid_query", format!("{name} must be between 0 and 1")));
+            }
+        }
+        if let (Some(min), Some(max)) = (self.min_probability, self.max_probability)
+            && min >= max
+        {
+            return Err(ApiError::bad_request("invalid_query", "minProbability must be below maxProbability"));
+        }
+        let filter = ReviewFilter {
+            source: self.source.clone(),
+            reason: self.reason.clone(),
+            min_probability: self.min_probability,
+            max_probability: self.max_probability,
+        };
+        Ok((status, filter))
     }
 }
 
@@ -476,20 +550,7 @@ async fn search(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<S
 async fn timeline(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Timeline>, ApiError> {
     s.tokens.authorize(&headers, Scope::Read)?;
     let row = live_profile(&s.store, &id).await?;
-    let records = s
-        .store
-        .records_of(row.id)
-        .await?
-        .into_iter()
-        .map(|r| RecordView {
-            id: r.id,
-            source: r.source,
-            source_record_id: r.source_record_id,
-            observed_at_ms: r.observed_at_ms,
-            received_at_ms: r.received_at_ms,
-            attributes: serde_json::to_value(r.attributes).expect("serialises"),
-        })
-        .collect();
+    let records = s.store.records_of(row.id).await?.into_iter().map(RecordView::from).collect();
     let mut ids = s.store.aliases(row.id).await?;
     ids.push(row.id);
     let events = s
@@ -604,18 +665,20 @@ async fn unmerge(
     Ok(Json(UnmergeResult { profile: profile_ref(profile), created: created.into_iter().map(profile_ref).collect() }))
 }
 
-#[utoipa::path(get, path = "/v1/review", tag = "review", params(PageQuery),
-    responses((status = 200, body = ReviewList)))]
-async fn review_list(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Result<Json<ReviewList>, ApiError> {
+#[utoipa::path(get, path = "/v1/review", tag = "review", params(ReviewQuery),
+    responses((status = 200, body = ReviewList), (status = 400, body = ops::ErrorBody)))]
+async fn review_list(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<ReviewQuery>) -> Result<Json<ReviewList>, ApiError> {
     s.tokens.authorize(&headers, Scope::Read)?;
-    let status = q.filter.as_deref().unwrap_or("open");
-    let limit = q.limit()?;
+    let (status, filter) = q.filter(&s.config)?;
+    let limit = page_limit(q.limit, 50, 500)?;
     let mut items = Vec::new();
-    for r in s.store.review_items(status, q.after.unwrap_or(0), limit).await? {
-        let profile_of = async |record| Ok::<_, ApiError>(s.store.record(record).await?.map(|r| profile_ref(r.profile_id)));
+    for r in s.store.review_items(&status, &filter, q.after.unwrap_or(0), limit).await? {
+        let (record, other_record) = (s.store.record(r.record_id).await?, s.store.record(r.other_record_id).await?);
         items.push(ReviewView {
-            profile: profile_of(r.record_id).await?,
-            other_profile: profile_of(r.other_record_id).await?,
+            profile: record.as_ref().map(|r| profile_ref(r.profile_id)),
+            other_profile: other_record.as_ref().map(|r| profile_ref(r.profile_id)),
+            record: record.map(RecordView::from),
+            other_record: other_record.map(RecordView::from),
             id: r.id,
             record_id: r.record_id,
             other_record_id: r.other_record_id,
@@ -628,7 +691,7 @@ async fn review_list(State(s): State<ApiState>, headers: HeaderMap, Query(q): Qu
         });
     }
     let next_after = next_after(items.len(), limit, items.last().map(|i| i.id));
-    Ok(Json(ReviewList { items, next_after }))
+    Ok(Json(ReviewList { items, next_after, counts: s.store.review_counts(&filter).await? }))
 }
 
 /// Approve (merge the two records' profiles) or reject (never merge them).
@@ -796,9 +859,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/quarantine/{id}/replay", post(quarantine_replay))
         .merge(privacy::router())
         .merge(dead_letters::router())
+        .merge(console::router())
         .route_layer(middleware::from_fn_with_state(metrics, count_requests))
         .with_state(state)
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi().merge_from(privacy::PrivacyDoc::openapi())) }));
+        .route("/openapi.json", get(|| async {
+            Json(ApiDoc::openapi().merge_from(privacy::PrivacyDoc::openapi()).merge_from(console::ConsoleDoc::openapi()))
+        }));
     ops::limit_body(routes, BODY_LIMIT)
 }
 

@@ -12,6 +12,7 @@ mod feeds;
 mod intake;
 mod postgres;
 mod privacy;
+mod review;
 mod sqlite;
 mod write;
 
@@ -33,6 +34,7 @@ pub use intake::{Admission, Arrival, Payload, fingerprint};
 pub use listing::parse_instant_ms;
 pub use load::IntakeLoad;
 pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
+pub use review::{REVIEW_STATUSES, ReviewFilter};
 pub use write::{GoldenUpdate, HeldRecord, KeyProfiles, NewProfile, NewRecord, NewReview, WriteTx};
 use write::NewQuarantine;
 
@@ -544,10 +546,21 @@ impl Store {
 
     /// Keep an invalid record with every reason it failed.
     pub async fn quarantine(&self, source: &str, payload: &serde_json::Value, errors: &[FieldError]) -> Result<i64> {
+        self.quarantine_from(source, payload, errors, None).await
+    }
+
+    /// Quarantine a payload read from `origin`, a Kafka message (none for other intake). The
+    /// same payload quarantined again is the entry kept before.
+    pub async fn quarantine_from(
+        &self,
+        source: &str,
+        payload: &serde_json::Value,
+        errors: &[FieldError],
+        origin: Option<&MessageOrigin>,
+    ) -> Result<i64> {
         let mut tx = self.begin().await?;
         let fingerprint = intake::fingerprint(source, payload);
-        let ids =
-            tx.quarantine(&[NewQuarantine { source, payload, errors, fingerprint: &fingerprint, origin: None }], now_ms()).await?;
+        let ids = tx.quarantine(&[NewQuarantine { source, payload, errors, fingerprint: &fingerprint, origin }], now_ms()).await?;
         tx.commit().await?;
         Ok(ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)?)
     }
@@ -779,12 +792,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_of).collect()
-    }
-
-    pub async fn review_items(&self, status: &str, after_id: i64, limit: i64) -> Result<Vec<ReviewRow>> {
-        let sql = format!("SELECT {REVIEW_COLUMNS} FROM review_items WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3");
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(status).bind(after_id).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(review_of).collect()
     }
 
     pub async fn review_item(&self, id: i64) -> Result<Option<ReviewRow>> {
