@@ -3,9 +3,11 @@
 pub mod api;
 pub mod bench;
 pub mod crd;
+pub mod export;
 pub mod feeds;
 pub mod identity;
 pub mod ingest;
+pub mod kubectl;
 pub mod local;
 pub mod matcher;
 pub mod operator;

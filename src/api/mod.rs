@@ -7,7 +7,7 @@ mod console;
 pub mod dead_letters;
 mod privacy;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -282,6 +282,23 @@ pub struct SearchQuery {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only profiles updated at or after this instant (RFC 3339, or Unix milliseconds): an
+    /// incremental sync passes the time its previous sync started.
+    pub changed_since: Option<String>,
+    /// Profiles with an id above this one (`nextAfter` of the page before).
+    pub after: Option<String>,
+    /// At most this many profiles (default 50, max 500).
+    pub limit: Option<i64>,
+}
+
+fn changed_since(raw: &str) -> Result<i64, ApiError> {
+    store::parse_instant_ms(raw).map_err(|e| ApiError::bad_request("invalid_query", format!("changedSince: {e}")))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Return entries with an id above this one.
@@ -372,7 +389,11 @@ pub(crate) fn next_after<T>(len: usize, limit: i64, last: Option<T>) -> Option<T
 
 async fn view(store: &Store, row: ProfileRow) -> Result<ProfileView, ApiError> {
     let aliases = store.aliases(row.id).await?.into_iter().map(profile_ref).collect();
-    Ok(ProfileView {
+    Ok(view_with(aliases, row))
+}
+
+fn view_with(aliases: Vec<String>, row: ProfileRow) -> ProfileView {
+    ProfileView {
         id: profile_ref(row.id),
         aliases,
         golden: row.golden.unwrap_or_default(),
@@ -380,7 +401,7 @@ async fn view(store: &Store, row: ProfileRow) -> Result<ProfileView, ApiError> {
         created_at_ms: row.created_at_ms,
         updated_at_ms: row.updated_at_ms,
         version: row.version,
-    })
+    }
 }
 
 /// The live profile for an id; 404 when there is none, 409 naming the profiles that hold its
@@ -422,6 +443,26 @@ async fn views(store: &Store, ids: impl IntoIterator<Item = i64>) -> Result<Vec<
         }
     }
     Ok(out)
+}
+
+/// Live profiles in id order, each with its aliases, a page at a time. An erased person is
+/// never listed; a profile merged away is not either (it is an alias of the survivor).
+#[utoipa::path(get, path = "/v1/profiles", tag = "profiles", params(ListQuery),
+    responses((status = 200, body = ProfileList), (status = 400, body = ops::ErrorBody)))]
+async fn list_profiles(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<ProfileList>, ApiError> {
+    s.tokens.authorize(&headers, Scope::Read)?;
+    let changed_since = q.changed_since.as_deref().map(changed_since).transpose()?;
+    let after = q.after.as_deref().map(parse_profile_id).transpose()?.unwrap_or(0);
+    let limit = page_limit(q.limit, 50, 500)?;
+    let rows = s.store.live_profiles(changed_since, after, limit).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut aliases: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for (survivor, alias) in s.store.aliases_of_profiles(&ids).await? {
+        aliases.entry(survivor).or_default().push(profile_ref(alias));
+    }
+    let next = next_after(rows.len(), limit, ids.last().copied()).map(profile_ref);
+    let profiles = rows.into_iter().map(|row| view_with(aliases.remove(&row.id).unwrap_or_default(), row)).collect();
+    Ok(Json(ProfileList { profiles, next_after: next }))
 }
 
 #[utoipa::path(get, path = "/v1/profiles/{id}", tag = "profiles",
@@ -780,7 +821,7 @@ async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(i
 #[derive(OpenApi)]
 #[openapi(
     info(title = "cdp profile API", description = "Golden profiles, lookups, timelines, explanations, review queue and quarantine."),
-    paths(get_profile, lookup, search, timeline, explanation, merge, unmerge, review_list, review_approve, review_reject,
+    paths(list_profiles, get_profile, lookup, search, timeline, explanation, merge, unmerge, review_list, review_approve, review_reject,
           quarantine_list, quarantine_delete, quarantine_replay, dead_letters::list, dead_letters::inspect, dead_letters::replay),
     components(schemas(ops::ErrorBody, ops::ErrorDetail, FieldError)),
     modifiers(&BearerAuth),
@@ -802,6 +843,7 @@ const BODY_LIMIT: usize = 2 * 1024 * 1024;
 pub fn router(state: ApiState) -> Router {
     let metrics = state.metrics.clone();
     let routes = Router::new()
+        .route("/v1/profiles", get(list_profiles))
         .route("/v1/profiles/lookup", get(lookup))
         .route("/v1/profiles/search", get(search))
         .route("/v1/profiles/{id}", get(get_profile))

@@ -216,13 +216,16 @@ pub fn worker_spawner(
     }
 }
 
-/// Sample the intake queue length into the metrics (what the scaler reads).
+/// Sample the intake queue length (what the scaler reads) and the review backlog into the metrics.
 pub fn spawn_queue_gauge(store: Store, metrics: Arc<Metrics>, shutdown: Shutdown) {
     tokio::spawn(async move {
         while !shutdown.requested() {
             // the queue alone: the other counts scan whole tables
             if let Ok(queued) = store.counts_queued().await {
                 metrics.intake_queued.set(queued);
+            }
+            if let Ok(open) = store.counts_open_reviews().await {
+                metrics.review_open.set(open);
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}

@@ -6,6 +6,7 @@
 //! how a writer takes its transaction, how work is claimed and locked, how workers are woken.
 //! Migrations are versioned under `migrations/{sqlite,postgres}` and applied at start.
 
+mod listing;
 mod load;
 mod feeds;
 mod intake;
@@ -30,6 +31,7 @@ use crate::identity::CanonicalRecord;
 
 pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgress, NewDelivery, RetryOutcome};
 pub use intake::{Admission, Arrival, Payload, fingerprint};
+pub use listing::parse_instant_ms;
 pub use load::IntakeLoad;
 pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
 pub use review::{REVIEW_STATUSES, ReviewFilter};
@@ -824,6 +826,12 @@ impl Store {
     /// Records waiting in the intake queue (cheap: a partial index covers it).
     pub async fn counts_queued(&self) -> Result<i64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM intake WHERE state = 'queued'").fetch_one(&self.pool).await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Review items waiting for a decision (partial indexes cover the open ones).
+    pub async fn counts_open_reviews(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM review_items WHERE status = 'open'").fetch_one(&self.pool).await?;
         Ok(row.try_get("n")?)
     }
 
