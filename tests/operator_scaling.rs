@@ -83,6 +83,15 @@ fn pod(workload: &str, name: &str, ip: &str) -> Pod {
 /// The samples without their peak windows (a Saturday run would otherwise start at a floor),
 /// the controllers running with a fast scaler reading `served`.
 async fn start(served: Served, annotate: &[(&str, &str)]) -> (FakeApi, Arc<Mutex<Served>>, tokio::task::JoinHandle<()>, u16) {
+    start_with_metrics(served, annotate, Metrics::default()).await
+}
+
+/// [`start`], the operator reporting to `metrics`.
+async fn start_with_metrics(
+    served: Served,
+    annotate: &[(&str, &str)],
+    metrics: Metrics,
+) -> (FakeApi, Arc<Mutex<Served>>, tokio::task::JoinHandle<()>, u16) {
     let served = Arc::new(Mutex::new(served));
     let port = load_server(served.clone(), "127.0.0.1:0").await;
     let (fake, client) = FakeApi::new();
@@ -93,7 +102,7 @@ async fn start(served: Served, annotate: &[(&str, &str)]) -> (FakeApi, Arc<Mutex
     });
     fake.put(&pod("matcher", "retail-matcher-0", "127.0.0.1"));
     let options = ScalerOptions { interval: INTERVAL, load_port: port, ..ScalerOptions::default() };
-    let ctx = Arc::new(Context::with_scaler(client, Metrics::default(), options));
+    let ctx = Arc::new(Context::with_scaler(client, metrics, options));
     let task = tokio::spawn(async move { run_controllers(ctx, &[NS.to_string()]).await });
     (fake, served, task, port)
 }
@@ -144,11 +153,23 @@ async fn backlog_scales_the_matcher_up_with_a_reason_and_an_event() {
 
 #[tokio::test]
 async fn a_backlog_beyond_the_maximum_is_capped_by_the_policy() {
-    let (fake, _served, task, _) = start(matcher_load(100_000), &[]).await;
+    let metrics = Metrics::default();
+    let (fake, _served, task, _) = start_with_metrics(matcher_load(100_000), &[], metrics.clone()).await;
     fake.wait_until(WAIT, |f| replicas(f, "retail-matcher") == Some(8)).await;
     let status = scaled(&fake, "matcher").unwrap();
     assert_eq!((status.desired_replicas, status.cause.as_str()), (8, "bounds"), "{status:?}");
     assert!(status.reason.ends_with("capped at the maximum 8"), "{}", status.reason);
+    // what the "pinned at max" alert and the dashboard read
+    let exposed = metrics.encode();
+    let matcher = r#"{namespace="default",platform="retail",workload="matcher"}"#;
+    for line in [
+        format!("cdp_operator_scaler_desired_replicas{matcher} 8"),
+        format!("cdp_operator_scaler_max_replicas{matcher} 8"),
+        format!("cdp_operator_scaler_min_replicas{matcher} 1"),
+        format!("cdp_operator_scaler_peak_floor_replicas{matcher} 0"),
+    ] {
+        assert!(exposed.lines().any(|l| l == line), "{line} missing from:\n{exposed}");
+    }
     task.abort();
 }
 

@@ -228,7 +228,7 @@ async fn merge_through_a_third_record(t: &TestStore) {
     assert_eq!(merged.payload["survivor"], format!("p{survivor}"));
     // the merge answered the name-only pair's question: its item is closed, not left open
     assert_eq!(t.store.counts().await.unwrap().open_reviews, 0);
-    let closed = t.store.review_items("superseded", 0, 100).await.unwrap();
+    let closed = t.store.review_items("superseded", &Default::default(), 0, 100).await.unwrap();
     assert_eq!(closed.len(), 1);
     assert!(closed[0].decided_at_ms.is_some());
 }
@@ -317,7 +317,7 @@ async fn unmerge_splits_and_keeps_records_apart(t: TestStore) {
     drain(&t).await;
     assert_ne!(t.store.record(b.id).await.unwrap().unwrap().profile_id, t.store.record_by_source_id("webshop", "d").await.unwrap().unwrap().profile_id);
     assert_eq!(t.store.clusters().await.unwrap().len(), 2);
-    let forbidden = t.store.review_items("open", 0, 100).await.unwrap().into_iter().filter(|r| r.reason == "forbidden").count();
+    let forbidden = t.store.review_items("open", &Default::default(), 0, 100).await.unwrap().into_iter().filter(|r| r.reason == "forbidden").count();
     assert_eq!(forbidden, 1);
     // and merging them by hand is refused
     let mut tx = t.store.begin().await.unwrap();
@@ -780,4 +780,30 @@ async fn postgres_a_record_waits_for_an_older_one_a_claiming_transaction_holds()
     slow.rollback().await.unwrap();
     assert_eq!(tokio::time::timeout(Duration::from_secs(30), fast).await.unwrap().unwrap(), 3);
     assert_resolved_in_order(&t).await;
+}
+
+/// A worker sizes its batches on the time it holds the store, not on the time it waited for
+/// the writer (held by intake or another worker): counting the wait shrank every batch after
+/// one, until under steady intake the matcher resolved a few records a batch and fell behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_the_writer_does_not_shrink_the_next_batch() {
+    use sqlx::Connection;
+    let t = common::sqlite_store().await;
+    let records: Vec<_> = (0..3000).map(|n| record("pos", &format!("w{n}"), &[("email", &format!("p{n}@example.com"))])).collect();
+    t.store.enqueue(&records).await.unwrap();
+    let w = common::worker_claiming(&t.store, resolver(), "w", 4096);
+    w.step().await.unwrap();
+    let timed = w.next_claim();
+
+    // another connection holds SQLite's writer for three seconds while the worker claims
+    let mut holder = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    });
+    let claimed = w.step().await.unwrap();
+    release.await.unwrap();
+    assert!(claimed > 0);
+    assert!(w.next_claim() * 4 >= timed * 3, "the next claim shrank from {timed} to {} after waiting", w.next_claim());
 }

@@ -3,11 +3,12 @@
 //! Profiles are addressed as `p<number>`; a merged-away id keeps resolving to its survivor.
 //! Every route needs a bearer token with the right scope (read, write).
 
+mod console;
 pub mod dead_letters;
 pub mod enrichers;
 mod privacy;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use crate::runtime::ops::{self, ApiError, BearerAuth, Metrics, Secrets, StartErr
 use crate::identity::normalise::{NormaliseFlags, normalise_with};
 use crate::matcher::{MatchError, MergedBy, Resolver, lookup_key};
 use crate::pipeline::PipelineConfig;
-use crate::store::{self, Admission, FieldError, MessageOrigin, ProfileRow, Store, key_hash, profile_ref};
+use crate::store::{self, Admission, FieldError, MessageOrigin, ProfileRow, ReviewFilter, Store, StoredRecord, key_hash, profile_ref};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ApiArgs {
@@ -110,6 +111,19 @@ pub struct RecordView {
     pub attributes: serde_json::Value,
 }
 
+impl From<StoredRecord> for RecordView {
+    fn from(r: StoredRecord) -> Self {
+        RecordView {
+            id: r.id,
+            source: r.source,
+            source_record_id: r.source_record_id,
+            observed_at_ms: r.observed_at_ms,
+            received_at_ms: r.received_at_ms,
+            attributes: serde_json::to_value(r.attributes).expect("serialises"),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventView {
@@ -167,6 +181,9 @@ pub struct ReviewView {
     /// Current profiles of both records.
     pub profile: Option<String>,
     pub other_profile: Option<String>,
+    /// Both records as their sources sent them, to compare side by side.
+    pub record: Option<RecordView>,
+    pub other_record: Option<RecordView>,
     /// `uncertain`, `forbidden` or `ambiguous`.
     pub reason: String,
     pub probability: f64,
@@ -183,6 +200,9 @@ pub struct ReviewList {
     pub items: Vec<ReviewView>,
     /// `after` of the next page, when this one is full.
     pub next_after: Option<i64>,
+    /// Items matching the filters other than the status, per status (`open`, `approved`,
+    /// `rejected`, `superseded`): what is open and what was decided.
+    pub counts: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -269,20 +289,91 @@ pub struct SearchQuery {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only profiles updated at or after this instant (RFC 3339, or Unix milliseconds): an
+    /// incremental sync passes the time its previous sync started.
+    pub changed_since: Option<String>,
+    /// Profiles with an id above this one (`nextAfter` of the page before).
+    pub after: Option<String>,
+    /// At most this many profiles (default 50, max 500).
+    pub limit: Option<i64>,
+}
+
+fn changed_since(raw: &str) -> Result<i64, ApiError> {
+    store::parse_instant_ms(raw).map_err(|e| ApiError::bad_request("invalid_query", format!("changedSince: {e}")))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Return entries with an id above this one.
     pub after: Option<i64>,
     /// Page size (default 50, max 500).
     pub limit: Option<i64>,
-    /// Review status (`open`, `approved`, `rejected`, or `superseded`: closed by a merge that
-    /// brought both records into one profile) or quarantine source.
+    /// Entries of this source only.
     pub filter: Option<String>,
 }
 
 impl PageQuery {
     fn limit(&self) -> Result<i64, ApiError> {
         page_limit(self.limit, 50, 500)
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ReviewQuery {
+    /// Return items with an id above this one.
+    pub after: Option<i64>,
+    /// Page size (default 50, max 500).
+    pub limit: Option<i64>,
+    /// Status: `open` (default), `approved`, `rejected`, or `superseded` (closed by a merge that
+    /// brought both records into one profile).
+    pub filter: Option<String>,
+    /// Items with a record from this source.
+    pub source: Option<String>,
+    /// `uncertain`, `forbidden` or `ambiguous`.
+    pub reason: Option<String>,
+    /// Match probability at least this (0 to 1).
+    pub min_probability: Option<f64>,
+    /// Match probability below this (0 to 1).
+    pub max_probability: Option<f64>,
+}
+
+impl ReviewQuery {
+    /// The status and filter asked for; 400 for a value that can match nothing by mistake.
+    fn filter(&self, config: &PipelineConfig) -> Result<(String, ReviewFilter), ApiError> {
+        let one_of = |what: &str, value: &Option<String>, known: &[&str]| match value {
+            Some(v) if !known.contains(&v.as_str()) => {
+                Err(ApiError::bad_request("invalid_query", format!("{what} {v:?} is not one of {}", known.join(", "))))
+            }
+            _ => Ok(()),
+        };
+        let status = self.filter.clone().unwrap_or_else(|| "open".into());
+        one_of("status", &Some(status.clone()), &store::REVIEW_STATUSES)?;
+        one_of("reason", &self.reason, &crate::identity::ReviewReason::ALL.map(crate::identity::ReviewReason::name))?;
+        let sources: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        one_of("source", &self.source, &sources)?;
+        for (name, bound) in [("minProbability", self.min_probability), ("maxProbability", self.max_probability)] {
+            if bound.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+                return Err(ApiError::bad_request("invalid_query", format!("{name} must be between 0 and 1")));
+            }
+        }
+        if let (Some(min), Some(max)) = (self.min_probability, self.max_probability)
+            && min >= max
+        {
+            return Err(ApiError::bad_request("invalid_query", "minProbability must be below maxProbability"));
+        }
+        let filter = ReviewFilter {
+            source: self.source.clone(),
+            reason: self.reason.clone(),
+            min_probability: self.min_probability,
+            max_probability: self.max_probability,
+        };
+        Ok((status, filter))
     }
 }
 
@@ -305,7 +396,11 @@ pub(crate) fn next_after<T>(len: usize, limit: i64, last: Option<T>) -> Option<T
 
 async fn view(store: &Store, row: ProfileRow) -> Result<ProfileView, ApiError> {
     let aliases = store.aliases(row.id).await?.into_iter().map(profile_ref).collect();
-    Ok(ProfileView {
+    Ok(view_with(aliases, row))
+}
+
+fn view_with(aliases: Vec<String>, row: ProfileRow) -> ProfileView {
+    ProfileView {
         id: profile_ref(row.id),
         aliases,
         golden: row.golden.unwrap_or_default(),
@@ -313,7 +408,7 @@ async fn view(store: &Store, row: ProfileRow) -> Result<ProfileView, ApiError> {
         created_at_ms: row.created_at_ms,
         updated_at_ms: row.updated_at_ms,
         version: row.version,
-    })
+    }
 }
 
 /// The live profile for an id; 404 when there is none, 409 naming the profiles that hold its
@@ -355,6 +450,26 @@ async fn views(store: &Store, ids: impl IntoIterator<Item = i64>) -> Result<Vec<
         }
     }
     Ok(out)
+}
+
+/// Live profiles in id order, each with its aliases, a page at a time. An erased person is
+/// never listed; a profile merged away is not either (it is an alias of the survivor).
+#[utoipa::path(get, path = "/v1/profiles", tag = "profiles", params(ListQuery),
+    responses((status = 200, body = ProfileList), (status = 400, body = ops::ErrorBody)))]
+async fn list_profiles(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<ProfileList>, ApiError> {
+    s.tokens.authorize(&headers, Scope::Read)?;
+    let changed_since = q.changed_since.as_deref().map(changed_since).transpose()?;
+    let after = q.after.as_deref().map(parse_profile_id).transpose()?.unwrap_or(0);
+    let limit = page_limit(q.limit, 50, 500)?;
+    let rows = s.store.live_profiles(changed_since, after, limit).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut aliases: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for (survivor, alias) in s.store.aliases_of_profiles(&ids).await? {
+        aliases.entry(survivor).or_default().push(profile_ref(alias));
+    }
+    let next = next_after(rows.len(), limit, ids.last().copied()).map(profile_ref);
+    let profiles = rows.into_iter().map(|row| view_with(aliases.remove(&row.id).unwrap_or_default(), row)).collect();
+    Ok(Json(ProfileList { profiles, next_after: next }))
 }
 
 #[utoipa::path(get, path = "/v1/profiles/{id}", tag = "profiles",
@@ -442,20 +557,7 @@ async fn search(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<S
 async fn timeline(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Timeline>, ApiError> {
     s.tokens.authorize(&headers, Scope::Read)?;
     let row = live_profile(&s.store, &id).await?;
-    let records = s
-        .store
-        .records_of(row.id)
-        .await?
-        .into_iter()
-        .map(|r| RecordView {
-            id: r.id,
-            source: r.source,
-            source_record_id: r.source_record_id,
-            observed_at_ms: r.observed_at_ms,
-            received_at_ms: r.received_at_ms,
-            attributes: serde_json::to_value(r.attributes).expect("serialises"),
-        })
-        .collect();
+    let records = s.store.records_of(row.id).await?.into_iter().map(RecordView::from).collect();
     let mut ids = s.store.aliases(row.id).await?;
     ids.push(row.id);
     let events = s
@@ -575,18 +677,20 @@ async fn unmerge(
     Ok(Json(UnmergeResult { profile: profile_ref(profile), created: created.into_iter().map(profile_ref).collect() }))
 }
 
-#[utoipa::path(get, path = "/v1/review", tag = "review", params(PageQuery),
-    responses((status = 200, body = ReviewList)))]
-async fn review_list(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Result<Json<ReviewList>, ApiError> {
+#[utoipa::path(get, path = "/v1/review", tag = "review", params(ReviewQuery),
+    responses((status = 200, body = ReviewList), (status = 400, body = ops::ErrorBody)))]
+async fn review_list(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<ReviewQuery>) -> Result<Json<ReviewList>, ApiError> {
     s.tokens.authorize(&headers, Scope::Read)?;
-    let status = q.filter.as_deref().unwrap_or("open");
-    let limit = q.limit()?;
+    let (status, filter) = q.filter(&s.config)?;
+    let limit = page_limit(q.limit, 50, 500)?;
     let mut items = Vec::new();
-    for r in s.store.review_items(status, q.after.unwrap_or(0), limit).await? {
-        let profile_of = async |record| Ok::<_, ApiError>(s.store.record(record).await?.map(|r| profile_ref(r.profile_id)));
+    for r in s.store.review_items(&status, &filter, q.after.unwrap_or(0), limit).await? {
+        let (record, other_record) = (s.store.record(r.record_id).await?, s.store.record(r.other_record_id).await?);
         items.push(ReviewView {
-            profile: profile_of(r.record_id).await?,
-            other_profile: profile_of(r.other_record_id).await?,
+            profile: record.as_ref().map(|r| profile_ref(r.profile_id)),
+            other_profile: other_record.as_ref().map(|r| profile_ref(r.profile_id)),
+            record: record.map(RecordView::from),
+            other_record: other_record.map(RecordView::from),
             id: r.id,
             record_id: r.record_id,
             other_record_id: r.other_record_id,
@@ -599,7 +703,7 @@ async fn review_list(State(s): State<ApiState>, headers: HeaderMap, Query(q): Qu
         });
     }
     let next_after = next_after(items.len(), limit, items.last().map(|i| i.id));
-    Ok(Json(ReviewList { items, next_after }))
+    Ok(Json(ReviewList { items, next_after, counts: s.store.review_counts(&filter).await? }))
 }
 
 /// Approve (merge the two records' profiles) or reject (never merge them).
@@ -729,7 +833,7 @@ async fn quarantine_replay(State(s): State<ApiState>, headers: HeaderMap, Path(i
 #[derive(OpenApi)]
 #[openapi(
     info(title = "cdp profile API", description = "Golden profiles, lookups, timelines, explanations, review queue and quarantine."),
-    paths(get_profile, lookup, search, timeline, explanation, merge, unmerge, review_list, review_approve, review_reject,
+    paths(list_profiles, get_profile, lookup, search, timeline, explanation, merge, unmerge, review_list, review_approve, review_reject,
           quarantine_list, quarantine_delete, quarantine_replay, dead_letters::list, dead_letters::inspect, dead_letters::replay),
     components(schemas(ops::ErrorBody, ops::ErrorDetail, FieldError)),
     modifiers(&BearerAuth),
@@ -751,6 +855,7 @@ const BODY_LIMIT: usize = 2 * 1024 * 1024;
 pub fn router(state: ApiState) -> Router {
     let metrics = state.metrics.clone();
     let routes = Router::new()
+        .route("/v1/profiles", get(list_profiles))
         .route("/v1/profiles/lookup", get(lookup))
         .route("/v1/profiles/search", get(search))
         .route("/v1/profiles/{id}", get(get_profile))
@@ -767,12 +872,13 @@ pub fn router(state: ApiState) -> Router {
         .merge(privacy::router())
         .merge(dead_letters::router())
         .merge(enrichers::router())
+        .merge(console::router())
         .route_layer(middleware::from_fn_with_state(metrics, count_requests))
         .with_state(state)
-        .route(
-            "/openapi.json",
-            get(|| async { Json(ApiDoc::openapi().merge_from(privacy::PrivacyDoc::openapi()).merge_from(enrichers::EnrichDoc::openapi())) }),
-        );
+        .route("/openapi.json", get(|| async {
+            let doc = ApiDoc::openapi().merge_from(privacy::PrivacyDoc::openapi());
+            Json(doc.merge_from(enrichers::EnrichDoc::openapi()).merge_from(console::ConsoleDoc::openapi()))
+        }));
     ops::limit_body(routes, BODY_LIMIT)
 }
 

@@ -1,5 +1,6 @@
-//! `cdp bench kafka`: Kafka intake on librdkafka's mock cluster, through the real consumers
-//! (one per Source, each on a topic of its name). Three runs, each on a fresh store and cluster:
+//! `cdp bench kafka`: Kafka intake on librdkafka's mock cluster or a real broker (`--brokers`),
+//! through the real consumers (one per Source, each on a topic of its own). Three runs, each on
+//! a fresh store and fresh topics:
 //! records per second from a full topic to the intake queue, then to resolved profiles (the
 //! matcher running beside), and the latency from a record's produce call to its profile being
 //! readable in the store the API reads, under a steady rate.
@@ -7,12 +8,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 
 use super::generate::Generator;
-use super::{LatencyArgs, LatencyReport, bench_config, open_scratch, payload, percentile, remove_sqlite, resolved_count};
+use super::{Awaited, GIVE_UP, LatencyArgs, LatencyReport, bench_config, open_scratch, payload, percentile, remove_sqlite, resolved_count, watch};
 use crate::runtime::ops::{self, Metrics, Secrets, StartError};
 use crate::crd::SecretKeyRef;
 use crate::crd::source::{Delivery, KafkaDelivery};
@@ -28,6 +32,9 @@ pub struct KafkaArgs {
     /// PostgreSQL server URL (a scratch database is created on it); SQLite in a temporary file by default.
     #[arg(long)]
     pub postgres: Option<String>,
+    /// A real broker's bootstrap servers (HOST:PORT,...); librdkafka's mock cluster in process by default.
+    #[arg(long)]
+    pub brokers: Option<String>,
     /// Records published before the consumers start, for the two throughput runs.
     #[arg(long, default_value_t = 50_000)]
     pub records: usize,
@@ -71,15 +78,17 @@ fn servers_ref() -> SecretKeyRef {
     SecretKeyRef { name: "kafka".into(), key: "servers".into() }
 }
 
-/// The benchmark's platform ([`bench_config`]) with every Source delivered by Kafka, on a topic
-/// named after it.
-pub fn kafka_config() -> PipelineConfig {
+/// The benchmark's platform ([`bench_config`]) with every Source delivered by Kafka, on the
+/// topic `<source><suffix>`, read by the consumer group of the same name (a suffix keeps the
+/// runs and tests sharing one broker apart).
+pub fn kafka_config(suffix: &str) -> PipelineConfig {
     let mut config = bench_config();
     for source in &mut config.sources {
+        let topic = format!("{}{suffix}", source.name);
         let kafka = KafkaDelivery {
-            topic: source.name.clone(),
+            consumer_group: Some(topic.clone()),
+            topic,
             bootstrap_servers_secret_ref: servers_ref(),
-            consumer_group: None,
             auto_offset_reset: Default::default(),
             max_in_flight: 1000,
             missing_event_id: Default::default(),
@@ -107,9 +116,62 @@ pub fn producer(bootstrap_servers: &str) -> Result<FutureProducer, StartError> {
         .map_err(|error| StartError::Kafka { name: "bench producer".into(), error })
 }
 
-/// One cluster with a topic per Source, a store, and the Sources' consumers running on them.
+/// Where the topics live: librdkafka's mock cluster in this process, or a real broker.
+pub enum Brokers {
+    Mock(MockCluster<'static, DefaultProducerContext>),
+    External(String),
+}
+
+impl Brokers {
+    /// A one-broker mock cluster.
+    pub fn mock() -> Result<Brokers, KafkaError> {
+        MockCluster::new(1).map(Brokers::Mock)
+    }
+
+    /// The mock cluster, or the broker at `servers`.
+    pub fn new(servers: Option<&str>) -> Result<Brokers, KafkaError> {
+        servers.map_or_else(Brokers::mock, |s| Ok(Brokers::External(s.to_string())))
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        match self {
+            Brokers::Mock(cluster) => cluster.bootstrap_servers(),
+            Brokers::External(servers) => servers.clone(),
+        }
+    }
+
+    /// Create `topic` with `partitions`, and wait until the brokers' metadata shows them all
+    /// (a consumer subscribing earlier would be given fewer).
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+        let servers = match self {
+            Brokers::Mock(cluster) => return cluster.create_topic(topic, partitions, 1),
+            Brokers::External(servers) => servers,
+        };
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new().set("bootstrap.servers", servers).create()?;
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for result in admin.create_topics([&new], &AdminOptions::new()).await? {
+            result.map_err(|(_, code)| KafkaError::AdminOp(code))?;
+        }
+        let producer = producer(servers).map_err(|_| KafkaError::ClientCreation("bench producer".into()))?;
+        for _ in 0..100 {
+            let metadata = producer.client().fetch_metadata(Some(topic), Duration::from_secs(5))?;
+            if metadata.topics().first().is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition))
+    }
+}
+
+/// A suffix no earlier run on the same broker used.
+pub fn fresh_suffix() -> String {
+    format!("-{}", now_ms())
+}
+
+/// Brokers with a topic per Source, a store, and the Sources' consumers running on them.
 struct Platform {
-    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    brokers: Brokers,
     store: Store,
     file: Option<std::path::PathBuf>,
     metrics: Arc<Metrics>,
@@ -121,21 +183,22 @@ struct Platform {
 
 impl Platform {
     async fn new(args: &KafkaArgs) -> Result<Platform, StartError> {
-        let kafka = |error| StartError::Kafka { name: "mock cluster".into(), error };
-        let cluster = MockCluster::new(1).map_err(kafka)?;
-        let config = kafka_config();
+        let kafka = |error| StartError::Kafka { name: "bench brokers".into(), error };
+        let brokers = Brokers::new(args.brokers.as_deref()).map_err(kafka)?;
+        let config = kafka_config(&fresh_suffix());
         for source in &config.sources {
-            cluster.create_topic(&source.name, args.partitions, 1).map_err(kafka)?;
+            let topic = &source.spec.delivery.kafka.as_ref().expect("every bench Source is on Kafka").topic;
+            brokers.create_topic(topic, args.partitions).await.map_err(kafka)?;
         }
         let (store, file) = open_scratch(args.postgres.as_deref()).await?;
         let (trigger, shutdown) = ops::shutdown_channel();
-        Ok(Platform { cluster, store, file, metrics: Metrics::new(), config, trigger, shutdown, tasks: Vec::new() })
+        Ok(Platform { brokers, store, file, metrics: Metrics::new(), config, trigger, shutdown, tasks: Vec::new() })
     }
 
     /// Start the Sources' consumers and wait until their group gave each its partitions (a new
     /// group waits a few seconds for more members first: not intake's time).
     async fn start_consumers(&mut self) -> Result<(), StartError> {
-        let secrets = kafka_secrets(&self.cluster.bootstrap_servers());
+        let secrets = kafka_secrets(&self.brokers.bootstrap_servers());
         let admitter = Admitter::new(&self.config, self.store.clone());
         self.tasks.extend(crate::ingest::kafka::spawn_all(&self.config, &secrets, &admitter, &self.metrics, &self.shutdown)?);
         let assigned = || self.config.sources.iter().all(|s| !self.metrics.kafka.assigned(&s.name).is_empty());
@@ -176,9 +239,14 @@ impl Platform {
     }
 }
 
+/// The topic `source` is read from.
+fn topic<'a>(config: &'a PipelineConfig, source: &'a str) -> &'a str {
+    config.source(source).and_then(|s| s.spec.delivery.kafka.as_ref()).map_or(source, |k| k.topic.as_str())
+}
+
 /// Publish `records`, `per_message` to a message, on the topic of each one's Source (spread
-/// over its partitions by key), and wait until the cluster has them all.
-async fn publish(producer: &FutureProducer, records: &[CanonicalRecord], per_message: usize) -> Result<(), StartError> {
+/// over its partitions by key), and wait until the brokers have them all.
+async fn publish(config: &PipelineConfig, producer: &FutureProducer, records: &[CanonicalRecord], per_message: usize) -> Result<(), StartError> {
     let failed = |error| StartError::Kafka { name: "bench producer".into(), error };
     let mut by_source: std::collections::BTreeMap<&str, Vec<serde_json::Value>> = Default::default();
     for record in records {
@@ -193,7 +261,7 @@ async fn publish(producer: &FutureProducer, records: &[CanonicalRecord], per_mes
             };
             let key = n.to_string();
             // librdkafka copies the message: the future does not hold it
-            let queued = producer.send_result(FutureRecord::to(source).key(&key).payload(&body));
+            let queued = producer.send_result(FutureRecord::to(topic(config, source)).key(&key).payload(&body));
             deliveries.push(queued.map_err(|(error, _)| failed(error))?);
         }
     }
@@ -221,7 +289,7 @@ pub async fn kafka(args: &KafkaArgs) -> Result<KafkaReport, StartError> {
 
     // a full topic to the intake queue
     let mut platform = Platform::new(args).await?;
-    publish(&producer(&platform.cluster.bootstrap_servers())?, &records, args.per_message).await?;
+    publish(&platform.config, &producer(&platform.brokers.bootstrap_servers())?, &records, args.per_message).await?;
     platform.start_consumers().await?;
     let started = Instant::now();
     let seconds = until(started, || platform.all_stored(args.records)).await;
@@ -232,7 +300,7 @@ pub async fn kafka(args: &KafkaArgs) -> Result<KafkaReport, StartError> {
 
     // a full topic to profiles
     let mut platform = Platform::new(args).await?;
-    publish(&producer(&platform.cluster.bootstrap_servers())?, &records, args.per_message).await?;
+    publish(&platform.config, &producer(&platform.brokers.bootstrap_servers())?, &records, args.per_message).await?;
     platform.start_consumers().await?;
     platform.start_matchers(args.steady.workers)?;
     let started = Instant::now();
@@ -256,49 +324,52 @@ pub async fn kafka(args: &KafkaArgs) -> Result<KafkaReport, StartError> {
 }
 
 /// Publish at the steady rate for its seconds, one record a message; for one in its sample,
-/// the time from the produce call to its record being in a profile.
+/// the time from the produce call to its record being in a profile ([`watch`]).
 async fn steady(args: &KafkaArgs) -> Result<LatencyReport, StartError> {
     let mut platform = Platform::new(args).await?;
     platform.start_consumers().await?;
     platform.start_matchers(args.steady.workers)?;
     let flags = crate::ingest::normalise_flags(&platform.config);
-    let producer = producer(&platform.cluster.bootstrap_servers())?;
+    let producer = producer(&platform.brokers.bootstrap_servers())?;
     let total = args.steady.rate as u64 * args.steady.seconds;
     let mut generator = Generator::new(args.steady.seed, total as usize, 3.0, args.steady.population);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    let (awaited_tx, awaited_rx) = tokio::sync::mpsc::unbounded_channel::<Awaited>();
+    let store = platform.store.clone();
+    let watcher = tokio::spawn(watch(awaited_rx, move |record: &Awaited| {
+        let (store, source, id) = (store.clone(), record.source.clone(), record.id.clone());
+        async move { matches!(store.record_by_source_id(&source, &id).await, Ok(Some(_))) }
+    }));
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let per_tick = (args.steady.rate / 100).max(1) as u64;
     let started = Instant::now();
     let mut sent = 0u64;
+    let mut deliveries = Vec::with_capacity(total as usize);
     while sent < total {
         tick.tick().await;
         for _ in 0..per_tick.min(total - sent) {
             let record = generator.next_record().record;
-            let body = payload(&record);
+            let body = payload(&record).to_string();
             // an invalid record (a generated typo) is quarantined: no profile to wait for
-            let valid = platform.config.source(&record.source).is_some_and(|s| map_record(s, flags, &body, now_ms()).is_ok());
-            let measured = sent.is_multiple_of(args.steady.sample) && valid;
+            let valid = platform.config.source(&record.source).is_some_and(|s| map_record(s, flags, &payload(&record), now_ms()).is_ok());
+            if sent.is_multiple_of(args.steady.sample) && valid {
+                let _ = awaited_tx.send(Awaited { source: record.source.clone(), id: record.source_record_id.clone(), since: Instant::now() });
+            }
             sent += 1;
-            let (producer, store, tx) = (producer.clone(), platform.store.clone(), tx.clone());
-            tokio::spawn(async move {
-                let t0 = Instant::now();
-                let body = body.to_string();
-                let message = FutureRecord::to(&record.source).key(&record.source_record_id).payload(&body);
-                if producer.send(message, Duration::from_secs(30)).await.is_err() || !measured {
-                    return;
-                }
-                while !matches!(store.record_by_source_id(&record.source, &record.source_record_id).await, Ok(Some(_))) {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                let _ = tx.send(t0.elapsed());
-            });
+            let message = FutureRecord::to(topic(&platform.config, &record.source)).key(&record.source_record_id).payload(&body);
+            deliveries.push(producer.send_result(message).map_err(|(error, _)| StartError::Kafka { name: "bench producer".into(), error })?);
         }
     }
     let send_seconds = started.elapsed().as_secs_f64();
-    drop(tx);
-    let mut latencies = Vec::new();
-    while let Some(latency) = rx.recv().await {
-        latencies.push(latency.as_secs_f64() * 1000.0);
+    drop(awaited_tx);
+    let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
+    for delivery in futures::future::join_all(deliveries).await {
+        if !matches!(delivery, Ok(Ok(_))) {
+            *errors.entry("not delivered to the broker".into()).or_default() += 1;
+        }
+    }
+    let (mut latencies, gave_up) = watcher.await.expect("the watcher does not panic");
+    if gave_up > 0 {
+        errors.insert(format!("not in a profile after {} s", GIVE_UP.as_secs()), gave_up);
     }
     platform.stop().await;
     latencies.sort_by(f64::total_cmp);
@@ -310,7 +381,7 @@ async fn steady(args: &KafkaArgs) -> Result<LatencyReport, StartError> {
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
-        // messages are published to the broker, not answered by intake
-        intake_errors: Default::default(),
+        intake_errors: errors,
     })
 }
+

@@ -79,7 +79,7 @@ pub struct LatencyArgs {
     pub rate: u32,
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
-    /// Measure one record in N (each measured record polls the API until it is readable).
+    /// Measure one record in N (looked up, oldest first, until it is readable).
     #[arg(long, default_value_t = 10)]
     pub sample: u64,
     #[arg(long, default_value_t = 2)]
@@ -357,6 +357,65 @@ pub(crate) fn payload(record: &crate::identity::CanonicalRecord) -> Value {
     v
 }
 
+/// How long a measured record may take to reach a profile before the run stops waiting for it
+/// (and counts it): a run must end even if the pipeline cannot keep up.
+pub(crate) const GIVE_UP: Duration = Duration::from_secs(120);
+
+/// Records a sweep of [`watch`] finds still waiting before it ends.
+const SWEEP_MISSES: usize = 8;
+
+/// A measured record: where it is, and since when it is timed.
+pub(crate) struct Awaited {
+    pub source: String,
+    pub id: String,
+    pub since: Instant,
+}
+
+/// Wait until each awaited record is `found` in a profile (or waited [`GIVE_UP`] for): their
+/// latencies in milliseconds, and how many were given up on. One task looks the records up,
+/// one after another: a poller per record would load the platform with look-ups in
+/// proportion to the very latency measured, which grew until a run never ended.
+pub(crate) async fn watch<F, Fut>(mut awaited: tokio::sync::mpsc::UnboundedReceiver<Awaited>, found: F) -> (Vec<f64>, usize)
+where
+    F: Fn(&Awaited) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let (mut pending, mut latencies, mut gave_up) = (Vec::<Awaited>::new(), Vec::new(), 0);
+    let mut open = true;
+    while open || !pending.is_empty() {
+        loop {
+            match awaited.try_recv() {
+                Ok(record) => pending.push(record),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        // oldest first, and no further than a few records still waiting: records reach profiles
+        // about in the order they were sent, so a sweep costs about what arrived since the last
+        // (one arriving ahead of its elders is timed when they are: the latency errs high)
+        let mut waiting = Vec::with_capacity(pending.len());
+        let mut misses = 0;
+        for record in pending {
+            if misses >= SWEEP_MISSES {
+                waiting.push(record);
+            } else if found(&record).await {
+                latencies.push(record.since.elapsed().as_secs_f64() * 1000.0);
+            } else if record.since.elapsed() > GIVE_UP {
+                gave_up += 1;
+            } else {
+                misses += 1;
+                waiting.push(record);
+            }
+        }
+        pending = waiting;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (latencies, gave_up)
+}
+
 pub async fn latency(args: &LatencyArgs) -> Result<LatencyReport, StartError> {
     let config = bench_config();
     let (store, file) = open_scratch(None).await?;
@@ -378,63 +437,60 @@ pub async fn latency(args: &LatencyArgs) -> Result<LatencyReport, StartError> {
     let client = reqwest::Client::new();
     let mut generator = Generator::new(args.seed, (args.rate as u64 * args.seconds) as usize, 3.0, args.population);
     let total = args.rate as u64 * args.seconds;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, String>>();
+    let (errors_tx, mut errors_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (awaited_tx, awaited_rx) = tokio::sync::mpsc::unbounded_channel::<Awaited>();
+    let lookups = (client.clone(), api_url.clone());
+    let watcher = tokio::spawn(watch(awaited_rx, move |record: &Awaited| {
+        let (client, api_url) = lookups.clone();
+        let lookup = format!("{api_url}/v1/profiles/lookup?source={}&sourceRecordId={}", record.source, record.id);
+        async move {
+            match client.get(&lookup).bearer_auth(BENCH_TOKEN).send().await {
+                Ok(r) => r.json::<Value>().await.ok().is_some_and(|v| v["profiles"].as_array().is_some_and(|p| !p.is_empty())),
+                Err(_) => false,
+            }
+        }
+    }));
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let per_tick = (args.rate / 100).max(1) as u64;
     let mut sent = 0u64;
+    let mut posts = Vec::with_capacity(total as usize);
     while sent < total {
         tick.tick().await;
         for _ in 0..per_tick.min(total - sent) {
             let record = generator.next_record().record;
             let measured = sent % args.sample == 0;
             sent += 1;
-            let (client, tx) = (client.clone(), tx.clone());
-            let (ingest_url, api_url) = (ingest_url.clone(), api_url.clone());
-            tokio::spawn(async move {
-                let url = format!("{ingest_url}/v1/sources/{}/records", record.source);
-                match client.post(url).bearer_auth(BENCH_KEY).json(&payload(&record)).send().await {
-                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {}
-                    Ok(r) => {
-                        let _ = tx.send(Err(format!("{} {}", r.status().as_u16(), r.text().await.unwrap_or_default())));
+            let (client, errors_tx, awaited_tx) = (client.clone(), errors_tx.clone(), awaited_tx.clone());
+            let url = format!("{ingest_url}/v1/sources/{}/records", record.source);
+            posts.push(tokio::spawn(async move {
+                let error = match client.post(url).bearer_auth(BENCH_KEY).json(&payload(&record)).send().await {
+                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+                        // timed from the answer: what a touchpoint waits for after its 202
+                        if measured {
+                            let _ = awaited_tx.send(Awaited { source: record.source, id: record.source_record_id, since: Instant::now() });
+                        }
                         return;
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        return;
-                    }
-                }
-                if !measured {
-                    return;
-                }
-                let t0 = Instant::now();
-                let lookup = format!(
-                    "{api_url}/v1/profiles/lookup?source={}&sourceRecordId={}",
-                    record.source, record.source_record_id
-                );
-                loop {
-                    let found = match client.get(&lookup).bearer_auth(BENCH_TOKEN).send().await {
-                        Ok(r) => r.json::<Value>().await.ok().is_some_and(|v| v["profiles"].as_array().is_some_and(|p| !p.is_empty())),
-                        Err(_) => false,
-                    };
-                    if found {
-                        let _ = tx.send(Ok(t0.elapsed()));
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            });
+                    Ok(r) => format!("{} {}", r.status().as_u16(), r.text().await.unwrap_or_default()),
+                    Err(e) => e.to_string(),
+                };
+                let _ = errors_tx.send(error);
+            }));
         }
     }
     let send_seconds = started.elapsed().as_secs_f64();
-    drop(tx);
-    let mut latencies = Vec::new();
+    drop((errors_tx, awaited_tx));
+    for post in posts {
+        let _ = post.await;
+    }
     let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
-    while let Some(m) = rx.recv().await {
-        match m {
-            Ok(d) => latencies.push(d.as_secs_f64() * 1000.0),
-            Err(e) => *errors.entry(e.chars().take(120).collect()).or_default() += 1,
-        }
+    while let Some(e) = errors_rx.recv().await {
+        *errors.entry(e.chars().take(120).collect()).or_default() += 1;
+    }
+    let (mut latencies, gave_up) = watcher.await.expect("the watcher does not panic");
+    if gave_up > 0 {
+        errors.insert(format!("not readable after {} s", GIVE_UP.as_secs()), gave_up);
     }
     trigger.trigger();
     for w in workers {

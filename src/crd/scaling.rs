@@ -33,9 +33,11 @@ pub struct ScalingPolicySpec {
     pub paused: bool,
     #[serde(default)]
     pub workloads: ScaledWorkloads,
-    /// Known events that raise the replica floor ahead of time.
+    /// Known events that raise the replica floor ahead of time. Keyed by `name`: server-side
+    /// apply merges windows by name, so each field manager (a GitOps tool, `kubectl cdp
+    /// prescale`) owns its own windows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub peak_windows: Vec<PeakWindow>,
 }
 

@@ -92,6 +92,19 @@ pub enum ReviewReason {
     Ambiguous,
 }
 
+impl ReviewReason {
+    pub const ALL: [ReviewReason; 3] = [ReviewReason::Uncertain, ReviewReason::Forbidden, ReviewReason::Ambiguous];
+
+    /// The name the review queue stores and the API shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReviewReason::Uncertain => "uncertain",
+            ReviewReason::Forbidden => "forbidden",
+            ReviewReason::Ambiguous => "ambiguous",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReviewItem {

@@ -193,8 +193,9 @@ impl<R: std::io::Read> std::io::Read for CountingReader<R> {
     }
 }
 
-/// A progress bar on stderr when it is a terminal.
-pub fn progress_bar(label: String) -> impl FnMut(usize, u64, u64) {
+/// A progress bar on stderr when it is a terminal: `(items, done, total)`, items counted in
+/// `unit` (`records`, `profiles`); it ends its line when `done` reaches `total`.
+pub fn progress_bar(label: String, unit: &'static str) -> impl FnMut(usize, u64, u64) {
     let tty = std::io::stderr().is_terminal();
     move |records, read, total| {
         if !tty {
@@ -202,7 +203,7 @@ pub fn progress_bar(label: String) -> impl FnMut(usize, u64, u64) {
         }
         let fraction = if total == 0 { 1.0 } else { (read as f64 / total as f64).min(1.0) };
         let filled = (fraction * 30.0) as usize;
-        eprint!("\r{label} [{}{}] {:>3.0}% {records} records", "#".repeat(filled), " ".repeat(30 - filled), fraction * 100.0);
+        eprint!("\r{label} [{}{}] {:>3.0}% {records} {unit}", "#".repeat(filled), " ".repeat(30 - filled), fraction * 100.0);
         let _ = std::io::stderr().flush();
         if fraction >= 1.0 {
             eprintln!();
@@ -216,7 +217,7 @@ pub async fn run(args: ImportArgs) -> Result<ImportSummary, StartError> {
     let store = Store::open(&args.store.url()?).await?;
     let format = args.format.unwrap_or_else(|| Format::of(&args.file));
     let label = args.file.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let summary = import_file(&store, &platform.config, &args.source, &args.file, format, progress_bar(label))
+    let summary = import_file(&store, &platform.config, &args.source, &args.file, format, progress_bar(label, "records"))
         .await?;
     store.close().await;
     println!("{summary}");

@@ -72,6 +72,10 @@ impl Admitter {
         Admitter { store, flags: normalise_flags(config), privacy }
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Map and validate payloads of `source`, and durably store them, in order: queued (a
     /// redelivery absorbed), quarantined, or refused as an erased person's. With each, what to
     /// report on it: the field errors of an invalid one, the kept invalid values of a valid one.
@@ -216,6 +220,19 @@ pub const ERASED_SUBJECT_ERROR: &str = "erased_subject";
 pub const EVENT_ID_CONFLICT: &str = "eventIdConflict";
 pub const EVENT_ID_CONFLICT_ERROR: &str = "event_id_conflict";
 
+/// Why a record was not taken: `source` delivered its event id before with other content, as
+/// intake id `first`, which stands (taking this one silently would lose it).
+pub fn conflict_error(source: &NamedSource, first: i64) -> FieldError {
+    FieldError {
+        field: source.spec.event_id_field.clone(),
+        code: EVENT_ID_CONFLICT.into(),
+        message: format!(
+            "this event id was delivered before with other content (intake id {first}), which stands; \
+             send a new event with an id of its own"
+        ),
+    }
+}
+
 /// Split the body into payloads by Content-Type: one JSON object, a JSON array, or NDJSON.
 fn payloads(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -325,13 +342,7 @@ async fn receive(
                 rejected.push(RejectedRecord { index, quarantine_id: None, errors });
             }
             Admission::Conflict(first) => {
-                // the first delivery stands; taking this one silently would lose it
-                let field = intake.source.spec.event_id_field.clone();
-                let message = format!(
-                    "this event id was delivered before with other content (intake id {first}), which stands; \
-                     send a new event with an id of its own"
-                );
-                rejected.push(RejectedRecord { index, quarantine_id: None, errors: vec![FieldError { field, code: EVENT_ID_CONFLICT.into(), message }] });
+                rejected.push(RejectedRecord { index, quarantine_id: None, errors: vec![conflict_error(&intake.source, first)] });
             }
         }
     }

@@ -294,7 +294,7 @@ pub async fn run_with(args: LocalArgs, tune: impl FnOnce(pool::PoolOptions) -> p
     ];
     for (source, file) in &args.imports {
         let label = format!("{source} <- {}", file.display());
-        let summary = import_file(&store, &config, source, file, Format::of(file), progress_bar(label)).await?;
+        let summary = import_file(&store, &config, source, file, Format::of(file), progress_bar(label, "records")).await?;
         println!("import {source} {}:\n{summary}", file.display());
     }
     for task in servers.into_iter().chain([matchers]).chain(feed_tasks).chain(consumers) {

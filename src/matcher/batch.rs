@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::{
     Candidate, Decision, Keyed, LinkDetail, LinkEvidence, MatchError, Members, Resolved, Resolver, push_golden_events,
-    review_reason, stored_count,
+    stored_count,
 };
 use crate::identity::record::{is_lookup_attribute, lookup_key};
 use crate::identity::{CandidateProfile, GoldenProfile, Outcome, PreparedRecord, ProfileLink, select_candidates};
@@ -183,7 +183,7 @@ impl<'r> Batch<'r> {
             created_at_ms: self.now,
         };
         let mut reviews: Vec<NewReview> =
-            resolution.review.iter().map(|r| review(&r.link, review_reason(r.reason))).collect();
+            resolution.review.iter().map(|r| review(&r.link, r.reason.name())).collect();
         let details: Vec<LinkDetail> = resolution
             .links
             .iter()

@@ -571,14 +571,6 @@ fn stored_count(counts: &HashMap<i64, i64>, key: &str) -> u64 {
     counts.get(&key_hash(key)).map_or(0, |&n| n.max(0) as u64)
 }
 
-fn review_reason(reason: crate::identity::ReviewReason) -> &'static str {
-    match reason {
-        crate::identity::ReviewReason::Uncertain => "uncertain",
-        crate::identity::ReviewReason::Forbidden => "forbidden",
-        crate::identity::ReviewReason::Ambiguous => "ambiguous",
-    }
-}
-
 fn golden_values(golden: &GoldenProfile) -> BTreeMap<&str, &str> {
     golden.attributes.iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect()
 }
@@ -626,19 +618,26 @@ const POSTGRES_CHUNK: usize = 32;
 /// claimed record, the worker waits for the older one and claims again ([`order`]). Should
 /// the transaction keep failing, the records are claimed by marking them and resolved by
 /// [`resolve_batch`], which isolates the record at fault.
+///
+/// Also returns how long the batch held the store: from its transaction's start (SQLite's
+/// writer taken) to its commit. A worker sizes its next batch on that, not on the time it
+/// waited for the writer behind intake and the other workers: counted in, those waits made
+/// each batch look slower per record, so the next one smaller, until under steady intake the
+/// matcher resolved a few records a batch and fell ever further behind.
 pub async fn claim_and_resolve(
     store: &Store,
     resolver: &Resolver,
     worker: &str,
     limit: i64,
     lease: std::time::Duration,
-) -> Result<(Vec<IntakeItem>, Vec<Result<Resolved, MatchError>>), StoreError> {
+) -> Result<(Vec<IntakeItem>, Vec<Result<Resolved, MatchError>>, std::time::Duration), StoreError> {
     let (mut attempt, mut waits) = (0, 0);
     while attempt < RETRIES {
         let mut tx = store.begin().await?;
+        let held_since = std::time::Instant::now();
         let claimed = tx.queued(limit, lease).await?;
         if claimed.is_empty() {
-            return Ok((claimed, Vec::new()));
+            return Ok((claimed, Vec::new(), held_since.elapsed()));
         }
         let keyed: Vec<Keyed> = claimed.iter().map(|i| resolver.prepare(i)).collect();
         let (items, keyed) = match order::turn(&mut tx, resolver, &claimed, keyed, lease).await? {
@@ -657,7 +656,7 @@ pub async fn claim_and_resolve(
             Ok::<_, MatchError>(resolved)
         };
         match resolved.await {
-            Ok(resolved) => return Ok((items, resolved.into_iter().map(Ok).collect())),
+            Ok(resolved) => return Ok((items, resolved.into_iter().map(Ok).collect(), held_since.elapsed())),
             Err(error) => {
                 // the failed transaction may have cached records it never committed
                 resolver.cache.forget(items.iter().map(|i| i.id));
@@ -670,9 +669,10 @@ pub async fn claim_and_resolve(
             }
         }
     }
+    let started = std::time::Instant::now();
     let items = store.claim(worker, limit, lease).await?;
     let results = resolve_batch(store, resolver, &items).await;
-    Ok((items, results))
+    Ok((items, results, started.elapsed()))
 }
 
 /// Attempts of a transaction that failed on a conflict (a deadlock, a profile changed under it).

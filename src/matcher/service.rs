@@ -110,17 +110,16 @@ impl Worker {
     /// Claim and resolve one batch; returns how many records were claimed.
     pub async fn step(&self) -> Result<usize, StoreError> {
         let work = self.metrics.meters.matcher.start();
-        let started = std::time::Instant::now();
         let limit = if self.store.intake_shares_writer() {
             self.sizer.next_within(INTAKE_FIRST_BUDGET)
         } else {
             self.sizer.next()
         } as i64;
-        let (items, results) = claim_and_resolve(&self.store, &self.resolver, &self.name, limit, self.options.lease).await?;
+        let (items, results, held) = claim_and_resolve(&self.store, &self.resolver, &self.name, limit, self.options.lease).await?;
         if items.is_empty() {
             return Ok(0);
         }
-        self.sizer.observe(items.len(), started.elapsed());
+        self.sizer.observe(items.len(), held);
         work.finished(items.len() as u64);
         let now = now_ms();
         for (item, result) in items.iter().zip(results) {
@@ -217,13 +216,16 @@ pub fn worker_spawner(
     }
 }
 
-/// Sample the intake queue length into the metrics (what the scaler reads).
+/// Sample the intake queue length (what the scaler reads) and the review backlog into the metrics.
 pub fn spawn_queue_gauge(store: Store, metrics: Arc<Metrics>, shutdown: Shutdown) {
     tokio::spawn(async move {
         while !shutdown.requested() {
             // the queue alone: the other counts scan whole tables
             if let Ok(queued) = store.counts_queued().await {
                 metrics.intake_queued.set(queued);
+            }
+            if let Ok(open) = store.counts_open_reviews().await {
+                metrics.review_open.set(open);
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}

@@ -332,8 +332,8 @@ async fn stall(ctx: &Context, platform: &CustomerDataPlatform, compiled: &Compil
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-/// The platform's members and the Secret keys they (and the platform) reference.
-async fn fetch_members(client: &Client, namespace: &str, platform: &CustomerDataPlatform) -> Result<Members, kube::Error> {
+/// The resources of `namespace` that name the platform `name` (no Secret keys).
+pub async fn platform_members(client: &Client, namespace: &str, name: &str) -> Result<Members, kube::Error> {
     async fn list<K>(client: &Client, namespace: &str, name: &str, platform_of: impl Fn(&K) -> &str) -> Result<Vec<K>, kube::Error>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
@@ -341,15 +341,19 @@ async fn fetch_members(client: &Client, namespace: &str, platform: &CustomerData
         let api: Api<K> = Api::namespaced(client.clone(), namespace);
         Ok(api.list(&ListParams::default()).await?.items.into_iter().filter(|k| platform_of(k) == name).collect())
     }
-    let name = platform.name_any();
-    let mut members = Members {
-        sources: list(client, namespace, &name, |s: &Source| &s.spec.platform_ref.name).await?,
-        matching_policies: list(client, namespace, &name, |p: &MatchingPolicy| &p.spec.platform_ref.name).await?,
-        feeds: list(client, namespace, &name, |f: &Feed| &f.spec.platform_ref.name).await?,
-        scaling_policies: list(client, namespace, &name, |p: &ScalingPolicy| &p.spec.platform_ref.name).await?,
-        enrichers: list(client, namespace, &name, |e: &Enricher| &e.spec.platform_ref.name).await?,
+    Ok(Members {
+        sources: list(client, namespace, name, |s: &Source| &s.spec.platform_ref.name).await?,
+        matching_policies: list(client, namespace, name, |p: &MatchingPolicy| &p.spec.platform_ref.name).await?,
+        feeds: list(client, namespace, name, |f: &Feed| &f.spec.platform_ref.name).await?,
+        scaling_policies: list(client, namespace, name, |p: &ScalingPolicy| &p.spec.platform_ref.name).await?,
+        enrichers: list(client, namespace, name, |e: &Enricher| &e.spec.platform_ref.name).await?,
         secret_keys: BTreeSet::new(),
-    };
+    })
+}
+
+/// The platform's members and the Secret keys they (and the platform) reference.
+async fn fetch_members(client: &Client, namespace: &str, platform: &CustomerDataPlatform) -> Result<Members, kube::Error> {
+    let mut members = platform_members(client, namespace, &platform.name_any()).await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for secret_name in referenced_secrets(platform, &members) {
         if let Some(secret) = secrets.get_opt(&secret_name).await? {

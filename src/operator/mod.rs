@@ -9,11 +9,11 @@ mod feed_status;
 mod source_status;
 pub mod leader;
 mod members;
-mod metrics;
+pub mod metrics;
 mod scaler;
 mod status;
 
-pub use controller::{Context, OperatorArgs, reconcile_platform, run, run_controllers};
+pub use controller::{Context, OperatorArgs, PAUSED_ANNOTATION, platform_members, reconcile_platform, run, run_controllers};
 pub use metrics::Metrics;
 pub use scaler::{SCALING_PAUSED_ANNOTATION, ScalerOptions, observe};
 

@@ -18,6 +18,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 
 use super::apply::{self, SCALER_MANAGER};
+use super::metrics::{ScalerFigures, WorkloadLabels};
 use super::controller::{Context, PAUSED_ANNOTATION};
 use super::{enricher_status, feed_status, source_status};
 use super::render;
@@ -98,8 +99,12 @@ pub(super) async fn run(ctx: Arc<Context>, platforms: Store<CustomerDataPlatform
     loop {
         let platforms = platforms.state();
         // Forget the decisions of platforms that are gone.
-        ctx.scaler.memory.lock().unwrap_or_else(PoisonError::into_inner).retain(|(namespace, name, _), _| {
-            platforms.iter().any(|p| p.namespace().as_deref() == Some(namespace.as_str()) && &p.name_any() == name)
+        ctx.scaler.memory.lock().unwrap_or_else(PoisonError::into_inner).retain(|(namespace, name, workload), _| {
+            let kept = platforms.iter().any(|p| p.namespace().as_deref() == Some(namespace.as_str()) && &p.name_any() == name);
+            if !kept {
+                ctx.metrics.forget(&workload_labels(namespace, name, *workload));
+            }
+            kept
         });
         for platform in platforms {
             if platform.metadata.deletion_timestamp.is_some() {
@@ -230,6 +235,14 @@ async fn scale_platform(ctx: &Context, platform: &CustomerDataPlatform) -> Resul
             ));
         }
         ctx.scaler.memory.lock().unwrap_or_else(PoisonError::into_inner).insert(key, state);
+        let figures = ScalerFigures {
+            current: input.current_replicas,
+            desired: decision.desired_replicas,
+            min: input.policy.min_replicas,
+            max: input.policy.max_replicas,
+            peak_floor: input.floor.as_ref().map_or(0, |f| f.replicas),
+        };
+        ctx.metrics.scaled(&workload_labels(&namespace, &name, workload), figures);
         if decision.change != Change::Hold {
             set_replicas(&deployments, &object, decision.desired_replicas).await?;
             let (reason, verb) = if decision.change == Change::Up { ("ScaledUp", "up") } else { ("ScaledDown", "down") };
@@ -244,6 +257,10 @@ async fn scale_platform(ctx: &Context, platform: &CustomerDataPlatform) -> Resul
         workloads.push(workload_status(&decision, before, now));
     }
     write_status(ctx, platform, ScalingStatus { mode: "builtin".into(), paused: false, message: String::new(), workloads }).await
+}
+
+fn workload_labels(namespace: &str, platform: &str, workload: Workload) -> WorkloadLabels {
+    WorkloadLabels { namespace: namespace.into(), platform: platform.into(), workload: workload.as_str().into() }
 }
 
 fn rendered(workload: Workload) -> render::Workload {

@@ -533,7 +533,7 @@ where
     }
 }
 
-fn consents_of(records: &[StoredRecord]) -> Consents {
+pub fn consents_of(records: &[StoredRecord]) -> Consents {
     let history = consent::in_order(
         records
             .iter()

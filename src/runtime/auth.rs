@@ -103,12 +103,22 @@ impl Tokens {
         Tokens(Arc::new(entries.collect()))
     }
 
-    /// The caller's token name when it holds `scope`: 401 without a known token, 403 without the scope.
-    pub fn authorize(&self, headers: &HeaderMap, scope: Scope) -> Result<String, ApiError> {
+    /// The caller's token name and scopes: 401 without a known token.
+    pub fn identify(&self, headers: &HeaderMap) -> Result<(String, Vec<Scope>), ApiError> {
+        let entry = self.entry(headers)?;
+        Ok((entry.name.clone(), entry.scopes.clone()))
+    }
+
+    fn entry(&self, headers: &HeaderMap) -> Result<&Entry, ApiError> {
         let presented = bearer(headers).ok_or_else(ApiError::unauthorized)?;
         // check every entry, so timing does not depend on which one matched
         let found = self.0.iter().fold(None, |found, e| if digest_matches(&e.digest, presented) { Some(e) } else { found });
-        let entry = found.ok_or_else(ApiError::unauthorized)?;
+        found.ok_or_else(ApiError::unauthorized)
+    }
+
+    /// The caller's token name when it holds `scope`: 401 without a known token, 403 without the scope.
+    pub fn authorize(&self, headers: &HeaderMap, scope: Scope) -> Result<String, ApiError> {
+        let entry = self.entry(headers)?;
         if !entry.scopes.contains(&scope) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -131,8 +141,10 @@ mod tests {
         headers.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
         assert_eq!(tokens.authorize(&headers, Scope::Write).unwrap(), "crm");
         assert_eq!(tokens.authorize(&headers, Scope::Erase).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(tokens.identify(&headers).unwrap(), ("crm".to_string(), vec![Scope::Read, Scope::Write]));
         headers.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
         assert_eq!(tokens.authorize(&headers, Scope::Read).unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(tokens.identify(&headers).unwrap_err().status, StatusCode::UNAUTHORIZED);
         assert!(Tokens::parse("x admin t").is_err());
         assert!(Tokens::parse("x read").is_err());
     }

@@ -266,6 +266,10 @@ pub struct Metrics {
     pub api_requests: Family<Vec<(&'static str, String)>, Counter>,
     /// Queued intake records (sampled by the matcher, what the scaler reads).
     pub intake_queued: Gauge,
+    /// Review items waiting for a person's decision (sampled by the matcher).
+    pub review_open: Gauge,
+    /// Whether the store answered this replica's last readiness check (1) or not (0).
+    pub store_up: Gauge,
     /// Work measured per scaled workload, for `/v1/load` and the `cdp_load_*` metrics.
     pub meters: super::load::Meters,
     pub feeds: crate::feeds::status::FeedMetrics,
@@ -293,6 +297,10 @@ impl Metrics {
         registry.register("api_requests", "API requests, by route and status", api_requests.clone());
         let intake_queued = Gauge::default();
         registry.register("intake_queued", "Records waiting in the intake queue", intake_queued.clone());
+        let review_open = Gauge::default();
+        registry.register("review_open", "Review items waiting for a decision", review_open.clone());
+        let store_up = Gauge::default();
+        registry.register("store_up", "Whether the store answered the last readiness check", store_up.clone());
         let meters = super::load::Meters::new(super::load::LoadMetrics::register(&mut registry));
         let feeds = crate::feeds::status::FeedMetrics::register(&mut registry);
         let enrich = crate::enrich::status::EnrichMetrics::register(&mut registry);
@@ -307,6 +315,8 @@ impl Metrics {
             review_items,
             api_requests,
             intake_queued,
+            review_open,
+            store_up,
             meters,
             feeds,
             enrich,
@@ -338,7 +348,9 @@ async fn readyz(State(state): State<OpsState>) -> Result<&'static str, ApiError>
     if let Some(reason) = state.metrics.meters.stuck(std::time::Instant::now()) {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stuck", reason));
     }
-    state.store.ping().await?;
+    let answered = state.store.ping().await;
+    state.metrics.store_up.set(i64::from(answered.is_ok()));
+    answered?;
     Ok("ready")
 }
 

@@ -7,11 +7,13 @@
 //! Migrations are versioned under `migrations/{sqlite,postgres}` and applied at start.
 
 mod enrich;
+mod listing;
 mod load;
 mod feeds;
 mod intake;
 mod postgres;
 mod privacy;
+mod review;
 mod sqlite;
 mod write;
 
@@ -31,8 +33,10 @@ use crate::identity::CanonicalRecord;
 pub use enrich::{AppliedEnrichment, EnrichDeadLetter, EnrichJob, EnrichTarget, EnricherCounts, HeldRecord as HeldForEnrichment};
 pub use feeds::{DeadLetterPage, Delivery, FeedBacklog, FeedPosition, FeedProgress, NewDelivery, RetryOutcome};
 pub use intake::{Admission, Arrival, Payload, fingerprint};
+pub use listing::parse_instant_ms;
 pub use load::IntakeLoad;
 pub use privacy::{ErasureAudit, ErasureRow, QueuedRecord, Removed};
+pub use review::{REVIEW_STATUSES, ReviewFilter};
 pub use write::{GoldenUpdate, HeldRecord, KeyProfiles, NewProfile, NewRecord, NewReview, WriteTx};
 use write::NewQuarantine;
 
@@ -550,10 +554,21 @@ impl Store {
 
     /// Keep an invalid record with every reason it failed.
     pub async fn quarantine(&self, source: &str, payload: &serde_json::Value, errors: &[FieldError]) -> Result<i64> {
+        self.quarantine_from(source, payload, errors, None).await
+    }
+
+    /// Quarantine a payload read from `origin`, a Kafka message (none for other intake). The
+    /// same payload quarantined again is the entry kept before.
+    pub async fn quarantine_from(
+        &self,
+        source: &str,
+        payload: &serde_json::Value,
+        errors: &[FieldError],
+        origin: Option<&MessageOrigin>,
+    ) -> Result<i64> {
         let mut tx = self.begin().await?;
         let fingerprint = intake::fingerprint(source, payload);
-        let ids =
-            tx.quarantine(&[NewQuarantine { source, payload, errors, fingerprint: &fingerprint, origin: None }], now_ms()).await?;
+        let ids = tx.quarantine(&[NewQuarantine { source, payload, errors, fingerprint: &fingerprint, origin }], now_ms()).await?;
         tx.commit().await?;
         Ok(ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)?)
     }
@@ -787,12 +802,6 @@ impl Store {
         rows.iter().map(event_of).collect()
     }
 
-    pub async fn review_items(&self, status: &str, after_id: i64, limit: i64) -> Result<Vec<ReviewRow>> {
-        let sql = format!("SELECT {REVIEW_COLUMNS} FROM review_items WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3");
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(status).bind(after_id).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(review_of).collect()
-    }
-
     pub async fn review_item(&self, id: i64) -> Result<Option<ReviewRow>> {
         let sql = format!("SELECT {REVIEW_COLUMNS} FROM review_items WHERE id = $1");
         let row = sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?;
@@ -825,6 +834,12 @@ impl Store {
     /// Records waiting in the intake queue (cheap: a partial index covers it).
     pub async fn counts_queued(&self) -> Result<i64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM intake WHERE state = 'queued'").fetch_one(&self.pool).await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Review items waiting for a decision (partial indexes cover the open ones).
+    pub async fn counts_open_reviews(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM review_items WHERE status = 'open'").fetch_one(&self.pool).await?;
         Ok(row.try_get("n")?)
     }
 

@@ -31,7 +31,7 @@ use super::{Admitter, Tally};
 use crate::runtime::ops::{Metrics, Secrets, Shutdown, StartError};
 use crate::crd::source::{AutoOffsetReset, KafkaDelivery};
 use crate::pipeline::{NamedSource, PipelineConfig};
-use crate::store::now_ms;
+use crate::store::{Admission, FieldError, Store, StoreError, now_ms};
 pub use message::{Coordinates, MAX_MESSAGE_BYTES, payloads};
 pub use settings::group_id;
 pub use status::{KafkaStatus, PartitionOffsets, partition_lag};
@@ -250,16 +250,15 @@ async fn store(admitter: Admitter, source: Arc<NamedSource>, metrics: Arc<Metric
     let mut failing = false;
     loop {
         let work = metrics.meters.ingest.start();
-        match admitter.admit(&source, &batch.received, now_ms()).await {
+        let admitted = match admitter.admit(&source, &batch.received, now_ms()).await {
+            Ok(admissions) => quarantine_conflicts(admitter.store(), &source, &batch.received, admissions).await,
+            Err(error) => Err(error),
+        };
+        match admitted {
             Ok(admissions) => {
                 work.finished(admissions.len() as u64);
                 let tally = Tally::of(admissions.iter().map(|(a, _)| a));
                 tally.count(&metrics, &source.name);
-                if tally.conflicts > 0 {
-                    // nobody reads an answer to a Kafka message: the log says what HTTP answers
-                    tracing::warn!(source = %source.name, conflicts = tally.conflicts,
-                        "records reuse event ids delivered before with other content; the first deliveries stand");
-                }
                 metrics.kafka.stored(&source.name, batch.messages.len(), admissions.len());
                 if failing {
                     tracing::info!(source = %source.name, "the store takes Kafka records again");
@@ -278,6 +277,25 @@ async fn store(admitter: Admitter, source: Arc<NamedSource>, metrics: Arc<Metric
             }
         }
     }
+}
+
+/// Keep the records whose event id was delivered before with other content in quarantine,
+/// with their coordinates: over HTTP the sender is told (409) and sends again; nobody reads an
+/// answer to a Kafka message, so the record is kept where a steward sees it. The first
+/// delivery stands.
+async fn quarantine_conflicts(
+    store: &Store,
+    source: &NamedSource,
+    received: &[Received],
+    admissions: Vec<(Admission, Vec<FieldError>)>,
+) -> Result<Vec<(Admission, Vec<FieldError>)>, StoreError> {
+    for ((admission, _), received) in admissions.iter().zip(received) {
+        if let Admission::Conflict(first) = admission {
+            let errors = [crate::ingest::conflict_error(source, *first)];
+            store.quarantine_from(&source.name, &received.payload, &errors, received.origin.as_ref()).await?;
+        }
+    }
+    Ok(admissions)
 }
 
 /// Start a consumer for every Kafka Source of `config`; each runs until `shutdown`.

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The end-to-end PostgreSQL image (postgres/Containerfile) on top of the base archive from
+# An end-to-end image from a build context's Containerfile on top of the base archive from
 # base.sh, written as an OCI archive; no registry needed:
-#   e2e/images/postgres.sh BASE.tar OUT.tar [NAME]      (as root; NAME: localhost/cdp-e2e-postgres:17)
-# The base's Debian mirror provides the packages. The image replaces postgres:17-bookworm
-# in the operator's StatefulSet without other changes.
+#   e2e/images/build.sh BASE.tar CONTEXT OUT.tar NAME       (as root)
+# e.g. the PostgreSQL image (postgres/Containerfile; the base's Debian mirror provides the
+# packages), which replaces postgres:17-bookworm in the operator's StatefulSet unchanged:
+#   e2e/images/build.sh BASE.tar e2e/images/postgres OUT.tar localhost/cdp-e2e-postgres:17
 set -euo pipefail
 
-usage() { echo "usage: $0 BASE.tar OUT.tar [NAME]" >&2; exit 2; }
-[ $# -ge 2 ] && [ $# -le 3 ] || usage
+usage() { echo "usage: $0 BASE.tar CONTEXT OUT.tar NAME" >&2; exit 2; }
+[ $# -eq 4 ] || usage
 base=$(realpath "$1")
-out=$2
-name=${3:-localhost/cdp-e2e-postgres:17}
-context=$(cd "$(dirname "${BASH_SOURCE[0]}")/postgres" && pwd)
+context=$(cd "$2" && pwd)
+out=$3
+name=$4
+image_label=$(basename "$context")
 [ -f "$base" ] || { echo "$0: no base archive $base (make it with base.sh)" >&2; exit 1; }
 command -v buildah >/dev/null || { echo "$0: buildah is missing (base.sh installs it)" >&2; exit 1; }
 
@@ -20,7 +22,7 @@ step() {
   local label=$1 start=$EPOCHREALTIME
   shift
   "$@"
-  awk -v a="$start" -v b="$EPOCHREALTIME" -v l="$label" 'BEGIN { printf "[postgres] %s: %.1f s\n", l, b - a }' >&2
+  awk -v a="$start" -v b="$EPOCHREALTIME" -v l="$label" -v i="$image_label" 'BEGIN { printf "[%s] %s: %.1f s\n", i, l, b - a }' >&2
 }
 
 iidfile=$(mktemp)
@@ -57,4 +59,4 @@ push() {
   buildah push --quiet "$image" "oci-archive:$out:$name"
 }
 step "write $out" push
-echo "[postgres] $name -> $out ($(du -h "$out" | cut -f1))" >&2
+echo "[$image_label] $name -> $out ($(du -h "$out" | cut -f1))" >&2
