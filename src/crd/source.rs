@@ -136,8 +136,6 @@ pub struct KafkaDelivery {
     pub auto_offset_reset: AutoOffsetReset,
     /// Messages read and not yet stored, at most, per intake replica: reading waits at this
     /// many until the store has taken them, which bounds memory (a message is at most 16 MiB).
-    /// Beside them, the Kafka client fetches ahead at most this many messages per partition,
-    /// and 16 MiB in all.
     #[serde(default = "default_max_in_flight")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_in_flight: u32,

@@ -47,10 +47,6 @@ pub fn consumer_config(group: &str, kafka: &KafkaDelivery, secrets: &Secrets) ->
         .set("fetch.wait.max.ms", "100")
         // a replica that died gives up its partitions after this (librdkafka's default is 45 s)
         .set("session.timeout.ms", "10000")
-        // what librdkafka fetches ahead of intake, on top of maxInFlight: as many messages per
-        // partition, and 16 MiB (the largest message) in all, instead of 100,000 and 64 MiB
-        .set("queued.min.messages", kafka.max_in_flight.max(1).to_string())
-        .set("queued.max.messages.kbytes", (super::message::MAX_MESSAGE_BYTES / 1024).to_string())
         .set("security.protocol", security_protocol(kafka));
     if let Some(tls) = &kafka.tls {
         for (setting, secret) in [
