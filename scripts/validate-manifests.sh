@@ -117,7 +117,7 @@ for k in default crd rbac manager; do
 done
 if [ -s "$WORK/kustomize-default.yaml" ]; then
   step "config/default objects" validate manifests --require-files "${CRD_ARGS[@]}" \
-    --expect Namespace=1 --expect CustomResourceDefinition=5 --expect Deployment=1 \
+    --expect Namespace=1 --expect CustomResourceDefinition=6 --expect Deployment=1 \
     --expect ServiceAccount=1 --expect ClusterRole=3 --expect ClusterRoleBinding=1 \
     --expect Role=1 --expect RoleBinding=1 --expect Service=1 \
     --name "kustomize config/default" "$WORK/kustomize-default.yaml"
