@@ -21,7 +21,7 @@ use cdp_operator::matcher::{Resolver, Worker, WorkerOptions};
 use cdp_operator::pipeline::{NamedEnricher, PipelineConfig};
 use cdp_operator::runtime::ops::{self, Metrics, Secrets};
 use cdp_operator::store::Store;
-use common::TestStore;
+use common::{TestStore, eventually};
 use serde_json::{Value, json};
 
 const SIGNING_KEY: &str = "enrich-signing-0123";
@@ -159,16 +159,6 @@ impl Platform {
     }
 }
 
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Wait until `n` source records are stored (the enrichers' own included).
 async fn records(store: &Store, n: i64) {

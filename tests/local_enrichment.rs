@@ -2,37 +2,16 @@
 //! address enricher, pointed at `cdp enricher-demo`, both run as the README runs them. A
 //! web-shop sign-up is matched with its address standardised, and says which call wrote it.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{Running, eventually, free_address};
 use serde_json::{Value, json};
 
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
 
-/// Runs `child` until dropped.
-struct Running(Child);
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// A GET of the API with the samples' CRM token, once it answers 200.
 async fn read(http: &reqwest::Client, api: &str, path: String) -> Option<Value> {

@@ -2,10 +2,14 @@
 //! the samples with the feeds sent to `cdp receive`, then every `curl` of the README in order.
 //! Only the ports change (the README's may be taken); each `curl` must succeed (`--fail`).
 
+mod common;
+
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{Running, free_address};
 
 const README_INGEST: &str = "127.0.0.1:8080";
 const README_API: &str = "127.0.0.1:8090";
@@ -38,20 +42,7 @@ fn shell_commands(readme: &str) -> Vec<String> {
     commands
 }
 
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
 
-/// Runs `child` until dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn wait_for(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
